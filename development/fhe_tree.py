@@ -1,0 +1,173 @@
+"""The quantized decision tree as integer matrices, its clear evaluation and its FHE module.
+
+The tree is evaluated the way Concrete ML evaluates trees (comparisons, then path matching, as in
+Hummingbird's GEMM strategy), written directly in concrete-python so that the three parties'
+inputs stay separate ciphertexts and one module holds both ``predict`` and ``explain``:
+
+1. ``bits = (x @ SELECT) <= THRESHOLDS``: one programmable bootstrap (PBS) per decision node;
+2. ``hits = (bits @ PATHS) == DEPTHS``: one PBS per leaf that predicts approval; a leaf's hit is 1
+   exactly when every node on its path went the leaf's way (+1 for "left", -1 for "right");
+3. ``verdict = sum(hits)``: exactly one leaf is reached, so the sum is 1 for approval, else 0.
+
+Sibling leaves that predict the same class are merged first, which removes their parent node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from concrete import fhe
+
+
+@dataclass
+class QuantizedTree:
+    """A pruned decision tree over quantized integer features.
+
+    Attributes:
+        node_features: feature index tested at each decision node.
+        node_thresholds: integer threshold t of each node (go left when x <= t).
+        approve_paths: for each approving leaf, the list of (node, +1 left / -1 right).
+        n_features: number of circuit input features.
+        party_slices: {party: [start, stop)} of the features in circuit order.
+    """
+
+    node_features: list[int]
+    node_thresholds: list[int]
+    approve_paths: list[list[tuple[int, int]]]
+    n_features: int
+    party_slices: dict[str, tuple[int, int]]
+
+    @classmethod
+    def from_sklearn(
+        cls, tree: Any, n_features: int, party_slices: dict[str, tuple[int, int]]
+    ) -> QuantizedTree:
+        """Build from a fitted sklearn tree trained on integer features (``tree_`` attribute)."""
+        t = tree.tree_
+        predicted = np.argmax(t.value[:, 0, :], axis=1)
+
+        def leaf_class(node: int) -> int | None:
+            """Class of a subtree if every leaf under it predicts the same one."""
+            if t.children_left[node] == -1:
+                return int(predicted[node])
+            left, right = leaf_class(t.children_left[node]), leaf_class(t.children_right[node])
+            return left if left is not None and left == right else None
+
+        features: list[int] = []
+        thresholds: list[int] = []
+        paths: list[list[tuple[int, int]]] = []
+
+        def walk(node: int, path: list[tuple[int, int]]) -> None:
+            cls_ = leaf_class(node)
+            if cls_ is not None:
+                if cls_ == 1:
+                    paths.append(path)
+                return
+            index = len(features)
+            features.append(int(t.feature[node]))
+            # Features are integers, so x <= 2.5 is x <= 2.
+            thresholds.append(int(np.floor(t.threshold[node])))
+            walk(t.children_left[node], [*path, (index, 1)])
+            walk(t.children_right[node], [*path, (index, -1)])
+
+        walk(0, [])
+        return cls(features, thresholds, paths, n_features, party_slices)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> QuantizedTree:
+        """Rebuild from ``to_json``'s output."""
+        return cls(
+            node_features=data["node_features"],
+            node_thresholds=data["node_thresholds"],
+            approve_paths=[[tuple(step) for step in path] for path in data["approve_paths"]],
+            n_features=data["n_features"],
+            party_slices={k: tuple(v) for k, v in data["party_slices"].items()},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a JSON-serializable description."""
+        return {
+            "node_features": self.node_features,
+            "node_thresholds": self.node_thresholds,
+            "approve_paths": [[list(step) for step in path] for path in self.approve_paths],
+            "n_features": self.n_features,
+            "party_slices": {k: list(v) for k, v in self.party_slices.items()},
+        }
+
+    # -- matrices ---------------------------------------------------------------------------
+    def matrices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Return SELECT (features x nodes), THRESHOLDS, PATHS (nodes x leaves), DEPTHS."""
+        n_nodes = max(len(self.node_features), 1)
+        n_leaves = max(len(self.approve_paths), 1)
+        select = np.zeros((self.n_features, n_nodes), dtype=np.int64)
+        thresholds = np.full(n_nodes, 2**62, dtype=np.int64)
+        for node, (feature, threshold) in enumerate(
+            zip(self.node_features, self.node_thresholds, strict=True)
+        ):
+            select[feature, node] = 1
+            thresholds[node] = threshold
+        paths = np.zeros((n_nodes, n_leaves), dtype=np.int64)
+        depths = np.full(n_leaves, -1, dtype=np.int64)
+        for leaf, path in enumerate(self.approve_paths):
+            for node, direction in path:
+                paths[node, leaf] = direction
+            depths[leaf] = sum(1 for _, direction in path if direction == 1)
+        return select, thresholds, paths, depths
+
+    # -- clear evaluation ------------------------------------------------------------------
+    def predict_clear(self, q_x: np.ndarray) -> np.ndarray:
+        """Verdicts (0/1) of quantized rows, in clear, with the same integer arithmetic as FHE."""
+        select, thresholds, paths, depths = self.matrices()
+        bits = (np.atleast_2d(q_x) @ select <= thresholds).astype(np.int64)
+        return ((bits @ paths) == depths).sum(axis=1).astype(np.int64)
+
+    # -- FHE -------------------------------------------------------------------------------
+    def module(self, n_candidates: int) -> Any:
+        """Return the (uncompiled) concrete-python module with ``predict`` and ``explain``.
+
+        Args:
+            n_candidates: number of credit-bureau rows ``explain`` scores at once.
+        """
+        select, thresholds, paths, depths = self.matrices()
+        a0, a1 = self.party_slices["applicant"]
+        b0, b1 = self.party_slices["bank"]
+        c0, c1 = self.party_slices["credit_bureau"]
+        # explain computes the applicant's and bank's node bits once and only the credit bureau's
+        # nodes per candidate; nodes are ordered arbitrarily, so split them by owner.
+        cb_nodes = np.array([c0 <= f < c1 for f in self.node_features] or [False])
+        ab_idx, cb_idx = np.flatnonzero(~cb_nodes), np.flatnonzero(cb_nodes)
+        select_ab = np.concatenate([select[a0:a1], select[b0:b1]])[:, ab_idx]
+        select_cb = select[c0:c1][:, cb_idx]
+        thr_ab, thr_cb = thresholds[ab_idx], thresholds[cb_idx]
+        paths_ab, paths_cb = paths[ab_idx], paths[cb_idx]
+        has_ab, has_cb = len(ab_idx) > 0, len(cb_idx) > 0
+        del n_candidates  # the shape comes from the input set
+
+        @fhe.module()
+        class CreditScoring:  # noqa: D101 - concrete-python module
+            @fhe.function(
+                {"applicant": "encrypted", "bank": "encrypted", "credit_bureau": "encrypted"}
+            )
+            def predict(applicant, bank, credit_bureau):  # noqa: N805
+                x = np.concatenate((applicant, bank, credit_bureau))
+                bits = (x @ select) <= thresholds
+                hits = (bits @ paths) == depths
+                return np.sum(hits)
+
+            @fhe.function(
+                {"applicant": "encrypted", "bank": "encrypted", "candidates": "encrypted"}
+            )
+            def explain(applicant, bank, candidates):  # noqa: N805
+                score = 0
+                if has_ab:
+                    known = np.concatenate((applicant, bank))
+                    bits_ab = (known @ select_ab) <= thr_ab
+                    score = bits_ab @ paths_ab
+                if has_cb:
+                    bits_cb = (candidates @ select_cb) <= thr_cb
+                    score = score + bits_cb @ paths_cb
+                hits = score == depths
+                return np.sum(hits, axis=1)
+
+        return CreditScoring

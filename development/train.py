@@ -1,0 +1,345 @@
+"""Regenerate data/ and deployment_files/ deterministically: ``python -m development.train``.
+
+1. generate the synthetic applications (seeded) into data/applications.csv;
+2. build each party's preprocessing (its own fields only) and the input quantizers of a Concrete
+   ML DecisionTreeClassifier trained on the training split;
+3. compile the quantized tree into ONE concrete-python module (predict + explain, one key set);
+4. write the server artifact, the client specs, the preprocessing, the field ranges, the model
+   card and (development only) the clear reference tree; then measure the model report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from concrete import fhe
+from concrete.ml.sklearn import DecisionTreeClassifier
+from sklearn.metrics import f1_score
+from sklearn.model_selection import train_test_split
+from sklearn.tree import DecisionTreeClassifier as SkDecisionTreeClassifier
+
+import settings
+from backend import PartyPreprocessor
+from development.fhe_tree import QuantizedTree
+from development.generate_data import RULES, generate
+
+N_PROBE = 64
+N_REAL_FHE_ROWS = 20
+FHE_CONFIGURATION = {
+    "compress_evaluation_keys": True,
+    "compress_input_ciphertexts": True,
+}
+
+
+def library_versions() -> dict[str, str]:
+    """Versions the artifacts depend on (the server refuses artifacts built with others)."""
+    return {
+        "python": platform.python_version(),
+        "concrete-python": version("concrete-python"),
+        "concrete-ml": version("concrete-ml"),
+    }
+
+
+def feature_kinds() -> dict[str, str]:
+    """Kind of each raw field: bool, category, log_numeric or numeric."""
+    kinds = {}
+    for party, fields in settings.PARTY_FIELDS.items():
+        for field in fields:
+            if field in settings.BOOLEAN_FIELDS:
+                kinds[field] = "bool"
+            elif field in settings.CATEGORY_VALUES:
+                kinds[field] = "category"
+            elif field == "total_income":
+                kinds[field] = "log_numeric"
+            else:
+                kinds[field] = "numeric"
+    return kinds
+
+
+def float_features(frame: pd.DataFrame) -> np.ndarray:
+    """Raw fields -> float features in circuit order (applicant | bank | credit bureau).
+
+    Each column depends on its own field only, so each party can compute its own part.
+    """
+    kinds = feature_kinds()
+    columns = []
+    for party in settings.PARTIES:
+        for field in settings.PARTY_FIELDS[party]:
+            values = frame[field]
+            if kinds[field] == "bool":
+                columns.append(values.astype(float).to_numpy())
+            elif kinds[field] == "category":
+                codes = {v: i for i, v in enumerate(settings.CATEGORY_VALUES[field])}
+                columns.append(values.map(codes).astype(float).to_numpy())
+            elif kinds[field] == "log_numeric":
+                columns.append(np.log(values.astype(float).to_numpy()))
+            else:
+                columns.append(values.astype(float).to_numpy())
+    return np.stack(columns, axis=1)
+
+
+def party_slices() -> dict[str, tuple[int, int]]:
+    """Column range of each party's features in circuit order."""
+    slices, start = {}, 0
+    for party in settings.PARTIES:
+        stop = start + len(settings.PARTY_FIELDS[party])
+        slices[party] = (start, stop)
+        start = stop
+    return slices
+
+
+def field_ranges(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Slider ranges and defaults of the numeric fields, measured on the data."""
+    ranges = {}
+    for field in ("num_children", "household_size", "total_income", "age", "account_age"):
+        values = frame[field]
+        ranges[field] = {
+            "minimum": float(values.min()) if field == "total_income" else int(values.min()),
+            "maximum": float(values.max()) if field == "total_income" else int(values.max()),
+            "value": float(values.median()) if field == "total_income" else int(values.median()),
+        }
+    return ranges
+
+
+def preprocessing_spec(model: DecisionTreeClassifier, ranges: dict[str, Any]) -> dict[str, Any]:
+    """Each party's features with the Concrete ML input quantizer of each."""
+    kinds = feature_kinds()
+    parties: dict[str, Any] = {}
+    index = 0
+    for party in settings.PARTIES:
+        features = []
+        for field in settings.PARTY_FIELDS[party]:
+            quantizer = model.input_quantizers[index]
+            feature = {
+                "field": field,
+                "kind": kinds[field],
+                "scale": float(quantizer.scale),
+                "zero_point": float(quantizer.zero_point),
+                "n_bits": int(quantizer.n_bits),
+            }
+            if kinds[field] == "category":
+                feature["categories"] = settings.CATEGORY_VALUES[field]
+            features.append(feature)
+            index += 1
+        parties[party] = {
+            "features": features,
+            "ranges": {
+                f: {"minimum": ranges[f]["minimum"], "maximum": ranges[f]["maximum"]}
+                for f in settings.PARTY_FIELDS[party]
+                if f in ranges
+            },
+        }
+    return {"parties": parties}
+
+
+def fit_tree(
+    x_train: np.ndarray, y_train: np.ndarray, n_bits: int, max_depth: int
+) -> tuple[DecisionTreeClassifier, QuantizedTree]:
+    """Fit Concrete ML's DecisionTreeClassifier and extract its quantized tree."""
+    model = DecisionTreeClassifier(n_bits=n_bits, max_depth=max_depth, random_state=settings.SEED)
+    model.fit(x_train, y_train)
+    tree = QuantizedTree.from_sklearn(
+        model.sklearn_model, n_features=x_train.shape[1], party_slices=party_slices()
+    )
+    return model, tree
+
+
+def compile_module(tree: QuantizedTree, q_train: np.ndarray, n_candidates: int) -> Any:
+    """Compile the predict + explain module on an input set drawn from the training rows."""
+    slices = tree.party_slices
+    rng = np.random.default_rng(settings.SEED)
+    rows = q_train[rng.choice(len(q_train), size=min(len(q_train), 400), replace=False)]
+    n_max = int(q_train.max())
+    rows = np.concatenate([rows, np.zeros((1, rows.shape[1]), np.int64), np.full((1, rows.shape[1]), n_max)])
+
+    def split(row: np.ndarray) -> list[np.ndarray]:
+        return [row[slices[p][0] : slices[p][1]] for p in settings.PARTIES]
+
+    predict_set = [tuple(split(row)) for row in rows]
+    explain_set = []
+    for i, row in enumerate(rows):
+        a, b, _ = split(row)
+        candidates = np.stack([split(rows[(i + k) % len(rows)])[2] for k in range(n_candidates)])
+        explain_set.append((a, b, candidates))
+    configuration = fhe.Configuration(**FHE_CONFIGURATION)
+    return tree.module(n_candidates).compile(
+        {"predict": predict_set, "explain": explain_set}, configuration
+    )
+
+
+def measure_warm_predict(module: Any, q_rows: np.ndarray, slices: dict, runs: int = 3) -> float:
+    """Median warm FHE predict time (s) with real encryption, keys generated in-process."""
+    module.keygen()
+    times = []
+    for row in q_rows[: runs + 1]:
+        args = module.predict.encrypt(*[row[slices[p][0] : slices[p][1]] for p in settings.PARTIES])
+        start = time.perf_counter()
+        module.predict.run(*args)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[1:]))
+
+
+def measure_wire_format(module: Any, q_rows: np.ndarray, n_candidates: int) -> dict[str, Any]:
+    """Exact byte length and fixed header of each serialized input and of the evaluation keys.
+
+    Compressed ciphertexts and keys of this circuit always serialize to the same length with the
+    same leading bytes (only the seed and the body differ), so the server can reject bytes of the
+    wrong party, shape or circuit before handing them to the native deserializer. The header is
+    checked here to be identical over several encryptions.
+    """
+    slices = party_slices()
+    seen: dict[str, set[tuple[int, str]]] = {}
+
+    def record(name: str, blob: bytes, prefix: int) -> None:
+        seen.setdefault(name, set()).add((len(blob), blob[:prefix].hex()))
+
+    for _ in range(2):
+        module.keygen(force=True)
+        record("evaluation_keys", module.keys.evaluation.serialize(), 64)
+        for row in q_rows:
+            parts = [row[slices[p][0] : slices[p][1]] for p in settings.PARTIES]
+            for party, value in zip(settings.PARTIES, module.predict.encrypt(*parts), strict=True):
+                record(party, value.serialize(), 40)
+            candidates = np.stack([parts[2]] * n_candidates)
+            record("candidates", module.explain.encrypt(None, None, candidates)[2].serialize(), 40)
+    assert all(len(v) == 1 for v in seen.values()), f"wire format is not fixed: {seen}"
+    return {
+        name: {"bytes": length, "prefix_hex": prefix}
+        for name, ((length, prefix),) in ((k, tuple(v)) for k, v in seen.items())
+    }
+
+
+def main(out_dir: Path = settings.DEPLOYMENT_DIR, real_fhe_rows: int = N_REAL_FHE_ROWS) -> dict:
+    """Regenerate the data, the artifacts and the model report; return the model card."""
+    n_bits, max_depth = settings.CHOSEN_N_BITS, settings.CHOSEN_MAX_DEPTH
+    settings.DATA_DIR.mkdir(exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings.REFERENCE_TREE_PATH.parent.mkdir(parents=True, exist_ok=True)
+
+    frame = generate(settings.N_ROWS, settings.SEED)
+    frame.to_csv(settings.DATA_PATH, index=False)
+    x = float_features(frame)
+    y = frame["approved"].to_numpy()
+    idx_train, idx_test = train_test_split(
+        np.arange(len(frame)), test_size=settings.TEST_FRACTION, random_state=settings.SEED,
+        stratify=y,
+    )
+    print(f"data: {len(frame)} rows, approval rate {y.mean():.3f}")
+
+    model, tree = fit_tree(x[idx_train], y[idx_train], n_bits=n_bits, max_depth=max_depth)
+    ranges = field_ranges(frame)
+    spec = preprocessing_spec(model, ranges)
+    (out_dir / settings.PREPROCESSING_PATH.name).write_text(json.dumps(spec, indent=1) + "\n")
+    (out_dir / settings.FIELD_RANGES_PATH.name).write_text(json.dumps(ranges, indent=1) + "\n")
+
+    # The client's own preprocessing must give exactly Concrete ML's quantized inputs.
+    preprocessors = PartyPreprocessor.load_all(out_dir / settings.PREPROCESSING_PATH.name)
+    q_all = np.concatenate(
+        [
+            np.stack([preprocessors[p].quantize_numbers(list(r)) for r in x[:, s0:s1]])
+            for p, (s0, s1) in party_slices().items()
+        ],
+        axis=1,
+    )
+    assert np.array_equal(q_all, model.quantize_input(x)), "client quantization differs"
+    q_train, q_test = q_all[idx_train], q_all[idx_test]
+    y_test = y[idx_test]
+
+    float_tree = SkDecisionTreeClassifier(max_depth=max_depth, random_state=settings.SEED)
+    float_tree.fit(x[idx_train], y[idx_train])
+    y_float = float_tree.predict(x[idx_test])
+    y_quant = tree.predict_clear(q_test)
+    assert np.array_equal(y_quant, model.sklearn_model.predict(q_test)), "pruned tree differs"
+
+    n_candidates = len(settings.YEARS_EMPLOYED_BINS)
+    print("compiling the FHE module ...")
+    start = time.perf_counter()
+    module = compile_module(tree, q_train, n_candidates)
+    compile_s = time.perf_counter() - start
+    module.server.save(out_dir / settings.SERVER_ARTIFACT_PATH.name)
+    (out_dir / settings.CLIENT_SPECS_PATH.name).write_bytes(module.server.client_specs.serialize())
+    settings.REFERENCE_TREE_PATH.write_text(json.dumps(tree.to_json(), indent=1) + "\n")
+
+    slices = tree.party_slices
+
+    def split(row: np.ndarray) -> list[np.ndarray]:
+        return [row[slices[p][0] : slices[p][1]] for p in settings.PARTIES]
+
+    print("simulating the whole held-out set ...")
+    y_sim = np.array([int(module.predict.simulate(*split(row))) for row in q_test])
+    print(f"real FHE on {real_fhe_rows} held-out rows ...")
+    module.keygen()
+    real_rows = q_test[:real_fhe_rows]
+    y_real, times = [], []
+    for row in real_rows:
+        encrypted = module.predict.encrypt(*split(row))
+        start = time.perf_counter()
+        result = module.predict.run(*encrypted)
+        times.append(time.perf_counter() - start)
+        y_real.append(int(module.predict.decrypt(result)))
+    y_real = np.array(y_real)
+    wire_format = measure_wire_format(module, q_test[:4], n_candidates)
+
+    probe = q_test[:N_PROBE]
+    card = {
+        "versions": library_versions(),
+        "parameters": {
+            "model": "concrete.ml.sklearn.DecisionTreeClassifier",
+            "n_bits": n_bits,
+            "max_depth": max_depth,
+            "seed": settings.SEED,
+            "fhe_configuration": FHE_CONFIGURATION,
+            "explain_candidates": n_candidates,
+            "decision_nodes": len(tree.node_features),
+            "approving_leaves": len(tree.approve_paths),
+        },
+        "feature_layout": {
+            p: list(settings.PARTY_FIELDS[p]) for p in settings.PARTIES
+        },
+        "input_shapes": {p: [s1 - s0] for p, (s0, s1) in slices.items()}
+        | {"candidates": [n_candidates, slices["credit_bureau"][1] - slices["credit_bureau"][0]]},
+        "wire_format": wire_format,
+        "bootstraps": {
+            "predict": int(module.predict.programmable_bootstrap_count),
+            "explain": int(module.explain.programmable_bootstrap_count),
+        },
+        "data": {
+            "rows": len(frame),
+            "train_rows": len(idx_train),
+            "test_rows": len(idx_test),
+            "approval_rate": round(float(y.mean()), 4),
+            "rules": RULES,
+        },
+        "metrics": {
+            "f1_float": round(float(f1_score(y_test, y_float)), 4),
+            "f1_quantized": round(float(f1_score(y_test, y_quant)), 4),
+            "f1_fhe_simulated": round(float(f1_score(y_test, y_sim)), 4),
+            "agreement_simulated": round(float(np.mean(y_sim == y_quant)), 4),
+            "agreement_real_fhe": round(float(np.mean(y_real == y_quant[:real_fhe_rows])), 4),
+            "real_fhe_rows": real_fhe_rows,
+            "accuracy_quantized": round(float(np.mean(y_quant == y_test)), 4),
+            "real_fhe_median_predict_s": round(float(np.median(times)), 3),
+            "compile_s": round(compile_s, 1),
+        },
+        "probe": {
+            "rows": probe.tolist(),
+            "predictions": tree.predict_clear(probe).tolist(),
+        },
+    }
+    (out_dir / settings.MODEL_CARD_PATH.name).write_text(json.dumps(card, indent=1) + "\n")
+    print(json.dumps({k: card[k] for k in ("parameters", "bootstraps", "metrics")}, indent=1))
+    return card
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--real-fhe-rows", type=int, default=N_REAL_FHE_ROWS)
+    main(real_fhe_rows=parser.parse_args().real_fhe_rows)

@@ -4,7 +4,8 @@ The tree is evaluated the way Concrete ML evaluates trees (comparisons, then pat
 Hummingbird's GEMM strategy), written directly in concrete-python so that the three parties'
 inputs stay separate ciphertexts and one module holds both ``predict`` and ``explain``:
 
-1. ``bits = (x @ SELECT) <= THRESHOLDS``: one programmable bootstrap (PBS) per decision node;
+1. ``bits = (x @ SELECT) <= THRESHOLDS``: one programmable bootstrap (PBS) per distinct
+   comparison (nodes of the tree that test the same feature against the same threshold share it);
 2. ``hits = (bits @ PATHS) == DEPTHS``: one PBS per leaf that predicts approval; a leaf's hit is 1
    exactly when every node on its path went the leaf's way (+1 for "left", -1 for "right");
 3. ``verdict = sum(hits)``: exactly one leaf is reached, so the sum is 1 for approval, else 0.
@@ -26,10 +27,13 @@ class QuantizedTree:
     """A pruned decision tree over quantized integer features.
 
     Attributes:
-        node_features: feature index tested at each decision node.
-        node_thresholds: integer threshold t of each node (go left when x <= t).
-        approve_paths: for each approving leaf, the list of (node, +1 left / -1 right).
+        node_features: feature index of each distinct comparison ("node") of the tree.
+        node_thresholds: integer threshold t of each comparison (go left when x <= t).
+        approve_paths: for each approving leaf, the list of (comparison, +1 left / -1 right);
+            a comparison met twice on one path counts twice, and a path that needs a comparison
+            both true and false can never be reached, as in the tree.
         n_features: number of circuit input features.
+        n_bits: bit width of the quantized inputs (values 0 .. 2**n_bits - 1).
         party_slices: {party: [start, stop)} of the features in circuit order.
     """
 
@@ -37,11 +41,12 @@ class QuantizedTree:
     node_thresholds: list[int]
     approve_paths: list[list[tuple[int, int]]]
     n_features: int
+    n_bits: int
     party_slices: dict[str, tuple[int, int]]
 
     @classmethod
     def from_sklearn(
-        cls, tree: Any, n_features: int, party_slices: dict[str, tuple[int, int]]
+        cls, tree: Any, n_features: int, n_bits: int, party_slices: dict[str, tuple[int, int]]
     ) -> QuantizedTree:
         """Build from a fitted sklearn tree trained on integer features (``tree_`` attribute)."""
         t = tree.tree_
@@ -57,6 +62,7 @@ class QuantizedTree:
         features: list[int] = []
         thresholds: list[int] = []
         paths: list[list[tuple[int, int]]] = []
+        comparisons: dict[tuple[int, int], int] = {}
 
         def walk(node: int, path: list[tuple[int, int]]) -> None:
             cls_ = leaf_class(node)
@@ -64,15 +70,19 @@ class QuantizedTree:
                 if cls_ == 1:
                     paths.append(path)
                 return
-            index = len(features)
-            features.append(int(t.feature[node]))
-            # Features are integers, so x <= 2.5 is x <= 2.
-            thresholds.append(int(np.floor(t.threshold[node])))
+            # Features are integers, so x <= 2.5 is x <= 2. Nodes that test the same comparison
+            # share one bootstrap.
+            key = (int(t.feature[node]), int(np.floor(t.threshold[node])))
+            if key not in comparisons:
+                comparisons[key] = len(features)
+                features.append(key[0])
+                thresholds.append(key[1])
+            index = comparisons[key]
             walk(t.children_left[node], [*path, (index, 1)])
             walk(t.children_right[node], [*path, (index, -1)])
 
         walk(0, [])
-        return cls(features, thresholds, paths, n_features, party_slices)
+        return cls(features, thresholds, paths, n_features, n_bits, party_slices)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> QuantizedTree:
@@ -82,6 +92,7 @@ class QuantizedTree:
             node_thresholds=data["node_thresholds"],
             approve_paths=[[tuple(step) for step in path] for path in data["approve_paths"]],
             n_features=data["n_features"],
+            n_bits=data["n_bits"],
             party_slices={k: tuple(v) for k, v in data["party_slices"].items()},
         )
 
@@ -92,6 +103,7 @@ class QuantizedTree:
             "node_thresholds": self.node_thresholds,
             "approve_paths": [[list(step) for step in path] for path in self.approve_paths],
             "n_features": self.n_features,
+            "n_bits": self.n_bits,
             "party_slices": {k: list(v) for k, v in self.party_slices.items()},
         }
 
@@ -111,7 +123,7 @@ class QuantizedTree:
         depths = np.full(n_leaves, -1, dtype=np.int64)
         for leaf, path in enumerate(self.approve_paths):
             for node, direction in path:
-                paths[node, leaf] = direction
+                paths[node, leaf] += direction
             depths[leaf] = sum(1 for _, direction in path if direction == 1)
         return select, thresholds, paths, depths
 
@@ -123,26 +135,28 @@ class QuantizedTree:
         return ((bits @ paths) == depths).sum(axis=1).astype(np.int64)
 
     # -- FHE -------------------------------------------------------------------------------
-    def module(self, n_candidates: int) -> Any:
+    def module(self) -> Any:
         """Return the (uncompiled) concrete-python module with ``predict`` and ``explain``.
 
-        Args:
-            n_candidates: number of credit-bureau rows ``explain`` scores at once.
+        ``explain`` scores every candidate credit-bureau row against the same applicant and bank
+        rows: the comparisons on the applicant's and bank's features are computed once, only
+        those on credit-bureau features once per candidate, then the path matching per candidate.
+        (A single lookup over the joint region of all tested features would need a 7-bit
+        bootstrap, which the optimizer can only serve with 16384-coefficient polynomials: slower
+        and a much larger evaluation key, so the matching stays at 3-4 bits.)
         """
         select, thresholds, paths, depths = self.matrices()
         a0, a1 = self.party_slices["applicant"]
         b0, b1 = self.party_slices["bank"]
         c0, c1 = self.party_slices["credit_bureau"]
-        # explain computes the applicant's and bank's node bits once and only the credit bureau's
-        # nodes per candidate; nodes are ordered arbitrarily, so split them by owner.
-        cb_nodes = np.array([c0 <= f < c1 for f in self.node_features] or [False])
-        ab_idx, cb_idx = np.flatnonzero(~cb_nodes), np.flatnonzero(cb_nodes)
-        select_ab = np.concatenate([select[a0:a1], select[b0:b1]])[:, ab_idx]
-        select_cb = select[c0:c1][:, cb_idx]
-        thr_ab, thr_cb = thresholds[ab_idx], thresholds[cb_idx]
-        paths_ab, paths_cb = paths[ab_idx], paths[cb_idx]
-        has_ab, has_cb = len(ab_idx) > 0, len(cb_idx) > 0
-        del n_candidates  # the shape comes from the input set
+        # Comparisons are ordered arbitrarily: split them by the party whose feature they test.
+        on_candidate = np.array([c0 <= f < c1 for f in self.node_features] or [False])
+        known_idx, cand_idx = np.flatnonzero(~on_candidate), np.flatnonzero(on_candidate)
+        select_known = np.concatenate([select[a0:a1], select[b0:b1]])[:, known_idx]
+        select_cand = select[c0:c1][:, cand_idx]
+        thr_known, thr_cand = thresholds[known_idx], thresholds[cand_idx]
+        paths_known, paths_cand = paths[known_idx], paths[cand_idx]
+        has_known = len(known_idx) > 0
 
         @fhe.module()
         class CreditScoring:  # noqa: D101 - concrete-python module
@@ -159,14 +173,12 @@ class QuantizedTree:
                 {"applicant": "encrypted", "bank": "encrypted", "candidates": "encrypted"}
             )
             def explain(applicant, bank, candidates):  # noqa: N805
-                score = 0
-                if has_ab:
+                bits_cand = (candidates @ select_cand) <= thr_cand
+                score = bits_cand @ paths_cand
+                if has_known:
                     known = np.concatenate((applicant, bank))
-                    bits_ab = (known @ select_ab) <= thr_ab
-                    score = bits_ab @ paths_ab
-                if has_cb:
-                    bits_cb = (candidates @ select_cb) <= thr_cb
-                    score = score + bits_cb @ paths_cb
+                    bits_known = (known @ select_known) <= thr_known
+                    score = score + bits_known @ paths_known
                 hits = score == depths
                 return np.sum(hits, axis=1)
 

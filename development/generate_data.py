@@ -37,9 +37,13 @@ RULES = {
 }
 
 
-def _choice(rng: np.random.Generator, values: list[str], weights: list[float], n: int) -> np.ndarray:
+def _choice(
+    rng: np.random.Generator, values: list[str], weights: list[float], n: int
+) -> np.ndarray:
     probabilities = np.asarray(weights, dtype=float)
-    return rng.choice(np.asarray(values, dtype=object), size=n, p=probabilities / probabilities.sum())
+    return rng.choice(
+        np.asarray(values, dtype=object), size=n, p=probabilities / probabilities.sum()
+    )
 
 
 def generate(n_rows: int, seed: int) -> pd.DataFrame:
@@ -57,7 +61,9 @@ def generate(n_rows: int, seed: int) -> pd.DataFrame:
 
     age = rng.integers(21, 69, size=n)
     income_type = _choice(rng, INCOME_TYPES, [52, 23, 17, 7, 1], n)
-    income_type = np.where(age >= 60, np.where(rng.random(n) < 0.7, "Pensioner", income_type), income_type)
+    income_type = np.where(
+        age >= 60, np.where(rng.random(n) < 0.7, "Pensioner", income_type), income_type
+    )
     income_type = np.where((age < 26) & (rng.random(n) < 0.15), "Student", income_type)
     education_type = _choice(rng, EDUCATION_TYPES, [68, 4, 25, 2, 1], n)
     family_status = _choice(rng, FAMILY_STATUS, [68, 13, 8, 6, 5], n)
@@ -68,7 +74,9 @@ def generate(n_rows: int, seed: int) -> pd.DataFrame:
 
     partnered = np.isin(family_status, ["Married", "Civil marriage"])
     num_children = np.minimum(rng.poisson(0.45, size=n), 5)
-    household_size = np.minimum(1 + partnered.astype(int) + num_children + (rng.random(n) < 0.05), 8)
+    household_size = np.minimum(
+        1 + partnered.astype(int) + num_children + (rng.random(n) < 0.05), 8
+    )
 
     base_income = rng.lognormal(mean=np.log(60_000), sigma=0.45, size=n)
     base_income *= np.where(education_type == "Higher education", 1.3, 1.0)
@@ -98,7 +106,8 @@ def generate(n_rows: int, seed: int) -> pd.DataFrame:
         + RULES["own_property"] * own_property
         + RULES["mobile_phone"] * mobile_phone
         + RULES["per_child_beyond_two"] * np.maximum(num_children - 2, 0)
-        + RULES["higher_education"] * np.isin(education_type, ["Higher education", "Academic degree"])
+        + RULES["higher_education"]
+        * np.isin(education_type, ["Higher education", "Academic degree"])
         + RULES["student"] * (income_type == "Student")
         + rng.normal(0, RULES["noise_sd"], size=n)
     )

@@ -51,7 +51,7 @@ def library_versions() -> dict[str, str]:
 def feature_kinds() -> dict[str, str]:
     """Kind of each raw field: bool, category, log_numeric or numeric."""
     kinds = {}
-    for party, fields in settings.PARTY_FIELDS.items():
+    for fields in settings.PARTY_FIELDS.values():
         for field in fields:
             if field in settings.BOOLEAN_FIELDS:
                 kinds[field] = "bool"
@@ -147,7 +147,10 @@ def fit_tree(
     model = DecisionTreeClassifier(n_bits=n_bits, max_depth=max_depth, random_state=settings.SEED)
     model.fit(x_train, y_train)
     tree = QuantizedTree.from_sklearn(
-        model.sklearn_model, n_features=x_train.shape[1], party_slices=party_slices()
+        model.sklearn_model,
+        n_features=x_train.shape[1],
+        n_bits=n_bits,
+        party_slices=party_slices(),
     )
     return model, tree
 
@@ -158,7 +161,9 @@ def compile_module(tree: QuantizedTree, q_train: np.ndarray, n_candidates: int) 
     rng = np.random.default_rng(settings.SEED)
     rows = q_train[rng.choice(len(q_train), size=min(len(q_train), 400), replace=False)]
     n_max = int(q_train.max())
-    rows = np.concatenate([rows, np.zeros((1, rows.shape[1]), np.int64), np.full((1, rows.shape[1]), n_max)])
+    rows = np.concatenate(
+        [rows, np.zeros((1, rows.shape[1]), np.int64), np.full((1, rows.shape[1]), n_max)]
+    )
 
     def split(row: np.ndarray) -> list[np.ndarray]:
         return [row[slices[p][0] : slices[p][1]] for p in settings.PARTIES]
@@ -170,9 +175,7 @@ def compile_module(tree: QuantizedTree, q_train: np.ndarray, n_candidates: int) 
         candidates = np.stack([split(rows[(i + k) % len(rows)])[2] for k in range(n_candidates)])
         explain_set.append((a, b, candidates))
     configuration = fhe.Configuration(**FHE_CONFIGURATION)
-    return tree.module(n_candidates).compile(
-        {"predict": predict_set, "explain": explain_set}, configuration
-    )
+    return tree.module().compile({"predict": predict_set, "explain": explain_set}, configuration)
 
 
 def measure_warm_predict(module: Any, q_rows: np.ndarray, slices: dict, runs: int = 3) -> float:
@@ -217,6 +220,47 @@ def measure_wire_format(module: Any, q_rows: np.ndarray, n_candidates: int) -> d
     }
 
 
+def build(frame: pd.DataFrame, n_bits: int, max_depth: int) -> dict[str, Any]:
+    """Split, fit the tree and derive the per-party preprocessing (no compilation, no files).
+
+    Returns:
+        A dict with x, y, q (client-side quantized rows), idx_train, idx_test, model, tree, spec
+        (the preprocessing JSON) and ranges (the field ranges JSON).
+    """
+    x = float_features(frame)
+    y = frame["approved"].to_numpy()
+    idx_train, idx_test = train_test_split(
+        np.arange(len(frame)),
+        test_size=settings.TEST_FRACTION,
+        random_state=settings.SEED,
+        stratify=y,
+    )
+    model, tree = fit_tree(x[idx_train], y[idx_train], n_bits=n_bits, max_depth=max_depth)
+    ranges = field_ranges(frame)
+    spec = preprocessing_spec(model, ranges)
+    # The client's own preprocessing must give exactly Concrete ML's quantized inputs.
+    preprocessors = {party: PartyPreprocessor.from_spec(party, spec) for party in settings.PARTIES}
+    q = np.concatenate(
+        [
+            np.stack([preprocessors[p].quantize_numbers(list(r)) for r in x[:, s0:s1]])
+            for p, (s0, s1) in party_slices().items()
+        ],
+        axis=1,
+    )
+    assert np.array_equal(q, model.quantize_input(x)), "client quantization differs"
+    return {
+        "x": x,
+        "y": y,
+        "q": q,
+        "idx_train": idx_train,
+        "idx_test": idx_test,
+        "model": model,
+        "tree": tree,
+        "spec": spec,
+        "ranges": ranges,
+    }
+
+
 def main(out_dir: Path = settings.DEPLOYMENT_DIR, real_fhe_rows: int = N_REAL_FHE_ROWS) -> dict:
     """Regenerate the data, the artifacts and the model report; return the model card."""
     n_bits, max_depth = settings.CHOSEN_N_BITS, settings.CHOSEN_MAX_DEPTH
@@ -226,30 +270,19 @@ def main(out_dir: Path = settings.DEPLOYMENT_DIR, real_fhe_rows: int = N_REAL_FH
 
     frame = generate(settings.N_ROWS, settings.SEED)
     frame.to_csv(settings.DATA_PATH, index=False)
-    x = float_features(frame)
-    y = frame["approved"].to_numpy()
-    idx_train, idx_test = train_test_split(
-        np.arange(len(frame)), test_size=settings.TEST_FRACTION, random_state=settings.SEED,
-        stratify=y,
+    built = build(frame, n_bits=n_bits, max_depth=max_depth)
+    model, tree, idx_train, idx_test = (
+        built["model"],
+        built["tree"],
+        built["idx_train"],
+        built["idx_test"],
     )
+    x, y, q_all, ranges = built["x"], built["y"], built["q"], built["ranges"]
     print(f"data: {len(frame)} rows, approval rate {y.mean():.3f}")
-
-    model, tree = fit_tree(x[idx_train], y[idx_train], n_bits=n_bits, max_depth=max_depth)
-    ranges = field_ranges(frame)
-    spec = preprocessing_spec(model, ranges)
-    (out_dir / settings.PREPROCESSING_PATH.name).write_text(json.dumps(spec, indent=1) + "\n")
-    (out_dir / settings.FIELD_RANGES_PATH.name).write_text(json.dumps(ranges, indent=1) + "\n")
-
-    # The client's own preprocessing must give exactly Concrete ML's quantized inputs.
-    preprocessors = PartyPreprocessor.load_all(out_dir / settings.PREPROCESSING_PATH.name)
-    q_all = np.concatenate(
-        [
-            np.stack([preprocessors[p].quantize_numbers(list(r)) for r in x[:, s0:s1]])
-            for p, (s0, s1) in party_slices().items()
-        ],
-        axis=1,
+    (out_dir / settings.PREPROCESSING_PATH.name).write_text(
+        json.dumps(built["spec"], indent=1) + "\n"
     )
-    assert np.array_equal(q_all, model.quantize_input(x)), "client quantization differs"
+    (out_dir / settings.FIELD_RANGES_PATH.name).write_text(json.dumps(ranges, indent=1) + "\n")
     q_train, q_test = q_all[idx_train], q_all[idx_test]
     y_test = y[idx_test]
 
@@ -301,9 +334,7 @@ def main(out_dir: Path = settings.DEPLOYMENT_DIR, real_fhe_rows: int = N_REAL_FH
             "decision_nodes": len(tree.node_features),
             "approving_leaves": len(tree.approve_paths),
         },
-        "feature_layout": {
-            p: list(settings.PARTY_FIELDS[p]) for p in settings.PARTIES
-        },
+        "feature_layout": {p: list(settings.PARTY_FIELDS[p]) for p in settings.PARTIES},
         "input_shapes": {p: [s1 - s0] for p, (s0, s1) in slices.items()}
         | {"candidates": [n_candidates, slices["credit_bureau"][1] - slices["credit_bureau"][0]]},
         "wire_format": wire_format,

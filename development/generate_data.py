@@ -22,17 +22,17 @@ from settings import (
 
 # Weight of each rule in the approval score (log-odds). Written out in data/README.md.
 RULES = {
-    "intercept": -4.1,
-    "per_years_employed_bin": 0.95,
+    "intercept": -3.4,
+    "per_years_employed_bin": 0.75,
     "employed": 1.2,
-    "per_log2_income_over_60k": 1.1,
+    "per_log2_income_over_60k": 2.0,
     "per_year_of_account_age": 0.16,
     "own_car": 0.35,
     "own_property": 0.6,
     "mobile_phone": 0.1,
     "per_child_beyond_two": -0.35,
     "higher_education": 0.3,
-    "student": -0.5,
+    "student": -2.0,
     "noise_sd": 0.6,
 }
 

@@ -11,6 +11,7 @@ from concrete import fhe
 
 import settings
 from backend import InvalidFieldError, PartyPreprocessor
+from development.data_report import parties_of
 from development.fhe_tree import QuantizedTree
 from development.generate_data import generate
 from development.reference import clear_explain, clear_verdict, quantized_row
@@ -37,14 +38,6 @@ def fhe_pair() -> tuple[fhe.Server, fhe.Client, fhe.EvaluationKeys]:
     client.keygen(force=True)
     keys = fhe.EvaluationKeys.deserialize(client.evaluation_keys.serialize())
     return server, client, keys
-
-
-def parties_of(row: pd.Series) -> tuple[dict, dict, dict]:
-    """Split a data row into the three parties' raw fields (Python types, as a client sends)."""
-    fields = {}
-    for party, names in settings.PARTY_FIELDS.items():
-        fields[party] = {n: row[n].item() if hasattr(row[n], "item") else row[n] for n in names}
-    return fields["applicant"], fields["bank"], fields["credit_bureau"]
 
 
 def test_generator_is_deterministic_and_has_the_schema() -> None:

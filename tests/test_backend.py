@@ -1,0 +1,533 @@
+"""The client library (backend.py) against a real FHE server process, and its error handling.
+
+The server runs as ``uvicorn server:app`` on a free port with its store in a temporary folder.
+Verdicts and explanations are compared with the clear evaluation of the same quantized tree
+(development/reference.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import free_port
+
+import backend
+import settings
+from development.reference import clear_explain, clear_verdict
+
+pytestmark = pytest.mark.slow
+
+# Profiles: rows of data/applications.csv, found by searching the data with development/reference.py
+# (clear_verdict and clear_explain on every row). The first test checks that the clear reference
+# still agrees, so a retrained model that changes them fails loudly there (search again then).
+PROFILES: dict[str, dict[str, Any]] = {
+    # data row 1: approved as sent.
+    "approved": {
+        "applicant": {
+            "own_car": False,
+            "own_property": True,
+            "mobile_phone": True,
+            "num_children": 0,
+            "household_size": 2,
+            "total_income": 82000.0,
+            "age": 58,
+            "income_type": "Working",
+            "education_type": "Higher education",
+            "family_status": "Married",
+            "occupation_type": "Core staff",
+            "housing_type": "House / apartment",
+        },
+        "bank": {"account_age": 19},
+        "credit_bureau": {"employed": True, "years_employed": "11-18"},
+        "verdict": True,
+        "explain": "11-18",
+    },
+    # data row 2: refused (unemployed, 0-2 years); employed with 8-11 years flips it.
+    "refused_flippable": {
+        "applicant": {
+            "own_car": False,
+            "own_property": False,
+            "mobile_phone": True,
+            "num_children": 0,
+            "household_size": 2,
+            "total_income": 45000.0,
+            "age": 52,
+            "income_type": "Working",
+            "education_type": "Incomplete higher",
+            "family_status": "Married",
+            "occupation_type": "Waiters/barmen staff",
+            "housing_type": "House / apartment",
+        },
+        "bank": {"account_age": 49},
+        "credit_bureau": {"employed": False, "years_employed": "0-2"},
+        "verdict": False,
+        "explain": "8-11",
+    },
+    # data row 0: refused (employed, 5-8 years), and no years-employed bin changes it.
+    "refused_unflippable": {
+        "applicant": {
+            "own_car": False,
+            "own_property": False,
+            "mobile_phone": True,
+            "num_children": 0,
+            "household_size": 1,
+            "total_income": 29000.0,
+            "age": 25,
+            "income_type": "Working",
+            "education_type": "Incomplete higher",
+            "family_status": "Single",
+            "occupation_type": "Sales staff",
+            "housing_type": "House / apartment",
+        },
+        "bank": {"account_age": 55},
+        "credit_bureau": {"employed": True, "years_employed": "5-8"},
+        "verdict": False,
+        "explain": None,
+    },
+    # data row 3: refused as unemployed; employed with the same bin (2-5) would be approved.
+    "refused_unemployed": {
+        "applicant": {
+            "own_car": False,
+            "own_property": True,
+            "mobile_phone": True,
+            "num_children": 0,
+            "household_size": 2,
+            "total_income": 76000.0,
+            "age": 42,
+            "income_type": "Pensioner",
+            "education_type": "Secondary",
+            "family_status": "Married",
+            "occupation_type": "Sales staff",
+            "housing_type": "With parents",
+        },
+        "bank": {"account_age": 47},
+        "credit_bureau": {"employed": False, "years_employed": "2-5"},
+        "verdict": False,
+        "explain": "2-5",
+    },
+}
+
+
+class RecordingTransport(httpx.HTTPTransport):
+    """A real HTTP transport that records (method, path) of every request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[tuple[str, str]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append((request.method, request.url.path))
+        return super().handle_request(request)
+
+
+def _wait_for_health(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the FHE server exited early:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"the FHE server did not become healthy:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    work = tmp_path_factory.mktemp("fhe_server")
+    log = work / "server.log"
+    env = {**os.environ, "FHE_STORE_DIR": str(work / "store")}
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1"]
+            + ["--port", str(port)],
+            cwd=settings.REPO_DIR,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_for_health(url, process, log)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="module")
+def transport() -> RecordingTransport:
+    return RecordingTransport()
+
+
+@pytest.fixture(scope="module")
+def client(
+    server_url: str, transport: RecordingTransport, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[backend.CreditScoringClient]:
+    key_dir = tmp_path_factory.mktemp("client") / "keys"
+    client = backend.CreditScoringClient(server_url, key_dir=key_dir, transport=transport)
+    client.generate_keys()
+    yield client
+    client.close()
+
+
+def _send_profile(client: backend.CreditScoringClient, profile: dict[str, Any]) -> None:
+    client.send_applicant(**profile["applicant"])
+    client.send_bank(**profile["bank"])
+    client.send_credit_bureau(**profile["credit_bureau"])
+
+
+def _clear(profile: dict[str, Any], function: Callable[..., Any]) -> Any:
+    return function(profile["applicant"], profile["bank"], profile["credit_bureau"])
+
+
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_hard_coded_profiles_still_match_the_clear_reference(name: str) -> None:
+    profile = PROFILES[name]
+    assert _clear(profile, clear_verdict) is profile["verdict"]
+    assert _clear(profile, clear_explain) == profile["explain"]
+
+
+def test_generate_keys_keeps_the_secret_key_local(
+    client: backend.CreditScoringClient, transport: RecordingTransport
+) -> None:
+    assert (client.key_dir / backend.KEYS_FILE_NAME).stat().st_size > 0
+    assert client.has_keys and client.session_id
+    assert client.evaluation_key_size is not None and client.evaluation_key_size > 1_000_000
+    # The only upload of the key generation is the evaluation keys.
+    assert transport.requests[0] == ("POST", "/sessions")
+
+
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_full_flow_verdict_equals_clear_model(
+    name: str, client: backend.CreditScoringClient, transport: RecordingTransport
+) -> None:
+    profile = PROFILES[name]
+    _send_profile(client, profile)
+    assert client.sent_parties == set(settings.PARTIES)
+    for party in settings.PARTIES:
+        assert len(client.ciphertexts[party]) > 100
+    seconds = client.predict()
+    assert 0 < seconds < 120
+    start = len(transport.requests)
+    verdict = client.decrypt_verdict()
+    assert transport.requests[start:] == [("GET", f"/sessions/{client.session_id}/output")]
+    assert verdict is _clear(profile, clear_verdict) is profile["verdict"]
+    assert client.verdict is verdict
+    assert client.encrypted_output
+
+
+@pytest.mark.parametrize("name", ["refused_flippable", "refused_unflippable", "refused_unemployed"])
+def test_explain_refused_profile_in_one_round_trip(
+    name: str, client: backend.CreditScoringClient, transport: RecordingTransport
+) -> None:
+    profile = PROFILES[name]
+    _send_profile(client, profile)
+    client.predict()
+    assert client.decrypt_verdict() is False
+    start = len(transport.requests)
+    answer = client.explain()
+    assert answer == _clear(profile, clear_explain) == profile["explain"]
+    assert transport.requests[start:] == [("POST", f"/sessions/{client.session_id}/explain")]
+    assert client.explain_fhe_execution_time is not None
+    explanation = backend.explain_encrypt_run_decrypt(client)
+    expected_outcome = "no_change" if profile["explain"] is None else "years_needed"
+    assert explanation.outcome == expected_outcome
+    assert explanation.years_employed == profile["explain"]
+
+
+def test_explain_approved_profile_makes_no_server_call(
+    client: backend.CreditScoringClient, transport: RecordingTransport
+) -> None:
+    profile = PROFILES["approved"]
+    _send_profile(client, profile)
+    client.predict()
+    assert client.decrypt_verdict() is True
+    start = len(transport.requests)
+    assert client.explain() == profile["credit_bureau"]["years_employed"]
+    explanation = backend.explain_encrypt_run_decrypt(client)
+    assert explanation.outcome == "already_approved"
+    assert explanation.fhe_execution_time is None
+    assert transport.requests[start:] == []
+
+
+def test_thin_functions_return_plain_values(
+    client: backend.CreditScoringClient,
+) -> None:
+    profile = PROFILES["refused_flippable"]
+    applicant = backend.pre_process_encrypt_send_applicant(client, **profile["applicant"])
+    bank = backend.pre_process_encrypt_send_bank(client, **profile["bank"])
+    bureau = backend.pre_process_encrypt_send_credit_bureau(client, **profile["credit_bureau"])
+    for shown, party in ((applicant, "applicant"), (bank, "bank"), (bureau, "credit_bureau")):
+        assert shown.endswith(f"[{len(client.ciphertexts[party]):,} B]")
+        assert len(shown) < 200
+    assert backend.run_fhe(client) > 0
+    shown, approved = backend.get_output_and_decrypt(client)
+    assert approved is False and shown.endswith(f"[{len(client.encrypted_output or b''):,} B]")
+
+
+def test_sending_again_invalidates_the_last_run(client: backend.CreditScoringClient) -> None:
+    _send_profile(client, PROFILES["approved"])
+    client.predict()
+    client.send_bank(account_age=3)
+    with pytest.raises(backend.StepOrderError) as caught:
+        client.decrypt_verdict()
+    assert caught.value.code == "order_run_first"
+
+
+INVALID_FIELDS = [
+    ("applicant", {"age": 200}),
+    ("applicant", {"income_type": "Astronaut"}),
+    ("applicant", {"own_car": "maybe"}),
+    ("applicant", {"total_income": float("nan")}),
+    ("applicant", {"household_size": None}),
+    ("bank", {"account_age": -1}),
+    ("bank", {"account_age": "ten"}),
+    ("credit_bureau", {"years_employed": "40+"}),
+    ("credit_bureau", {"employed": 3}),
+]
+
+
+@pytest.mark.parametrize(("party", "change"), INVALID_FIELDS)
+def test_invalid_field_values_raise_before_any_request(
+    party: str,
+    change: dict[str, Any],
+    client: backend.CreditScoringClient,
+    transport: RecordingTransport,
+    tmp_path: Path,
+) -> None:
+    profile = PROFILES["approved"]
+    fields = {**profile[party], **change}
+    senders = {
+        "applicant": lambda c: c.send_applicant(**fields),
+        "bank": lambda c: c.send_bank(**fields),
+        "credit_bureau": lambda c: c.send_credit_bureau(**fields),
+    }
+    # A client with keys and a session: nothing is encrypted or sent.
+    start = len(transport.requests)
+    with pytest.raises(backend.InvalidFieldError) as caught:
+        senders[party](client)
+    assert caught.value.code == "invalid_field"
+    assert transport.requests[start:] == []
+    # A fresh client: the field is checked before anything else, still without a request.
+    fresh_transport = RecordingTransport()
+    fresh = backend.CreditScoringClient(
+        "http://127.0.0.1:9", key_dir=tmp_path / "keys", transport=fresh_transport
+    )
+    with pytest.raises(backend.InvalidFieldError):
+        senders[party](fresh)
+    assert fresh_transport.requests == []
+
+
+def test_missing_and_unknown_applicant_fields_are_invalid(
+    client: backend.CreditScoringClient, transport: RecordingTransport
+) -> None:
+    applicant = dict(PROFILES["approved"]["applicant"])
+    start = len(transport.requests)
+    with pytest.raises(backend.InvalidFieldError, match="missing"):
+        client.send_applicant(**{k: v for k, v in applicant.items() if k != "age"})
+    with pytest.raises(backend.InvalidFieldError, match="unknown"):
+        client.send_applicant(**applicant, shoe_size=42)
+    assert transport.requests[start:] == []
+
+
+def test_steps_out_of_order_raise_locally(server_url: str, tmp_path: Path) -> None:
+    transport = RecordingTransport()
+    client = backend.CreditScoringClient(server_url, key_dir=tmp_path / "keys", transport=transport)
+    profile = PROFILES["approved"]
+    for step in (
+        lambda: client.send_applicant(**profile["applicant"]),
+        lambda: client.send_bank(**profile["bank"]),
+        lambda: client.send_credit_bureau(**profile["credit_bureau"]),
+        client.predict,
+        client.decrypt_verdict,
+        client.explain,
+    ):
+        with pytest.raises(backend.StepOrderError) as caught:
+            step()
+        assert caught.value.code == "order_keys_first"
+        assert caught.value.status_code is None
+    assert transport.requests == []
+
+    client.generate_keys()
+    client.send_bank(**profile["bank"])
+    before = len(transport.requests)
+    with pytest.raises(backend.StepOrderError) as caught:
+        client.predict()
+    assert caught.value.code == "order_inputs_first"
+    assert caught.value.details["parties"] == ("applicant", "credit_bureau")
+    with pytest.raises(backend.StepOrderError) as caught:
+        client.decrypt_verdict()
+    assert caught.value.code == "order_run_first"
+    with pytest.raises(backend.StepOrderError) as caught:
+        client.explain()
+    assert caught.value.code == "order_decrypt_first"
+    assert len(transport.requests) == before
+    client.close()
+
+
+def test_close_deletes_the_server_session_and_the_keys(server_url: str, tmp_path: Path) -> None:
+    transport = RecordingTransport()
+    client = backend.CreditScoringClient(server_url, key_dir=tmp_path / "keys", transport=transport)
+    client.generate_keys()
+    session_id, token = client.session_id, client._token
+    assert client.key_dir.is_dir()
+    client.close()
+    assert not client.key_dir.exists()
+    assert transport.requests[-1] == ("DELETE", f"/sessions/{session_id}")
+    assert client.session_id is None and not client.has_keys
+    gone = httpx.post(
+        f"{server_url}/sessions/{session_id}/predict",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert gone.status_code == 404
+    client.close()  # idempotent
+
+
+def test_new_client_uses_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FHE_SERVER_URL", "http://example.invalid:1234/")
+    monkeypatch.setattr(settings, "CLIENT_KEYS_DIR", tmp_path)
+    first, second = backend.new_client(), backend.new_client()
+    assert first.server_url == "http://example.invalid:1234"
+    assert first.key_dir.parent == tmp_path
+    assert first.key_dir != second.key_dir
+    assert not first.key_dir.exists()  # created by generate_keys only
+
+
+# ---------------------------------------------------------------------------------------------
+# Error mapping, with a mock transport (no server)
+# ---------------------------------------------------------------------------------------------
+class ScriptedServer:
+    """A mock server: POST /sessions succeeds, the next response is set by the test."""
+
+    def __init__(self) -> None:
+        self.next: httpx.Response | Exception | None = None
+        self.requests: list[tuple[str, str]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append((request.method, request.url.path))
+        if request.method == "POST" and request.url.path == "/sessions":
+            return httpx.Response(201, json={"session_id": "s1", "token": "t1", "expires_in": 60})
+        if request.method == "DELETE":
+            return httpx.Response(204)
+        if isinstance(self.next, Exception):
+            raise self.next
+        assert self.next is not None
+        return self.next
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, ScriptedServer]]:
+    server = ScriptedServer()
+    client = backend.CreditScoringClient(
+        "http://fhe.test",
+        key_dir=tmp_path_factory.mktemp("scripted") / "keys",
+        transport=httpx.MockTransport(server),
+    )
+    client.generate_keys()
+    yield client, server
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "error_class", "code"),
+    [
+        (401, backend.AuthenticationError, "unauthorized"),
+        (404, backend.SessionNotFoundError, "not_found"),
+        (409, backend.StepOrderError, "order_server"),
+        (413, backend.PayloadTooLargeError, "too_large"),
+        (422, backend.InvalidPayloadError, "invalid_payload"),
+        (503, backend.ServerBusyError, "busy"),
+        (500, backend.ServerError, "server_error"),
+    ],
+)
+def test_http_errors_become_typed_exceptions(
+    status: int, error_class: type[backend.ServerError], code: str, scripted: Any
+) -> None:
+    client, server = scripted
+    if not client.has_keys:
+        client.generate_keys()
+    server.next = httpx.Response(
+        status, json={"detail": f"detail {status}"}, headers={"Retry-After": "7"}
+    )
+    with pytest.raises(error_class) as caught:
+        client.send_bank(account_age=12)
+    error = caught.value
+    assert type(error) is error_class
+    assert isinstance(error, backend.ClientError)
+    assert error.code == code and code in backend.ERROR_CODES
+    assert error.status_code == status
+    assert f"detail {status}" in str(error) and f"HTTP {status}" in str(error)
+    if status == 503:
+        assert error.retry_after == 7.0
+    if status == 404:
+        # The session is gone for good: new keys are needed.
+        assert not client.has_keys
+        with pytest.raises(backend.StepOrderError, match="keys"):
+            client.send_bank(account_age=12)
+
+
+@pytest.mark.parametrize(
+    ("exception", "code"),
+    [
+        (httpx.ConnectError("refused"), "unreachable"),
+        (httpx.ReadTimeout("slow"), "timeout"),
+    ],
+)
+def test_unreachable_server_is_a_typed_error(
+    exception: Exception, code: str, scripted: Any
+) -> None:
+    client, server = scripted
+    if not client.has_keys:
+        client.generate_keys()
+    server.next = exception
+    with pytest.raises(backend.ServerUnreachableError) as caught:
+        client.send_bank(account_age=12)
+    assert caught.value.code == code
+
+
+def test_garbage_output_is_a_bad_response_not_a_crash(scripted: Any) -> None:
+    client, server = scripted
+    if not client.has_keys:
+        client.generate_keys()
+    server.next = httpx.Response(204)
+    profile = PROFILES["approved"]
+    _send_profile(client, profile)
+    server.next = httpx.Response(200, json={"fhe_execution_time": 0.5})
+    assert client.predict() == 0.5
+    server.next = httpx.Response(200, content=b"not a ciphertext")
+    with pytest.raises(backend.ServerError) as caught:
+        client.decrypt_verdict()
+    assert caught.value.code == "bad_response"
+
+
+def test_retry_after_parsing() -> None:
+    assert backend._parse_seconds("3") == 3.0
+    assert backend._parse_seconds(None) is None
+    assert backend._parse_seconds("Wed, 21 Oct 2015 07:28:00 GMT") is None
+    assert backend._parse_seconds("-1") is None
+
+
+def test_shorten_hex() -> None:
+    header = bytes(64)
+    data = header + bytes(range(64)) + bytes(32)
+    shown = backend.shorten_hex(data)
+    assert shown == f"…{bytes(range(32)).hex()}… [160 B]"
+    assert backend.shorten_hex(b"\x01\x02") == "0102 [2 B]"
+    preview = backend.shorten_hex(b"\xff" * 10, total_size=15_892_832)
+    assert preview == "ffffffffffffffffffff… [15,892,832 B]"

@@ -197,7 +197,7 @@ _ZH = {
     "btn_get_output": "接收来自服务器的加密输出并解密。",
     "label_encrypted_output": "加密输出表示:",
     "label_verdict": "预测",
-    "step5_title": "## 第5步:解释预测(仅当您的信用卡可能被拒绝时)。",
+    "step5_title": "## 步骤5:解释预测(仅当您的信用卡可能被拒绝时)。",
     "step5_body": (
         "如果信用卡申请可能被拒绝,申请人可以询问最少需要多少年的工作经验,"
         "才最有可能获得信用卡批准。\n\n"
@@ -215,8 +215,8 @@ _ZH = {
     "diagram_alt": "申请人、银行和信用中心在客户端加密,FHE服务器只在密文上计算,客户端解密结果",
     # Messages built by the handlers.
     "not_sent": "未发送:输入在发送后已更改,请重新加密并发送。",
-    "verdict_approved": "✅ 很可能获批",
-    "verdict_refused": "❌ 很可能被拒绝",
+    "verdict_approved": "很可能获批",
+    "verdict_refused": "很可能被拒绝",
     "explain_already": "申请已经很可能获批:无需解释,也没有运行FHE计算。",
     "explain_years": "在职(是)且工作年限为“{years}”时最有可能获批,"
     "这是从您所选区间起最少的年限。(FHE执行时间:{seconds} 秒)",
@@ -426,8 +426,8 @@ _EN = {
     "diagram_alt": "Applicant, bank and credit bureau encrypt on the client side, the FHE server "
     "computes on ciphertexts only, the client decrypts the result",
     "not_sent": "Not sent: the inputs changed after they were sent. Encrypt and send them again.",
-    "verdict_approved": "✅ Likely approved",
-    "verdict_refused": "❌ Likely refused",
+    "verdict_approved": "Likely approved",
+    "verdict_refused": "Likely refused",
     "explain_already": "The application is already likely approved: nothing to explain, and no "
     "FHE computation was run.",
     "explain_years": "With employed = yes, the fewest years employed, from the bin you chose, "

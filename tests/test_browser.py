@@ -1,0 +1,409 @@
+"""The five-step page in a real browser: headless Chromium (Playwright) against ``python app.py``.
+
+``python app.py`` runs as a subprocess on a free port (it starts its own FHE server child on
+another free port, with the server's store and the client keys in a temporary folder). The test
+clicks through all five steps as a person would - keys, the three parties' inputs and buttons,
+run, fetch and decrypt, explain - once with a Chinese and once with an English browser locale,
+and checks the verdict and the explanation against the clear model (development/reference.py).
+
+Chromium is Debian's (``shutil.which("chromium")``); Playwright's own browser download is not
+used. Without Chromium or Playwright the test is skipped (a failure under REQUIRE_BROWSER=1, see
+conftest.py). A full-page screenshot of the finished page is kept in the test's temporary
+folder; every failure message names it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import free_port
+from test_backend import PROFILES
+
+import app
+import settings
+from development.reference import clear_explain, clear_verdict
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+# A refused profile (unemployed, 0-2 years) that a higher years-employed bin flips to approved,
+# so that Step 5 has something to explain. test_backend.py checks it against the clear model.
+PROFILE = PROFILES["refused_flippable"]
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+APP_START_TIMEOUT_SECONDS = 120.0
+PAGE_LOAD_TIMEOUT_MS = 60_000
+# Key generation uploads ~16 MB of evaluation keys; FHE runs take a few seconds at most.
+STEP_TIMEOUT_SECONDS = 90.0
+CJK = re.compile(r"[\u4e00-\u9fff]")
+HEADING_IDS = ("step1-title", "step2-title", "step3-title", "step4-title", "step5-title")
+ENGLISH_HEADINGS = ("Step 1", "Step 2", "Step 3", "Step 4", "Step 5")
+ASSET_IDS = ("own_car", "own_property", "mobile_phone")
+
+
+@dataclass(frozen=True)
+class RunningApp:
+    """``python app.py`` serving the page."""
+
+    url: str
+    log: Path
+    keys_dir: Path
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """Return the end of the app's combined stdout/stderr."""
+        try:
+            return self.log.read_text(encoding="utf-8", errors="replace")[-chars:]
+        except OSError as error:
+            return f"(no log: {error})"
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """Return Chromium's path, or skip the test when Chromium or Playwright is missing."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as error:
+        pytest.skip(f"Playwright is not installed ({error})")
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip("no 'chromium' executable on PATH (apt-get install chromium)")
+    return executable
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()  # app.py turns SIGTERM into a clean exit that stops its FHE server
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def running_app(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    # Requests ``chromium`` first so that a missing browser skips before the app starts.
+    work = tmp_path_factory.mktemp("app")
+    log = work / "app.log"
+    keys_dir = work / "client_keys"
+    gradio_port = free_port()
+    fhe_port = free_port()
+    while fhe_port == gradio_port:
+        fhe_port = free_port()
+    env = {
+        **os.environ,
+        "GRADIO_SERVER_PORT": str(gradio_port),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "FHE_SERVER_PORT": str(fhe_port),
+        "FHE_STORE_DIR": str(work / "fhe_store"),
+        "FHE_CLIENT_KEYS_DIR": str(keys_dir),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("FHE_SERVER_URL", None)  # app.py must start its own FHE server
+    running = RunningApp(url=f"http://127.0.0.1:{gradio_port}", log=log, keys_dir=keys_dir)
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "app.py"],
+            cwd=settings.REPO_DIR,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_until_page_answers(running, process)
+            yield running
+        finally:
+            _stop(process)
+
+
+def _wait_until_page_answers(running: RunningApp, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + APP_START_TIMEOUT_SECONDS
+    problem = "no answer yet"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(
+                f"python app.py exited with code {process.returncode} before serving the page; "
+                f"its log ({running.log}):\n{running.log_tail()}"
+            )
+        try:
+            response = httpx.get(running.url, timeout=2.0)
+            if response.status_code == 200:
+                return
+            problem = f"HTTP {response.status_code}"
+        except httpx.HTTPError as error:
+            problem = f"{error.__class__.__name__}: {error}"
+        time.sleep(0.25)
+    pytest.fail(
+        f"the page at {running.url} did not answer within {APP_START_TIMEOUT_SECONDS:g} s "
+        f"({problem}); app log ({running.log}):\n{running.log_tail()}"
+    )
+
+
+class PageDriver:
+    """Drives the page like a person (failures get the screenshot's path and the log added)."""
+
+    def __init__(self, page: Any, running: RunningApp, screenshot: Path) -> None:
+        self.page = page
+        self.running = running
+        self.screenshot = screenshot
+
+    def context(self) -> str:
+        """Return what every failure message carries: the screenshot's path and the app's log."""
+        return f"\nscreenshot: {self.screenshot}\napp log ({self.running.log}):\n" + (
+            self.running.log_tail(2000)
+        )
+
+    def take_screenshot(self) -> None:
+        """Save a full-page screenshot (best effort: a broken page must not hide the failure)."""
+        try:
+            self.page.screenshot(path=str(self.screenshot), full_page=True)
+        except Exception as error:  # noqa: BLE001 - the test's own failure matters more
+            print(f"could not take the screenshot {self.screenshot}: {error}")
+
+    def textbox(self, elem_id: str) -> Any:
+        """Return the <textarea>/<input> of a gr.Textbox."""
+        return self.page.locator(f"#{elem_id} [data-testid='textbox']")
+
+    def value(self, elem_id: str) -> str:
+        """Return a gr.Textbox's current value."""
+        return self.textbox(elem_id).input_value()
+
+    def text(self, elem_id: str) -> str:
+        """Return the visible text of a component."""
+        return self.page.locator(f"#{elem_id}").inner_text()
+
+    def error_toasts(self) -> list[str]:
+        """Return the texts of the error toasts on the page."""
+        return self.page.locator(".toast-body.error [data-testid='toast-text']").all_inner_texts()
+
+    def click(self, elem_id: str) -> None:
+        """Click a button."""
+        self.page.locator(f"#{elem_id}").click()
+
+    def wait_for_value(self, elem_id: str, pattern: re.Pattern[str]) -> str:
+        """Wait until a textbox's value matches, failing at once on an error toast.
+
+        Returns:
+            The textbox's value.
+        """
+        deadline = time.monotonic() + STEP_TIMEOUT_SECONDS
+        value = ""
+        while time.monotonic() < deadline:
+            value = self.value(elem_id)
+            if pattern.search(value):
+                return value
+            errors = self.error_toasts()
+            assert not errors, f"the page showed an error while waiting for #{elem_id}: {errors}"
+            self.page.wait_for_timeout(200)
+        raise AssertionError(
+            f"#{elem_id} did not match {pattern.pattern!r} within {STEP_TIMEOUT_SECONDS:g} s "
+            f"(value {value!r})"
+        )
+
+    def set_slider(self, elem_id: str, number: float) -> None:
+        """Type a number into a slider's number box and check that the slider follows."""
+        box = self.page.locator(f"#{elem_id} input[data-testid='number-input']")
+        box.fill(f"{number:g}")
+        box.press("Enter")
+        slider = self.page.locator(f"#{elem_id} input[type='range']")
+        actual = float(slider.input_value())
+        assert actual == number, f"slider #{elem_id} shows {actual}, not {number}"
+
+    def pick(self, elem_id: str, shown: str) -> None:
+        """Open a dropdown and click the option displayed as ``shown``."""
+        combobox = self.page.locator(f"#{elem_id} input[role='combobox']")
+        combobox.click()
+        self.page.get_by_role("option", name=shown, exact=True).click()
+        actual = combobox.input_value()
+        assert actual == shown, f"dropdown #{elem_id} shows {actual!r}, not {shown!r}"
+
+    def set_checkbox(self, elem_id: str, value: str, checked: bool) -> None:
+        """Tick or untick one choice of a gr.CheckboxGroup (by its value)."""
+        box = self.page.locator(f"#{elem_id} input[type='checkbox'][name='{value}']")
+        box.set_checked(checked)
+        assert box.is_checked() is checked, f"#{elem_id} {value} not set"
+
+
+def _fill_and_send_applicant(driver: PageDriver, lang: str, applicant: dict[str, Any]) -> None:
+    for field in ASSET_IDS:
+        driver.set_checkbox("assets", field, applicant[field])
+    driver.set_slider("num-children", applicant["num_children"])
+    driver.set_slider("household-size", applicant["household_size"])
+    driver.set_slider("total-income", applicant["total_income"])
+    driver.set_slider("age", applicant["age"])
+    for field in settings.APPLICANT_FIELDS[7:]:  # the five categories, shown by display name
+        driver.pick(field.replace("_", "-"), settings.display_name(field, applicant[field], lang))
+
+
+def _assert_language(driver: PageDriver, lang: str) -> None:
+    title = driver.text("title")
+    headings = [driver.text(elem_id) for elem_id in HEADING_IDS]
+    if lang == "zh":
+        for text in (title, *headings, driver.text("footer")):
+            assert CJK.search(text), f"no Chinese in {text!r} with a zh-CN browser"
+    else:
+        assert not CJK.search(title), f"Chinese in the title {title!r} with an en-US browser"
+        assert "Credit-card approval" in title, f"English title missing: {title!r}"
+        for expected, text in zip(ENGLISH_HEADINGS, headings, strict=True):
+            assert text.startswith(expected) and not CJK.search(text), (
+                f"heading {text!r} is not the English {expected!r}"
+            )
+        footer = driver.text("footer")
+        assert "privacy-preserving" in footer and not CJK.search(footer), (
+            f"footer {footer!r} is not English"
+        )
+
+
+def _walk_through_the_five_steps(driver: PageDriver, lang: str) -> set[Path]:
+    """Click through the five steps, checking each answer.
+
+    Returns:
+        The key folder(s) that Step 1 created in the app's CLIENT_KEYS_DIR.
+    """
+    applicant, bank, credit_bureau = PROFILE["applicant"], PROFILE["bank"], PROFILE["credit_bureau"]
+    expected_verdict = clear_verdict(applicant, bank, credit_bureau)
+    expected_years = clear_explain(applicant, bank, credit_bureau)
+    # Preconditions of a meaningful explanation: refused as entered, some higher bin flips it.
+    assert expected_verdict is False and expected_years is not None, (
+        f"the profile is no longer refused-but-flippable ({expected_verdict}, {expected_years}); "
+        "pick another one in tests/test_backend.py"
+    )
+    nonempty = re.compile(r"\S")
+    sent = re.compile(r"^(?!" + re.escape(app.tr(lang, "not_sent")) + r")\S")
+
+    _assert_language(driver, lang)
+    for elem_id in ("logo", "diagram"):
+        loaded = driver.page.locator(f"#{elem_id} img").evaluate(
+            "img => img.complete && img.naturalWidth > 0"
+        )
+        assert loaded, f"the #{elem_id} image did not render"
+
+    # Step 1: keys (the secret key stays in the app's CLIENT_KEYS_DIR).
+    key_folders_before = set(driver.running.keys_dir.glob("*"))
+    driver.click("keygen-button")
+    driver.wait_for_value("evaluation-key", nonempty)
+    new_key_folders = set(driver.running.keys_dir.glob("*")) - key_folders_before
+    assert new_key_folders, f"no key folder appeared in {driver.running.keys_dir}"
+
+    # Step 2.1: the applicant.
+    _fill_and_send_applicant(driver, lang, applicant)
+    driver.click("encrypt-applicant-button")
+    driver.wait_for_value("encrypted-applicant", sent)
+
+    # Step 2.2: the bank.
+    driver.set_slider("account-age", bank["account_age"])
+    driver.click("encrypt-bank-button")
+    driver.wait_for_value("encrypted-bank", sent)
+
+    # Step 2.3: the credit bureau.
+    choice = app.tr(lang, "choice_yes" if credit_bureau["employed"] else "choice_no")
+    driver.page.locator("#employed label").filter(has_text=choice).click()
+    employed_value = app.YES if credit_bureau["employed"] else app.NO
+    assert driver.page.locator(f"#employed input[value='{employed_value}']").is_checked(), (
+        f"the employed radio {choice!r} is not selected"
+    )
+    years_shown = settings.display_name("years_employed", credit_bureau["years_employed"], lang)
+    driver.pick("years-employed", years_shown)
+    driver.click("encrypt-credit-bureau-button")
+    driver.wait_for_value("encrypted-credit-bureau", sent)
+    for elem_id in ("encrypted-applicant", "encrypted-bank"):
+        assert re.search(sent, driver.value(elem_id)), (
+            f"#{elem_id} was marked not sent: {driver.value(elem_id)!r}"
+        )
+
+    # Step 3: run in FHE.
+    driver.click("run-fhe-button")
+    seconds = driver.wait_for_value("fhe-execution-time", re.compile(r"^\d+\.\d{2}$"))
+    assert 0 < float(seconds) < STEP_TIMEOUT_SECONDS, f"FHE time {seconds!r}"
+
+    # Step 4: fetch the encrypted verdict and decrypt it.
+    driver.click("get-output-button")
+    verdict = driver.wait_for_value("verdict", nonempty)
+    expected_text = app.tr(lang, "verdict_approved" if expected_verdict else "verdict_refused")
+    assert verdict == expected_text, (
+        f"the page shows {verdict!r}; the clear model says {expected_text!r}"
+    )
+    assert driver.value("encrypted-output").strip(), "no encrypted output shown"
+
+    # Step 5: explain.
+    driver.click("explain-button")
+    explanation = driver.wait_for_value("explain-result", nonempty)
+    years_name = settings.display_name("years_employed", expected_years, lang)
+    assert years_name in explanation, (
+        f"the explanation {explanation!r} does not name {years_name!r}"
+    )
+    other_bins = [
+        settings.display_name("years_employed", years, lang)
+        for years in settings.YEARS_EMPLOYED_BINS
+        if years != expected_years
+    ]
+    assert not [name for name in other_bins if name in explanation], (
+        f"the explanation {explanation!r} names another bin"
+    )
+    has_cjk = bool(CJK.search(explanation)) and bool(CJK.search(verdict))
+    assert has_cjk is (lang == "zh"), (
+        f"verdict {verdict!r} / explanation {explanation!r} not in {lang}"
+    )
+    assert not driver.error_toasts(), f"error toasts: {driver.error_toasts()}"
+    return new_key_folders
+
+
+@pytest.mark.parametrize(("locale", "lang"), [("zh-CN", "zh"), ("en-US", "en")])
+def test_five_steps_in_a_real_browser(
+    locale: str, lang: str, chromium: str, running_app: RunningApp, tmp_path: Path
+) -> None:
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    screenshot = tmp_path / f"page-{lang}.png"
+    with sync_playwright() as playwright:
+        # Playwright refuses --user-data-dir in args: a persistent context gets a fresh one.
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=chromium,
+            args=CHROMIUM_ARGS,
+            locale=locale,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            context.set_default_timeout(30_000)
+            page = context.pages[0] if context.pages else context.new_page()
+            driver = PageDriver(page, running_app, screenshot)
+            try:
+                page.goto(running_app.url, wait_until="load", timeout=PAGE_LOAD_TIMEOUT_MS)
+                page.locator("#keygen-button").wait_for(state="visible")
+                key_folders = _walk_through_the_five_steps(driver, lang)
+            except (AssertionError, PlaywrightError) as error:
+                driver.take_screenshot()
+                raise AssertionError(f"{error}{driver.context()}") from error
+            finally:
+                driver.take_screenshot()
+        finally:
+            context.close()
+    assert screenshot.stat().st_size > 0, f"no screenshot at {screenshot}"
+    # Closing the tab ends the session (demo.unload): its secret key folder is deleted.
+    deadline = time.monotonic() + 15
+    while any(folder.exists() for folder in key_folders) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [str(folder) for folder in key_folders if folder.exists()]
+    assert not left, f"key folders left after the tab closed: {left}\nscreenshot: {screenshot}"

@@ -286,7 +286,7 @@ class FHEModel:
         self.wire["evaluation_keys"].check(data, "evaluation keys")
         try:
             return fhe.EvaluationKeys.deserialize(data)
-        except RuntimeError as error:
+        except (RuntimeError, MemoryError) as error:
             raise InvalidPayloadError("the evaluation keys do not deserialize") from error
 
     def value(self, name: str, data: bytes) -> Any:
@@ -299,7 +299,7 @@ class FHEModel:
         self.wire[name].check(data, what)
         try:
             return fhe.Value.deserialize(data)
-        except RuntimeError as error:
+        except (RuntimeError, MemoryError) as error:
             raise InvalidPayloadError(f"{what} does not deserialize") from error
 
     def run(
@@ -315,7 +315,7 @@ class FHEModel:
             result = self.server.run(
                 *values, evaluation_keys=evaluation_keys, function_name=function_name
             )
-        except RuntimeError as error:
+        except (RuntimeError, MemoryError) as error:
             logger.warning("FHE %s rejected the session's inputs: %s", function_name, error)
             raise InvalidPayloadError(
                 "the ciphertexts cannot be evaluated with this session's evaluation keys"
@@ -542,16 +542,18 @@ class SessionStore:
         session_id, token = secrets.token_hex(16), secrets.token_urlsafe(32)
         now = self.clock()
         meta = SessionMeta(token_sha256=token_digest(token), created=now, last_used=now)
-        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-"))
-        try:
-            atomic_write(staging / self.EVALUATION_KEYS, evaluation_keys)
-            atomic_write(staging / self.META, json.dumps(meta.__dict__).encode("utf-8"))
-            with self._lock:
-                self.purge_expired()
-                self._make_room(max(reserve_bytes, len(evaluation_keys)))
+        # Room is made before the keys are staged, so the store never holds more than its budget,
+        # not even for the moment between staging and renaming.
+        with self._lock:
+            self.purge_expired()
+            self._make_room(max(reserve_bytes, len(evaluation_keys)))
+            staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-"))
+            try:
+                atomic_write(staging / self.EVALUATION_KEYS, evaluation_keys)
+                atomic_write(staging / self.META, json.dumps(meta.__dict__).encode("utf-8"))
                 os.replace(staging, self._dir(session_id))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         logger.info("session %s created", short_id(session_id))
         return session_id, token
 
@@ -1040,9 +1042,14 @@ BINARY_RESPONSE = {
 
 @app.exception_handler(ServiceError)
 async def service_error_handler(request: Request, error: ServiceError) -> JSONResponse:
-    """Turn a service error into its status and ``{"detail": ...}``."""
+    """Turn a service error into its status and ``{"detail": ...}``.
+
+    The connection is closed after an error: otherwise the server would go on reading (and
+    discarding) the rest of a body it refused, e.g. a gigabyte sent to an upload route.
+    """
+    headers = {**(error.headers() or {}), "Connection": "close"}
     return JSONResponse(
-        status_code=error.status_code, content={"detail": str(error)}, headers=error.headers()
+        status_code=error.status_code, content={"detail": str(error)}, headers=headers
     )
 
 
@@ -1056,6 +1063,7 @@ async def validation_error_handler(request: Request, error: RequestValidationErr
     return JSONResponse(
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
         content={"detail": "; ".join(parts) or "invalid request"},
+        headers={"Connection": "close"},
     )
 
 

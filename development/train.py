@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from importlib.metadata import version
@@ -32,6 +33,7 @@ from development.fhe_tree import QuantizedTree
 from development.generate_data import RULES, generate
 
 N_PROBE = 64
+KEYGENS_FOR_WIRE_FORMAT = 4
 N_REAL_FHE_ROWS = 20
 FHE_CONFIGURATION = {
     "compress_evaluation_keys": True,
@@ -194,30 +196,31 @@ def measure_wire_format(module: Any, q_rows: np.ndarray, n_candidates: int) -> d
     """Exact byte length and fixed header of each serialized input and of the evaluation keys.
 
     Compressed ciphertexts and keys of this circuit always serialize to the same length with the
-    same leading bytes (only the seed and the body differ), so the server can reject bytes of the
-    wrong party, shape or circuit before handing them to the native deserializer. The header is
-    checked here to be identical over several encryptions.
+    same leading structure (only seeds and bodies differ), so the server can reject bytes of the
+    wrong party, shape or circuit before handing them to the native deserializer, which can
+    crash on a corrupted key structure. The fixed header is the longest prefix shared by every
+    sample of several key generations and encryptions (a random byte matches by chance with
+    probability 1/256 per extra sample, so the samples are many).
     """
     slices = party_slices()
-    seen: dict[str, set[tuple[int, str]]] = {}
-
-    def record(name: str, blob: bytes, prefix: int) -> None:
-        seen.setdefault(name, set()).add((len(blob), blob[:prefix].hex()))
-
-    for _ in range(2):
+    samples: dict[str, list[bytes]] = {}
+    for _ in range(KEYGENS_FOR_WIRE_FORMAT):
         module.keygen(force=True)
-        record("evaluation_keys", module.keys.evaluation.serialize(), 64)
+        samples.setdefault("evaluation_keys", []).append(module.keys.evaluation.serialize())
         for row in q_rows:
             parts = [row[slices[p][0] : slices[p][1]] for p in settings.PARTIES]
             for party, value in zip(settings.PARTIES, module.predict.encrypt(*parts), strict=True):
-                record(party, value.serialize(), 40)
+                samples.setdefault(party, []).append(value.serialize())
             candidates = np.stack([parts[2]] * n_candidates)
-            record("candidates", module.explain.encrypt(None, None, candidates)[2].serialize(), 40)
-    assert all(len(v) == 1 for v in seen.values()), f"wire format is not fixed: {seen}"
-    return {
-        name: {"bytes": length, "prefix_hex": prefix}
-        for name, ((length, prefix),) in ((k, tuple(v)) for k, v in seen.items())
-    }
+            encrypted = module.explain.encrypt(None, None, candidates)[2]
+            samples.setdefault("candidates", []).append(encrypted.serialize())
+    wire = {}
+    for name, blobs in samples.items():
+        lengths = {len(b) for b in blobs}
+        assert len(lengths) == 1, f"{name}: serialized length is not fixed: {lengths}"
+        prefix = os.path.commonprefix(blobs)
+        wire[name] = {"bytes": lengths.pop(), "prefix_hex": prefix.hex()}
+    return wire
 
 
 def build(frame: pd.DataFrame, n_bits: int, max_depth: int) -> dict[str, Any]:

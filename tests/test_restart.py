@@ -1,0 +1,206 @@
+"""Restarts, expiry and the disk budget of a real server process (issue 7, part 4).
+
+- A session survives server restarts between any two steps of the client library: a clean stop
+  (SIGTERM) between send_bank and send_credit_bureau, a crash (SIGKILL) between predict and
+  decrypt_verdict. The client keeps one URL; ``ForwardingTransport`` sends its requests to
+  whichever port the current server process listens on.
+- Idle sessions expire: their directory disappears from disk (periodic purge while running, and
+  at start-up for those that expired while the server was down) and every route answers 404,
+  while a session in use stays alive.
+- The store never holds more than its disk budget: the least recently used sessions are evicted
+  (and answer 404) to make room.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers_fhe import (
+    WIRE,
+    ForwardingTransport,
+    Kit,
+    PeakSampler,
+    assert_client_error,
+    full_flow_verdict,
+    open_session,
+    refused_profile,
+    server_process,
+    tree_size,
+    upload,
+    varied_profiles,
+)
+from helpers_server import running_server
+
+import settings
+from backend import CreditScoringClient
+from development.reference import clear_explain
+from server import OUTPUT_RESERVE_BYTES
+
+pytestmark = pytest.mark.slow
+
+SESSION_ROUTES = [
+    ("PUT", "/sessions/{id}/inputs/applicant"),
+    ("PUT", "/sessions/{id}/inputs/bank"),
+    ("POST", "/sessions/{id}/predict"),
+    ("GET", "/sessions/{id}/output"),
+    ("POST", "/sessions/{id}/explain"),
+    ("DELETE", "/sessions/{id}"),
+]
+
+
+class CurrentServer:
+    """The address of the server process running now (changes at every restart)."""
+
+    def __init__(self, store_dir: Path, env: dict[str, str] | None = None):
+        self.store_dir = store_dir
+        self.env = env or {}
+        self.url: str | None = None
+
+    @contextmanager
+    def run(self) -> Iterator[str]:
+        with running_server(store_dir=self.store_dir, env=self.env) as base_url:
+            self.url = base_url
+            try:
+                yield base_url
+            finally:
+                self.url = None
+
+    def target(self) -> str:
+        assert self.url is not None, "no server is running"
+        return self.url
+
+
+def leftovers(store_dir: Path) -> list[str]:
+    """Temporary files or directories left in the store (names starting with a dot)."""
+    return sorted(str(p.relative_to(store_dir)) for p in store_dir.rglob(".*"))
+
+
+def test_a_session_continues_across_a_clean_stop_and_a_crash(tmp_path: Path) -> None:
+    profile = refused_profile()  # refused: explain then runs on the server too
+    server = CurrentServer(tmp_path / "store")
+    client = CreditScoringClient(
+        server_url="http://fhe-server.invalid",
+        key_dir=tmp_path / "keys",
+        transport=ForwardingTransport(server.target),
+    )
+    try:
+        with server.run():
+            client.generate_keys()
+            session_id = client.session_id
+            client.send_applicant(**profile.applicant)
+            client.send_bank(**profile.bank)
+        # Clean stop (SIGTERM) between two sends.
+        assert (server.store_dir / session_id).is_dir() and not leftovers(server.store_dir)
+        with server.run() as base_url:
+            client.send_credit_bureau(**profile.credit_bureau)
+            client.predict()
+            server_process(base_url).kill()  # crash (SIGKILL) between predict and decrypt
+            with pytest.raises(httpx.TransportError):
+                httpx.get(f"{base_url}/health", timeout=5)
+        with server.run():
+            assert client.session_id == session_id
+            assert client.decrypt_verdict() is False
+            assert profile.verdict() is False
+            assert client.explain() == clear_explain(
+                profile.applicant, profile.bank, profile.credit_bureau
+            )
+            client.close()  # deletes the session on the server
+            assert not (server.store_dir / session_id).exists()
+    finally:
+        client.close()
+    assert not leftovers(server.store_dir)
+
+
+def test_expired_sessions_disappear_from_disk_and_answer_404(tmp_path: Path) -> None:
+    kit = Kit.generate()
+    profiles = varied_profiles(12)
+    store_dir = tmp_path / "store"
+    ttl = 2.0
+    server = CurrentServer(store_dir, env={"FHE_SESSION_TTL_SECONDS": str(ttl)})
+    tried = []
+    with server.run() as base_url, httpx.Client(base_url=base_url, timeout=60) as http:
+        idle_id, idle_auth = open_session(http, kit.evaluation_keys)
+        busy_id, busy_auth = open_session(http, kit.evaluation_keys)
+        upload(http, idle_id, idle_auth, kit.encrypt(profiles[0]))
+        upload(http, busy_id, busy_auth, kit.encrypt(profiles[1]))
+        # The busy session is used every half second; the idle one is not touched.
+        deadline = time.monotonic() + ttl + 2.5
+        while time.monotonic() < deadline:
+            assert http.get(f"/sessions/{busy_id}/output", headers=busy_auth).status_code == 409
+            time.sleep(0.5)
+        assert not (store_dir / idle_id).exists(), "the periodic purge did not remove it"
+        for method, template in SESSION_ROUTES:
+            response = http.request(method, template.format(id=idle_id), headers=idle_auth)
+            assert_client_error(response, 404)
+            tried.append(method)
+        # The session in use lives on and completes its flow.
+        assert http.post(f"/sessions/{busy_id}/predict", headers=busy_auth).status_code == 200
+        output = http.get(f"/sessions/{busy_id}/output", headers=busy_auth)
+        assert int(kit.decrypt(output.content)) == int(profiles[1].verdict())
+    # Expired while the server was down: removed at start-up, before any request.
+    assert (store_dir / busy_id).is_dir()
+    time.sleep(ttl + 0.5)
+    with server.run():
+        assert not (store_dir / busy_id).exists()
+        assert not leftovers(store_dir)
+    assert len(tried) == len(SESSION_ROUTES)
+
+
+def test_the_store_never_grows_past_its_disk_budget(tmp_path: Path) -> None:
+    kit = Kit.generate()
+    profiles = varied_profiles(6)
+    one_session = (
+        WIRE["evaluation_keys"]["bytes"]
+        + sum(WIRE[party]["bytes"] for party in settings.PARTIES)
+        + OUTPUT_RESERVE_BYTES
+    )
+    budget = 3 * one_session + 4096  # room for three complete sessions, not four
+    store_dir = tmp_path / "store"
+    server = CurrentServer(store_dir, env={"FHE_DISK_BUDGET_BYTES": str(budget)})
+    sizes: list[int] = []
+    opened: list[tuple[str, dict[str, str]]] = []
+
+    def measured(response: httpx.Response) -> httpx.Response:
+        sizes.append(tree_size(store_dir))
+        assert sizes[-1] <= budget, f"store holds {sizes[-1]} bytes, budget {budget}"
+        return response
+
+    with (
+        server.run() as base_url,
+        httpx.Client(base_url=base_url, timeout=60) as http,
+        PeakSampler(lambda: tree_size(store_dir), period_seconds=0.005) as sampled,
+    ):
+        for profile in profiles:
+            session_id, auth = open_session(http, kit.evaluation_keys)
+            measured(http.get("/health"))
+            for party, data in kit.encrypt(profile).items():
+                url = f"/sessions/{session_id}/inputs/{party}"
+                assert measured(http.put(url, content=data, headers=auth)).status_code == 204
+            url = f"/sessions/{session_id}/predict"
+            assert measured(http.post(url, headers=auth)).status_code == 200
+            output = measured(http.get(f"/sessions/{session_id}/output", headers=auth))
+            assert int(kit.decrypt(output.content)) == int(profile.verdict())
+            opened.append((session_id, auth))
+        kept = sorted(p.name for p in store_dir.iterdir() if not p.name.startswith("."))
+        assert kept == sorted(session_id for session_id, _ in opened[-3:])
+        for session_id, auth in opened[:3]:  # evicted, least recently used first
+            assert_client_error(http.get(f"/sessions/{session_id}/output", headers=auth), 404)
+        # A seventh session still fits after evicting the oldest remaining one.
+        assert full_flow_verdict(http, kit, profiles[0]) == int(profiles[0].verdict())
+        measured(http.get("/health"))
+    print(
+        f"\nbudget {budget} B; store after each request: max {max(sizes)} B; sampled every 5 ms "
+        f"(creation in progress included): max {int(sampled.peak)} B"
+    )
+    assert len(sizes) == 6 * 6 + 1
+    # Also while a session is being created: the new keys must not be written before room is
+    # made for them (sampled, so a short overshoot may escape; it never fails spuriously).
+    assert sampled.peak <= budget, (
+        f"the store held {int(sampled.peak)} bytes while a session was being created, over its "
+        f"budget of {budget}: SessionStore.create writes the new keys before evicting"
+    )

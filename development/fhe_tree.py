@@ -6,9 +6,11 @@ inputs stay separate ciphertexts and one module holds both ``predict`` and ``exp
 
 1. ``bits = (x @ SELECT) <= THRESHOLDS``: one programmable bootstrap (PBS) per distinct
    comparison (nodes of the tree that test the same feature against the same threshold share it);
-2. ``hits = (bits @ PATHS) == DEPTHS``: one PBS per leaf that predicts approval; a leaf's hit is 1
-   exactly when every node on its path went the leaf's way (+1 for "left", -1 for "right");
-3. ``verdict = sum(hits)``: exactly one leaf is reached, so the sum is 1 for approval, else 0.
+2. ``hits = (bits @ PATHS) == DEPTHS``: one PBS per leaf of one class (approval or refusal,
+   whichever has fewer leaves); a leaf's hit is 1 exactly when every node on its path went the
+   leaf's way (+1 for "left", -1 for "right");
+3. ``verdict = sum(hits)`` (or ``1 - sum(hits)`` when refusal leaves are matched): exactly one
+   leaf is reached, so the sum says whether it is one of the matched class.
 
 Sibling leaves that predict the same class are merged first, which removes their parent node.
 """
@@ -29,7 +31,9 @@ class QuantizedTree:
     Attributes:
         node_features: feature index of each distinct comparison ("node") of the tree.
         node_thresholds: integer threshold t of each comparison (go left when x <= t).
-        approve_paths: for each approving leaf, the list of (comparison, +1 left / -1 right);
+        leaf_class: the class whose leaves are matched (the one with fewer leaves): with 1 the
+            verdict is the number of matched leaves reached, with 0 it is 1 minus that number.
+        leaf_paths: for each leaf of ``leaf_class``, the list of (comparison, +1 left / -1 right);
             a comparison met twice on one path counts twice, and a path that needs a comparison
             both true and false can never be reached, as in the tree.
         n_features: number of circuit input features.
@@ -39,7 +43,8 @@ class QuantizedTree:
 
     node_features: list[int]
     node_thresholds: list[int]
-    approve_paths: list[list[tuple[int, int]]]
+    leaf_class: int
+    leaf_paths: list[list[tuple[int, int]]]
     n_features: int
     n_bits: int
     party_slices: dict[str, tuple[int, int]]
@@ -61,14 +66,13 @@ class QuantizedTree:
 
         features: list[int] = []
         thresholds: list[int] = []
-        paths: list[list[tuple[int, int]]] = []
+        paths: dict[int, list[list[tuple[int, int]]]] = {0: [], 1: []}
         comparisons: dict[tuple[int, int], int] = {}
 
         def walk(node: int, path: list[tuple[int, int]]) -> None:
             cls_ = leaf_class(node)
             if cls_ is not None:
-                if cls_ == 1:
-                    paths.append(path)
+                paths[cls_].append(path)
                 return
             # Features are integers, so x <= 2.5 is x <= 2. Nodes that test the same comparison
             # share one bootstrap.
@@ -82,7 +86,11 @@ class QuantizedTree:
             walk(t.children_right[node], [*path, (index, -1)])
 
         walk(0, [])
-        return cls(features, thresholds, paths, n_features, n_bits, party_slices)
+        # Matching the class with fewer leaves costs fewer bootstraps; the other follows.
+        matched = 1 if len(paths[1]) <= len(paths[0]) else 0
+        return cls(
+            features, thresholds, matched, paths[matched], n_features, n_bits, party_slices
+        )
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> QuantizedTree:
@@ -90,7 +98,8 @@ class QuantizedTree:
         return cls(
             node_features=data["node_features"],
             node_thresholds=data["node_thresholds"],
-            approve_paths=[[tuple(step) for step in path] for path in data["approve_paths"]],
+            leaf_class=data["leaf_class"],
+            leaf_paths=[[tuple(step) for step in path] for path in data["leaf_paths"]],
             n_features=data["n_features"],
             n_bits=data["n_bits"],
             party_slices={k: tuple(v) for k, v in data["party_slices"].items()},
@@ -101,7 +110,8 @@ class QuantizedTree:
         return {
             "node_features": self.node_features,
             "node_thresholds": self.node_thresholds,
-            "approve_paths": [[list(step) for step in path] for path in self.approve_paths],
+            "leaf_class": self.leaf_class,
+            "leaf_paths": [[list(step) for step in path] for path in self.leaf_paths],
             "n_features": self.n_features,
             "n_bits": self.n_bits,
             "party_slices": {k: list(v) for k, v in self.party_slices.items()},
@@ -111,7 +121,7 @@ class QuantizedTree:
     def matrices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Return SELECT (features x nodes), THRESHOLDS, PATHS (nodes x leaves), DEPTHS."""
         n_nodes = max(len(self.node_features), 1)
-        n_leaves = max(len(self.approve_paths), 1)
+        n_leaves = max(len(self.leaf_paths), 1)
         select = np.zeros((self.n_features, n_nodes), dtype=np.int64)
         thresholds = np.full(n_nodes, 2**62, dtype=np.int64)
         for node, (feature, threshold) in enumerate(
@@ -121,7 +131,7 @@ class QuantizedTree:
             thresholds[node] = threshold
         paths = np.zeros((n_nodes, n_leaves), dtype=np.int64)
         depths = np.full(n_leaves, -1, dtype=np.int64)
-        for leaf, path in enumerate(self.approve_paths):
+        for leaf, path in enumerate(self.leaf_paths):
             for node, direction in path:
                 paths[node, leaf] += direction
             depths[leaf] = sum(1 for _, direction in path if direction == 1)
@@ -132,7 +142,8 @@ class QuantizedTree:
         """Verdicts (0/1) of quantized rows, in clear, with the same integer arithmetic as FHE."""
         select, thresholds, paths, depths = self.matrices()
         bits = (np.atleast_2d(q_x) @ select <= thresholds).astype(np.int64)
-        return ((bits @ paths) == depths).sum(axis=1).astype(np.int64)
+        matched = ((bits @ paths) == depths).sum(axis=1).astype(np.int64)
+        return matched if self.leaf_class == 1 else 1 - matched
 
     # -- FHE -------------------------------------------------------------------------------
     def module(self) -> Any:
@@ -146,6 +157,7 @@ class QuantizedTree:
         and a much larger evaluation key, so the matching stays at 3-4 bits.)
         """
         select, thresholds, paths, depths = self.matrices()
+        leaf_class = self.leaf_class
         a0, a1 = self.party_slices["applicant"]
         b0, b1 = self.party_slices["bank"]
         c0, c1 = self.party_slices["credit_bureau"]
@@ -167,7 +179,7 @@ class QuantizedTree:
                 x = np.concatenate((applicant, bank, credit_bureau))
                 bits = (x @ select) <= thresholds
                 hits = (bits @ paths) == depths
-                return np.sum(hits)
+                return np.sum(hits) if leaf_class == 1 else 1 - np.sum(hits)
 
             @fhe.function(
                 {"applicant": "encrypted", "bank": "encrypted", "candidates": "encrypted"}
@@ -180,6 +192,7 @@ class QuantizedTree:
                     bits_known = (known @ select_known) <= thr_known
                     score = score + bits_known @ paths_known
                 hits = score == depths
-                return np.sum(hits, axis=1)
+                matched = np.sum(hits, axis=1)
+                return matched if leaf_class == 1 else 1 - matched
 
         return CreditScoring

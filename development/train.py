@@ -335,7 +335,8 @@ def main(out_dir: Path = settings.DEPLOYMENT_DIR, real_fhe_rows: int = N_REAL_FH
             "fhe_configuration": FHE_CONFIGURATION,
             "explain_candidates": n_candidates,
             "decision_nodes": len(tree.node_features),
-            "approving_leaves": len(tree.approve_paths),
+            "matched_leaf_class": tree.leaf_class,
+            "matched_leaves": len(tree.leaf_paths),
         },
         "feature_layout": {p: list(settings.PARTY_FIELDS[p]) for p in settings.PARTIES},
         "input_shapes": {p: [s1 - s0] for p, (s0, s1) in slices.items()}

@@ -817,6 +817,19 @@ def build_demo() -> gr.Blocks:
     def slider_range(field: str) -> dict[str, float]:
         return {"minimum": ranges[field]["minimum"], "maximum": ranges[field]["maximum"]}
 
+    def step_intro(step: int, *keys: str) -> None:
+        """A step's heading, rule and paragraphs (translation keys)."""
+        gr.Markdown(i18n(f"step{step}_title"), elem_id=f"step{step}-title")
+        gr.Markdown("<hr />")
+        for key in keys:
+            gr.Markdown(i18n(key))
+
+    def output_box(label_key: str, elem_id: str, max_lines: int = 2) -> gr.Textbox:
+        """A read-only textbox showing what a step produced."""
+        return gr.Textbox(
+            label=i18n(label_key), max_lines=max_lines, interactive=False, elem_id=elem_id
+        )
+
     with gr.Blocks(title=PAGE_TITLE) as demo:
         client_state = gr.State(
             None, time_to_live=CLIENT_STATE_TTL_SECONDS, delete_callback=discard_client
@@ -849,23 +862,12 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(i18n("diagram_caption"))
 
         # Step 1
-        gr.Markdown(i18n("step1_title"), elem_id="step1-title")
-        gr.Markdown("<hr />")
-        gr.Markdown(i18n("step1_who"))
-        gr.Markdown(i18n("step1_body"))
+        step_intro(1, "step1_who", "step1_body")
         keygen_button = gr.Button(i18n("btn_keygen"), elem_id="keygen-button", variant="primary")
-        evaluation_key = gr.Textbox(
-            label=i18n("label_evaluation_key"),
-            max_lines=2,
-            interactive=False,
-            elem_id="evaluation-key",
-        )
+        evaluation_key = output_box(label_key="label_evaluation_key", elem_id="evaluation-key")
 
         # Step 2
-        gr.Markdown(i18n("step2_title"), elem_id="step2-title")
-        gr.Markdown("<hr />")
-        gr.Markdown(i18n("step2_who"))
-        gr.Markdown(i18n("step2_body"))
+        step_intro(2, "step2_who", "step2_body")
         with gr.Row():
             with gr.Column():
                 gr.Markdown(i18n("step21_title"))
@@ -927,11 +929,8 @@ def build_demo() -> gr.Blocks:
                 encrypt_applicant_button = gr.Button(
                     i18n("btn_encrypt_send"), elem_id="encrypt-applicant-button"
                 )
-                encrypted_applicant = gr.Textbox(
-                    label=i18n("label_encrypted_input"),
-                    max_lines=2,
-                    interactive=False,
-                    elem_id="encrypted-applicant",
+                encrypted_applicant = output_box(
+                    label_key="label_encrypted_input", elem_id="encrypted-applicant"
                 )
         gr.Markdown("<hr />")
         with gr.Column():
@@ -949,11 +948,8 @@ def build_demo() -> gr.Blocks:
                 encrypt_bank_button = gr.Button(
                     i18n("btn_encrypt_send"), elem_id="encrypt-bank-button"
                 )
-                encrypted_bank = gr.Textbox(
-                    label=i18n("label_encrypted_input"),
-                    max_lines=2,
-                    interactive=False,
-                    elem_id="encrypted-bank",
+                encrypted_bank = output_box(
+                    label_key="label_encrypted_input", elem_id="encrypted-bank"
                 )
         gr.Markdown("<hr />")
         with gr.Column():
@@ -976,49 +972,31 @@ def build_demo() -> gr.Blocks:
                 encrypt_credit_bureau_button = gr.Button(
                     i18n("btn_encrypt_send"), elem_id="encrypt-credit-bureau-button"
                 )
-                encrypted_credit_bureau = gr.Textbox(
-                    label=i18n("label_encrypted_input"),
-                    max_lines=2,
-                    interactive=False,
-                    elem_id="encrypted-credit-bureau",
+                encrypted_credit_bureau = output_box(
+                    label_key="label_encrypted_input", elem_id="encrypted-credit-bureau"
                 )
 
         # Step 3
-        gr.Markdown(i18n("step3_title"), elem_id="step3-title")
-        gr.Markdown("<hr />")
-        gr.Markdown(i18n("step3_who"))
-        gr.Markdown(i18n("step3_body"))
+        step_intro(3, "step3_who", "step3_body")
         run_fhe_button = gr.Button(i18n("btn_run_fhe"), elem_id="run-fhe-button", variant="primary")
-        fhe_execution_time = gr.Textbox(
-            label=i18n("label_fhe_time"),
-            max_lines=1,
-            interactive=False,
-            elem_id="fhe-execution-time",
+        fhe_execution_time = output_box(
+            label_key="label_fhe_time", elem_id="fhe-execution-time", max_lines=1
         )
 
         # Step 4
-        gr.Markdown(i18n("step4_title"), elem_id="step4-title")
-        gr.Markdown("<hr />")
-        gr.Markdown(i18n("step4_who"))
-        gr.Markdown(i18n("step4_body"))
-        gr.Markdown(i18n("step4_body2"))
+        step_intro(4, "step4_who", "step4_body", "step4_body2")
         get_output_button = gr.Button(
             i18n("btn_get_output"), elem_id="get-output-button", variant="primary"
         )
-        encrypted_output = gr.Textbox(
-            label=i18n("label_encrypted_output"),
-            max_lines=2,
-            interactive=False,
-            elem_id="encrypted-output",
+        encrypted_output = output_box(
+            label_key="label_encrypted_output", elem_id="encrypted-output"
         )
         verdict = gr.Textbox(
             label=i18n("label_verdict"), max_lines=1, interactive=False, elem_id="verdict"
         )
 
         # Step 5
-        gr.Markdown(i18n("step5_title"), elem_id="step5-title")
-        gr.Markdown("<hr />")
-        gr.Markdown(i18n("step5_body"))
+        step_intro(5, "step5_body")
         explain_button = gr.Button(i18n("btn_explain"), elem_id="explain-button", variant="primary")
         explain_result = gr.Textbox(
             label=i18n("label_explain"), interactive=False, elem_id="explain-result"

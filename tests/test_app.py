@@ -123,6 +123,9 @@ def test_every_key_used_in_app_is_translated() -> None:
     used = set(re.findall(r"i18n\(\"([a-z0-9_]+)\"\)", APP_SOURCE))
     used |= set(re.findall(r"tr\(\s*lang,\s*\"([a-z0-9_]+)\"", APP_SOURCE))
     used |= set(re.findall(r"_step_error\(\s*lang,\s*\"([a-z0-9_]+)\"", APP_SOURCE))
+    used |= set(re.findall(r"label_key=\"([a-z0-9_]+)\"", APP_SOURCE))
+    for step, keys in re.findall(r"step_intro\((\d+)((?:, \"[a-z0-9_]+\")*)\)", APP_SOURCE):
+        used |= {f"step{step}_title", *re.findall(r"\"([a-z0-9_]+)\"", keys)}
     assert len(used) > 60
     missing = used - set(app.TRANSLATIONS["en"])
     assert not missing

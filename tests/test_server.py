@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from concrete import fhe
 from fastapi.testclient import TestClient
+from helpers_fhe import BASE_APPLICANT, CARD, OCTET, WIRE
 from helpers_server import ServerStartError, running_server
 
 import settings
@@ -44,24 +45,6 @@ from settings import ServerSettings, get_settings
 
 pytestmark = pytest.mark.slow
 
-OCTET = {"Content-Type": "application/octet-stream"}
-CARD = json.loads(settings.MODEL_CARD_PATH.read_text(encoding="utf-8"))
-WIRE = CARD["wire_format"]
-
-BASE_APPLICANT = {
-    "own_car": True,
-    "own_property": False,
-    "mobile_phone": True,
-    "num_children": 0,
-    "household_size": 2,
-    "total_income": 57000.0,
-    "age": 44,
-    "income_type": "Working",
-    "education_type": "Secondary",
-    "family_status": "Married",
-    "occupation_type": "Laborers",
-    "housing_type": "House / apartment",
-}
 STRONG_APPLICANT = {
     **BASE_APPLICANT,
     "own_property": True,

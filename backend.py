@@ -74,23 +74,32 @@ class InvalidFieldError(ClientError, ValueError):
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """How one raw field becomes one quantized integer feature.
+    """How one raw field becomes the circuit's integer input(s).
 
     Attributes:
         field: raw field name (as in settings.PARTY_FIELDS).
         kind: "bool", "numeric", "log_numeric" (log of a positive number) or "category".
         categories: canonical category values (index = numeric code), for kind "category".
-        scale: quantizer scale.
-        zero_point: quantizer zero point.
-        n_bits: quantizer bit width (values are clipped to [0, 2**n_bits - 1]).
+        encoding: "quantized" (one input: Concrete ML's input quantizer), "binary" (one input,
+            0 or 1) or "onehot" (one 0/1 input per category). Comparisons on binary and
+            one-hot inputs are linear in the circuit, so they cost no bootstrap.
+        scale: quantizer scale ("quantized" only).
+        zero_point: quantizer zero point ("quantized" only).
+        n_bits: quantizer bit width, values clipped to [0, 2**n_bits - 1] ("quantized" only).
     """
 
     field: str
     kind: str
     categories: tuple[str, ...]
-    scale: float
-    zero_point: float
-    n_bits: int
+    encoding: str = "quantized"
+    scale: float = 1.0
+    zero_point: float = 0.0
+    n_bits: int = 1
+
+    @property
+    def width(self) -> int:
+        """Number of circuit inputs this field takes."""
+        return len(self.categories) if self.encoding == "onehot" else 1
 
     def to_number(self, value: Any) -> float:
         """Turn a raw value into the float feature the tree was trained on.
@@ -124,6 +133,14 @@ class FeatureSpec:
         q = np.rint(number / self.scale + self.zero_point)
         return int(np.clip(q, 0, 2**self.n_bits - 1))
 
+    def circuit_values(self, number: float) -> list[int]:
+        """The circuit's integer input(s) for a float feature, by this field's encoding."""
+        if self.encoding == "binary":
+            return [int(number)]
+        if self.encoding == "onehot":
+            return [int(i == int(number)) for i in range(len(self.categories))]
+        return [self.quantize(number)]
+
 
 class PartyPreprocessor:
     """One party's preprocessing: its raw fields -> quantized integer features (numpy int64)."""
@@ -153,9 +170,10 @@ class PartyPreprocessor:
                     field=f["field"],
                     kind=f["kind"],
                     categories=tuple(f.get("categories", ())),
-                    scale=f["scale"],
-                    zero_point=f["zero_point"],
-                    n_bits=f["n_bits"],
+                    encoding=f["encoding"],
+                    scale=f.get("scale", 1.0),
+                    zero_point=f.get("zero_point", 0.0),
+                    n_bits=f.get("n_bits", 1),
                 )
                 for f in own["features"]
             ],
@@ -195,9 +213,13 @@ class PartyPreprocessor:
         return numbers
 
     def quantize_numbers(self, numbers: list[float]) -> np.ndarray:
-        """Quantize float features into the circuit's integer inputs."""
+        """Encode float features into the circuit's integer inputs (quantized, 0/1, one-hot)."""
         return np.array(
-            [feature.quantize(n) for feature, n in zip(self.features, numbers, strict=True)],
+            [
+                value
+                for feature, number in zip(self.features, numbers, strict=True)
+                for value in feature.circuit_values(number)
+            ],
             dtype=np.int64,
         )
 

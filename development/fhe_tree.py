@@ -4,11 +4,15 @@ The tree is evaluated the way Concrete ML evaluates trees (comparisons, then pat
 Hummingbird's GEMM strategy), written directly in concrete-python so that the three parties'
 inputs stay separate ciphertexts and one module holds both ``predict`` and ``explain``:
 
-1. ``bits = (x @ SELECT) <= THRESHOLDS``: one programmable bootstrap (PBS) per distinct
-   comparison (nodes of the tree that test the same feature against the same threshold share it);
-2. ``hits = (bits @ PATHS) == DEPTHS``: one PBS per leaf of one class (approval or refusal,
-   whichever has fewer leaves); a leaf's hit is 1 exactly when every node on its path went the
-   leaf's way (+1 for "left", -1 for "right");
+1. comparisons: ``bits = (x @ SELECT) <= THRESHOLDS`` for features sent quantized, one
+   programmable bootstrap (PBS) per distinct comparison (tree nodes that test the same feature
+   against the same threshold share it). Features sent as 0/1 (booleans) or one-hot (the
+   years-employed bin) need no bootstrap: "x <= t" is then a sum of some of their inputs, which
+   is linear and folds into the next step;
+2. ``hits = (bits @ PATHS + x @ LINEAR + BIAS) == LENGTHS``: one PBS per leaf of one class
+   (approval or refusal, whichever has fewer leaves); the score counts the steps of the leaf's
+   path that went its way ("left" counts bit, "right" counts 1 - bit), so a leaf's hit is 1
+   exactly when all of them did;
 3. ``verdict = sum(hits)`` (or ``1 - sum(hits)`` when refusal leaves are matched): exactly one
    leaf is reached, so the sum says whether it is one of the matched class.
 
@@ -23,84 +27,124 @@ from typing import Any
 import numpy as np
 from concrete import fhe
 
+# A comparison: {"column": c, "threshold": t} (a bootstrap: x[c] <= t) or
+# {"weights": [[column, weight], ...], "constant": k} (linear: k + sum(weight * x[column])).
+Comparison = dict[str, Any]
+
 
 @dataclass
 class QuantizedTree:
-    """A pruned decision tree over quantized integer features.
+    """A pruned decision tree over the circuit's integer inputs.
 
     Attributes:
-        node_features: feature index of each distinct comparison ("node") of the tree.
-        node_thresholds: integer threshold t of each comparison (go left when x <= t).
+        comparisons: the distinct comparisons of the tree (see ``Comparison``).
         leaf_class: the class whose leaves are matched (the one with fewer leaves): with 1 the
             verdict is the number of matched leaves reached, with 0 it is 1 minus that number.
         leaf_paths: for each leaf of ``leaf_class``, the list of (comparison, +1 left / -1 right);
             a comparison met twice on one path counts twice, and a path that needs a comparison
             both true and false can never be reached, as in the tree.
-        n_features: number of circuit input features.
+        n_columns: number of circuit inputs (all parties).
+        column_max: the largest value each circuit input can take (2**n_bits - 1 for a
+            quantized input, 1 for a 0/1 or one-hot input).
         n_bits: bit width of the quantized inputs (values 0 .. 2**n_bits - 1).
-        party_slices: {party: [start, stop)} of the features in circuit order.
+        party_slices: {party: [start, stop)} of each party's inputs in circuit order.
     """
 
-    node_features: list[int]
-    node_thresholds: list[int]
+    comparisons: list[Comparison]
     leaf_class: int
     leaf_paths: list[list[tuple[int, int]]]
-    n_features: int
+    n_columns: int
+    column_max: list[int]
     n_bits: int
     party_slices: dict[str, tuple[int, int]]
 
     @classmethod
     def from_sklearn(
-        cls, tree: Any, n_features: int, n_bits: int, party_slices: dict[str, tuple[int, int]]
+        cls,
+        tree: Any,
+        features: list[dict[str, Any]],
+        n_bits: int,
+        party_slices: dict[str, tuple[int, int]],
     ) -> QuantizedTree:
-        """Build from a fitted sklearn tree trained on integer features (``tree_`` attribute)."""
+        """Build from a sklearn tree fitted on Concrete ML's quantized features (``tree_``).
+
+        Args:
+            tree: the fitted sklearn tree.
+            features: for each model feature, where it is in the circuit: {"encoding":
+                "quantized", "column": c}, or {"encoding": "binary" | "onehot", "column": c,
+                "q_levels": Concrete ML's quantized value of each raw level (0, 1, ...)}; a
+                one-hot feature takes one column per level.
+            n_bits: bit width of the quantized inputs.
+            party_slices: {party: [start, stop)} in circuit columns.
+        """
         t = tree.tree_
         predicted = np.argmax(t.value[:, 0, :], axis=1)
 
-        def leaf_class(node: int) -> int | None:
+        def subtree_class(node: int) -> int | None:
             """Class of a subtree if every leaf under it predicts the same one."""
             if t.children_left[node] == -1:
                 return int(predicted[node])
-            left, right = leaf_class(t.children_left[node]), leaf_class(t.children_right[node])
+            left = subtree_class(t.children_left[node])
+            right = subtree_class(t.children_right[node])
             return left if left is not None and left == right else None
 
-        features: list[int] = []
-        thresholds: list[int] = []
+        comparisons: list[Comparison] = []
+        index_of: dict[str, int] = {}
         paths: dict[int, list[list[tuple[int, int]]]] = {0: [], 1: []}
-        comparisons: dict[tuple[int, int], int] = {}
+
+        def comparison(node: int) -> Comparison:
+            # Inputs are integers, so x <= 2.5 is x <= 2.
+            feature, threshold = features[t.feature[node]], int(np.floor(t.threshold[node]))
+            if feature["encoding"] == "quantized":
+                return {"column": feature["column"], "threshold": threshold}
+            below = [v for v, q in enumerate(feature["q_levels"]) if q <= threshold]
+            if feature["encoding"] == "binary":  # [x == 1] is x, [x == 0] is 1 - x
+                weight = (1 in below) - (0 in below)
+                return {"weights": [[feature["column"], weight]], "constant": int(0 in below)}
+            return {"weights": [[feature["column"] + v, 1] for v in below], "constant": 0}
 
         def walk(node: int, path: list[tuple[int, int]]) -> None:
-            cls_ = leaf_class(node)
-            if cls_ is not None:
-                paths[cls_].append(path)
+            leaf = subtree_class(node)
+            if leaf is not None:
+                paths[leaf].append(path)
                 return
-            # Features are integers, so x <= 2.5 is x <= 2. Nodes that test the same comparison
-            # share one bootstrap.
-            key = (int(t.feature[node]), int(np.floor(t.threshold[node])))
-            if key not in comparisons:
-                comparisons[key] = len(features)
-                features.append(key[0])
-                thresholds.append(key[1])
-            index = comparisons[key]
-            walk(t.children_left[node], [*path, (index, 1)])
-            walk(t.children_right[node], [*path, (index, -1)])
+            found = comparison(node)
+            key = repr(sorted(found.items()))
+            if key not in index_of:
+                index_of[key] = len(comparisons)
+                comparisons.append(found)
+            walk(t.children_left[node], [*path, (index_of[key], 1)])
+            walk(t.children_right[node], [*path, (index_of[key], -1)])
 
         walk(0, [])
         # Matching the class with fewer leaves costs fewer bootstraps; the other follows.
         matched = 1 if len(paths[1]) <= len(paths[0]) else 0
+        column_max: list[int] = []
+        for feature in features:
+            if feature["encoding"] == "quantized":
+                column_max.append(2**n_bits - 1)
+            else:
+                width = 1 if feature["encoding"] == "binary" else len(feature["q_levels"])
+                column_max.extend([1] * width)
         return cls(
-            features, thresholds, matched, paths[matched], n_features, n_bits, party_slices
+            comparisons=comparisons,
+            leaf_class=matched,
+            leaf_paths=paths[matched],
+            n_columns=len(column_max),
+            column_max=column_max,
+            n_bits=n_bits,
+            party_slices=party_slices,
         )
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> QuantizedTree:
         """Rebuild from ``to_json``'s output."""
         return cls(
-            node_features=data["node_features"],
-            node_thresholds=data["node_thresholds"],
+            comparisons=data["comparisons"],
             leaf_class=data["leaf_class"],
             leaf_paths=[[tuple(step) for step in path] for path in data["leaf_paths"]],
-            n_features=data["n_features"],
+            n_columns=data["n_columns"],
+            column_max=data["column_max"],
             n_bits=data["n_bits"],
             party_slices={k: tuple(v) for k, v in data["party_slices"].items()},
         )
@@ -108,67 +152,104 @@ class QuantizedTree:
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-serializable description."""
         return {
-            "node_features": self.node_features,
-            "node_thresholds": self.node_thresholds,
+            "comparisons": self.comparisons,
             "leaf_class": self.leaf_class,
             "leaf_paths": [[list(step) for step in path] for path in self.leaf_paths],
-            "n_features": self.n_features,
+            "n_columns": self.n_columns,
+            "column_max": self.column_max,
             "n_bits": self.n_bits,
             "party_slices": {k: list(v) for k, v in self.party_slices.items()},
         }
 
+    @property
+    def bootstrapped(self) -> list[int]:
+        """Indices of the comparisons that need a bootstrap (on quantized inputs)."""
+        return [i for i, c in enumerate(self.comparisons) if "column" in c]
+
     # -- matrices ---------------------------------------------------------------------------
-    def matrices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Return SELECT (features x nodes), THRESHOLDS, PATHS (nodes x leaves), DEPTHS."""
-        n_nodes = max(len(self.node_features), 1)
+    def matrices(self) -> dict[str, np.ndarray]:
+        """The tree as integer matrices.
+
+        Returns:
+            select (columns x bootstrapped comparisons), thresholds, paths (bootstrapped
+            comparisons x leaves), linear (columns x leaves: the linear comparisons folded into
+            the path scores), bias (leaves) and targets (leaves). A leaf's score
+            ``bits @ paths + x @ linear + bias`` counts the steps of its path that went its way
+            (a "right" step counts as 1 - bit), so it lies in [0, path length] and equals
+            the path length exactly when the leaf is reached: the matching lookups stay small
+            and unsigned.
+        """
         n_leaves = max(len(self.leaf_paths), 1)
-        select = np.zeros((self.n_features, n_nodes), dtype=np.int64)
-        thresholds = np.full(n_nodes, 2**62, dtype=np.int64)
-        for node, (feature, threshold) in enumerate(
-            zip(self.node_features, self.node_thresholds, strict=True)
-        ):
-            select[feature, node] = 1
-            thresholds[node] = threshold
-        paths = np.zeros((n_nodes, n_leaves), dtype=np.int64)
-        depths = np.full(n_leaves, -1, dtype=np.int64)
+        all_paths = np.zeros((len(self.comparisons), n_leaves), dtype=np.int64)
+        # An empty slot (no leaf of the matched class) can never be reached.
+        targets = np.full(n_leaves, 2**20, dtype=np.int64)
+        bias = np.zeros(n_leaves, dtype=np.int64)
         for leaf, path in enumerate(self.leaf_paths):
-            for node, direction in path:
-                paths[node, leaf] += direction
-            depths[leaf] = sum(1 for _, direction in path if direction == 1)
-        return select, thresholds, paths, depths
+            for comparison, direction in path:
+                all_paths[comparison, leaf] += direction
+            targets[leaf] = len(path)
+            bias[leaf] = sum(1 for _, direction in path if direction == -1)
+        bootstrapped = self.bootstrapped
+        select = np.zeros((self.n_columns, max(len(bootstrapped), 1)), dtype=np.int64)
+        thresholds = np.full(select.shape[1], 2**20, dtype=np.int64)
+        for k, i in enumerate(bootstrapped):
+            select[self.comparisons[i]["column"], k] = 1
+            thresholds[k] = self.comparisons[i]["threshold"]
+        paths = np.zeros((select.shape[1], n_leaves), dtype=np.int64)
+        paths[: len(bootstrapped)] = all_paths[bootstrapped]
+        linear = np.zeros((self.n_columns, n_leaves), dtype=np.int64)
+        for i, c in enumerate(self.comparisons):
+            if "weights" in c:
+                for column, weight in c["weights"]:
+                    linear[column] += weight * all_paths[i]
+                bias += c["constant"] * all_paths[i]
+        return {
+            "select": select,
+            "thresholds": thresholds,
+            "paths": paths,
+            "linear": linear,
+            "bias": bias,
+            "targets": targets,
+        }
 
     # -- clear evaluation ------------------------------------------------------------------
     def predict_clear(self, q_x: np.ndarray) -> np.ndarray:
-        """Verdicts (0/1) of quantized rows, in clear, with the same integer arithmetic as FHE."""
-        select, thresholds, paths, depths = self.matrices()
-        bits = (np.atleast_2d(q_x) @ select <= thresholds).astype(np.int64)
-        matched = ((bits @ paths) == depths).sum(axis=1).astype(np.int64)
-        return matched if self.leaf_class == 1 else 1 - matched
+        """Verdicts (0/1) of circuit-input rows, in clear, with the same integer arithmetic."""
+        m = self.matrices()
+        x = np.atleast_2d(q_x)
+        bits = (x @ m["select"] <= m["thresholds"]).astype(np.int64)
+        score = bits @ m["paths"] + x @ m["linear"] + m["bias"]
+        matched = (score == m["targets"]).sum(axis=1)
+        return (matched if self.leaf_class == 1 else 1 - matched).astype(np.int64)
 
     # -- FHE -------------------------------------------------------------------------------
     def module(self) -> Any:
         """Return the (uncompiled) concrete-python module with ``predict`` and ``explain``.
 
         ``explain`` scores every candidate credit-bureau row against the same applicant and bank
-        rows: the comparisons on the applicant's and bank's features are computed once, only
-        those on credit-bureau features once per candidate, then the path matching per candidate.
+        rows: the bootstrapped comparisons on the applicant's and bank's inputs are computed
+        once, those on credit-bureau inputs once per candidate (none with this encoding: the
+        credit bureau sends 0/1 and one-hot inputs), then the path matching per candidate.
         (A single lookup over the joint region of all tested features would need a 7-bit
         bootstrap, which the optimizer can only serve with 16384-coefficient polynomials: slower
         and a much larger evaluation key, so the matching stays at 3-4 bits.)
         """
-        select, thresholds, paths, depths = self.matrices()
+        m = self.matrices()
+        select, thresholds, paths, linear, bias, targets = (
+            m[k] for k in ("select", "thresholds", "paths", "linear", "bias", "targets")
+        )
         leaf_class = self.leaf_class
-        a0, a1 = self.party_slices["applicant"]
-        b0, b1 = self.party_slices["bank"]
+        a0, _ = self.party_slices["applicant"]
+        _, b1 = self.party_slices["bank"]
         c0, c1 = self.party_slices["credit_bureau"]
-        # Comparisons are ordered arbitrarily: split them by the party whose feature they test.
-        on_candidate = np.array([c0 <= f < c1 for f in self.node_features] or [False])
+        columns = [self.comparisons[i]["column"] for i in self.bootstrapped]
+        on_candidate = np.array([c0 <= c < c1 for c in columns], dtype=bool)
         known_idx, cand_idx = np.flatnonzero(~on_candidate), np.flatnonzero(on_candidate)
-        select_known = np.concatenate([select[a0:a1], select[b0:b1]])[:, known_idx]
-        select_cand = select[c0:c1][:, cand_idx]
+        select_known, select_cand = select[a0:b1][:, known_idx], select[c0:c1][:, cand_idx]
         thr_known, thr_cand = thresholds[known_idx], thresholds[cand_idx]
         paths_known, paths_cand = paths[known_idx], paths[cand_idx]
-        has_known = len(known_idx) > 0
+        linear_known, linear_cand = linear[a0:b1], linear[c0:c1]
+        has_known, has_cand, has_any = len(known_idx) > 0, len(cand_idx) > 0, len(columns) > 0
 
         @fhe.module()
         class CreditScoring:  # noqa: D101 - concrete-python module
@@ -177,22 +258,23 @@ class QuantizedTree:
             )
             def predict(applicant, bank, credit_bureau):  # noqa: N805
                 x = np.concatenate((applicant, bank, credit_bureau))
-                bits = (x @ select) <= thresholds
-                hits = (bits @ paths) == depths
+                score = x @ linear + bias
+                if has_any:
+                    score = score + ((x @ select) <= thresholds) @ paths
+                hits = score == targets
                 return np.sum(hits) if leaf_class == 1 else 1 - np.sum(hits)
 
             @fhe.function(
                 {"applicant": "encrypted", "bank": "encrypted", "candidates": "encrypted"}
             )
             def explain(applicant, bank, candidates):  # noqa: N805
-                bits_cand = (candidates @ select_cand) <= thr_cand
-                score = bits_cand @ paths_cand
+                known = np.concatenate((applicant, bank))
+                score = known @ linear_known + candidates @ linear_cand + bias
                 if has_known:
-                    known = np.concatenate((applicant, bank))
-                    bits_known = (known @ select_known) <= thr_known
-                    score = score + bits_known @ paths_known
-                hits = score == depths
-                matched = np.sum(hits, axis=1)
+                    score = score + ((known @ select_known) <= thr_known) @ paths_known
+                if has_cand:
+                    score = score + ((candidates @ select_cand) <= thr_cand) @ paths_cand
+                matched = np.sum(score == targets, axis=1)
                 return matched if leaf_class == 1 else 1 - matched
 
         return CreditScoring

@@ -17,7 +17,14 @@ from sklearn.tree import DecisionTreeClassifier as SkDecisionTreeClassifier
 
 import settings
 from development.generate_data import generate
-from development.train import compile_module, fit_tree, float_features, measure_warm_predict
+from development.train import (
+    circuit_rows,
+    compile_module,
+    field_ranges,
+    fit_tree,
+    float_features,
+    measure_warm_predict,
+)
 
 GRID = [(2, 5), (3, 4), (3, 5), (3, 6), (4, 5), (4, 6), (6, 5), (6, 8)]
 RESULTS_PATH = settings.DEVELOPMENT_DIR / "grid_results.json"
@@ -32,8 +39,10 @@ def main(grid: list[tuple[int, int]], runs: int) -> list[dict]:
     )
     rows = []
     for n_bits, max_depth in grid:
-        model, tree = fit_tree(x_train, y_train, n_bits=n_bits, max_depth=max_depth)
-        q_train, q_test = model.quantize_input(x_train), model.quantize_input(x_test)
+        _, tree, spec = fit_tree(
+            x_train, y_train, n_bits=n_bits, max_depth=max_depth, ranges=field_ranges(frame)
+        )
+        q_train, q_test = circuit_rows(spec, x_train), circuit_rows(spec, x_test)
         float_tree = SkDecisionTreeClassifier(max_depth=max_depth, random_state=settings.SEED)
         float_tree.fit(x_train, y_train)
         module = compile_module(tree, q_train, len(settings.YEARS_EMPLOYED_BINS))

@@ -88,14 +88,47 @@ def float_features(frame: pd.DataFrame) -> np.ndarray:
     return np.stack(columns, axis=1)
 
 
-def party_slices() -> dict[str, tuple[int, int]]:
-    """Column range of each party's features in circuit order."""
+def feature_slices() -> dict[str, tuple[int, int]]:
+    """Column range of each party's float features (one per field, as the model sees them)."""
     slices, start = {}, 0
     for party in settings.PARTIES:
         stop = start + len(settings.PARTY_FIELDS[party])
         slices[party] = (start, stop)
         start = stop
     return slices
+
+
+def encoding_of(field: str) -> str:
+    """How a field reaches the circuit: booleans as 0/1, the years-employed bin one-hot.
+
+    Comparisons on 0/1 and one-hot inputs are linear, so the credit bureau's fields, which
+    explain evaluates once per candidate, cost no bootstrap; every other field is quantized.
+    """
+    if field in settings.BOOLEAN_FIELDS:
+        return "binary"
+    return "onehot" if field == "years_employed" else "quantized"
+
+
+def circuit_rows(spec: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    """Float feature rows -> the circuit's integer input rows, party by party (client side)."""
+    parts = []
+    for party, (start, stop) in feature_slices().items():
+        preprocessor = PartyPreprocessor.from_spec(party, spec)
+        parts.append(np.stack([preprocessor.quantize_numbers(list(r)) for r in x[:, start:stop]]))
+    return np.concatenate(parts, axis=1)
+
+
+def circuit_layout(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, tuple[int, int]]]:
+    """Where each model feature sits among the circuit inputs, and each party's input range."""
+    features, slices, column = [], {}, 0
+    for party in settings.PARTIES:
+        start = column
+        for feature in PartyPreprocessor.from_spec(party, spec).features:
+            levels = 2 if feature.encoding == "binary" else len(feature.categories)
+            features.append({"encoding": feature.encoding, "column": column, "levels": levels})
+            column += feature.width
+        slices[party] = (start, column)
+    return features, slices
 
 
 def field_ranges(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -112,7 +145,7 @@ def field_ranges(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 
 def preprocessing_spec(model: DecisionTreeClassifier, ranges: dict[str, Any]) -> dict[str, Any]:
-    """Each party's features with the Concrete ML input quantizer of each."""
+    """Each party's features: encoding, and the Concrete ML input quantizer of quantized ones."""
     kinds = feature_kinds()
     parties: dict[str, Any] = {}
     index = 0
@@ -120,13 +153,15 @@ def preprocessing_spec(model: DecisionTreeClassifier, ranges: dict[str, Any]) ->
         features = []
         for field in settings.PARTY_FIELDS[party]:
             quantizer = model.input_quantizers[index]
-            feature = {
+            feature: dict[str, Any] = {
                 "field": field,
                 "kind": kinds[field],
-                "scale": float(quantizer.scale),
-                "zero_point": float(quantizer.zero_point),
-                "n_bits": int(quantizer.n_bits),
+                "encoding": encoding_of(field),
             }
+            if feature["encoding"] == "quantized":
+                feature["scale"] = float(quantizer.scale)
+                feature["zero_point"] = float(quantizer.zero_point)
+                feature["n_bits"] = int(quantizer.n_bits)
             if kinds[field] == "category":
                 feature["categories"] = settings.CATEGORY_VALUES[field]
             features.append(feature)
@@ -143,18 +178,22 @@ def preprocessing_spec(model: DecisionTreeClassifier, ranges: dict[str, Any]) ->
 
 
 def fit_tree(
-    x_train: np.ndarray, y_train: np.ndarray, n_bits: int, max_depth: int
-) -> tuple[DecisionTreeClassifier, QuantizedTree]:
-    """Fit Concrete ML's DecisionTreeClassifier and extract its quantized tree."""
+    x_train: np.ndarray, y_train: np.ndarray, n_bits: int, max_depth: int, ranges: dict
+) -> tuple[DecisionTreeClassifier, QuantizedTree, dict[str, Any]]:
+    """Fit Concrete ML's DecisionTreeClassifier; return it, its circuit tree and preprocessing."""
     model = DecisionTreeClassifier(n_bits=n_bits, max_depth=max_depth, random_state=settings.SEED)
     model.fit(x_train, y_train)
+    spec = preprocessing_spec(model, ranges)
+    features, slices = circuit_layout(spec)
+    for index, feature in enumerate(features):
+        if feature["encoding"] != "quantized":
+            # Concrete ML's quantized value of each raw level (0/1, or the category index).
+            levels = np.arange(feature.pop("levels"), dtype=float)
+            feature["q_levels"] = model.input_quantizers[index].quant(levels).tolist()
     tree = QuantizedTree.from_sklearn(
-        model.sklearn_model,
-        n_features=x_train.shape[1],
-        n_bits=n_bits,
-        party_slices=party_slices(),
+        model.sklearn_model, features=features, n_bits=n_bits, party_slices=slices
     )
-    return model, tree
+    return model, tree, spec
 
 
 def compile_module(tree: QuantizedTree, q_train: np.ndarray, n_candidates: int) -> Any:
@@ -162,10 +201,12 @@ def compile_module(tree: QuantizedTree, q_train: np.ndarray, n_candidates: int) 
     slices = tree.party_slices
     rng = np.random.default_rng(settings.SEED)
     rows = q_train[rng.choice(len(q_train), size=min(len(q_train), 400), replace=False)]
-    n_max = int(q_train.max())
-    rows = np.concatenate(
-        [rows, np.zeros((1, rows.shape[1]), np.int64), np.full((1, rows.shape[1]), n_max)]
-    )
+    # Every quantized input at both ends of its range (with real rows' 0/1 and one-hot inputs),
+    # so no value a client's preprocessing can produce is outside the compiled range.
+    quantized = np.array(tree.column_max) > 1
+    extremes = rows[:2].copy()
+    extremes[0, quantized], extremes[1, quantized] = 0, 2**tree.n_bits - 1
+    rows = np.concatenate([rows, extremes])
 
     def split(row: np.ndarray) -> list[np.ndarray]:
         return [row[slices[p][0] : slices[p][1]] for p in settings.PARTIES]
@@ -192,7 +233,9 @@ def measure_warm_predict(module: Any, q_rows: np.ndarray, slices: dict, runs: in
     return float(np.median(times[1:]))
 
 
-def measure_wire_format(module: Any, q_rows: np.ndarray, n_candidates: int) -> dict[str, Any]:
+def measure_wire_format(
+    module: Any, tree: QuantizedTree, q_rows: np.ndarray, n_candidates: int
+) -> dict[str, Any]:
     """Exact byte length and fixed header of each serialized input and of the evaluation keys.
 
     Compressed ciphertexts and keys of this circuit always serialize to the same length with the
@@ -202,7 +245,7 @@ def measure_wire_format(module: Any, q_rows: np.ndarray, n_candidates: int) -> d
     sample of several key generations and encryptions (a random byte matches by chance with
     probability 1/256 per extra sample, so the samples are many).
     """
-    slices = party_slices()
+    slices = tree.party_slices
     samples: dict[str, list[bytes]] = {}
     for _ in range(KEYGENS_FOR_WIRE_FORMAT):
         module.keygen(force=True)
@@ -238,19 +281,15 @@ def build(frame: pd.DataFrame, n_bits: int, max_depth: int) -> dict[str, Any]:
         random_state=settings.SEED,
         stratify=y,
     )
-    model, tree = fit_tree(x[idx_train], y[idx_train], n_bits=n_bits, max_depth=max_depth)
     ranges = field_ranges(frame)
-    spec = preprocessing_spec(model, ranges)
-    # The client's own preprocessing must give exactly Concrete ML's quantized inputs.
-    preprocessors = {party: PartyPreprocessor.from_spec(party, spec) for party in settings.PARTIES}
-    q = np.concatenate(
-        [
-            np.stack([preprocessors[p].quantize_numbers(list(r)) for r in x[:, s0:s1]])
-            for p, (s0, s1) in party_slices().items()
-        ],
-        axis=1,
+    model, tree, spec = fit_tree(
+        x[idx_train], y[idx_train], n_bits=n_bits, max_depth=max_depth, ranges=ranges
     )
-    assert np.array_equal(q, model.quantize_input(x)), "client quantization differs"
+    q = circuit_rows(spec, x)
+    # The clients' own encoding, through the circuit's integer arithmetic, must give exactly
+    # Concrete ML's quantized tree's verdicts, on every row.
+    expected = model.sklearn_model.predict(model.quantize_input(x))
+    assert np.array_equal(tree.predict_clear(q), expected), "circuit tree differs from the model"
     return {
         "x": x,
         "y": y,
@@ -274,12 +313,7 @@ def main(out_dir: Path = settings.DEPLOYMENT_DIR, real_fhe_rows: int = N_REAL_FH
     frame = generate(settings.N_ROWS, settings.SEED)
     frame.to_csv(settings.DATA_PATH, index=False)
     built = build(frame, n_bits=n_bits, max_depth=max_depth)
-    model, tree, idx_train, idx_test = (
-        built["model"],
-        built["tree"],
-        built["idx_train"],
-        built["idx_test"],
-    )
+    tree, idx_train, idx_test = built["tree"], built["idx_train"], built["idx_test"]
     x, y, q_all, ranges = built["x"], built["y"], built["q"], built["ranges"]
     print(f"data: {len(frame)} rows, approval rate {y.mean():.3f}")
     (out_dir / settings.PREPROCESSING_PATH.name).write_text(
@@ -293,7 +327,6 @@ def main(out_dir: Path = settings.DEPLOYMENT_DIR, real_fhe_rows: int = N_REAL_FH
     float_tree.fit(x[idx_train], y[idx_train])
     y_float = float_tree.predict(x[idx_test])
     y_quant = tree.predict_clear(q_test)
-    assert np.array_equal(y_quant, model.sklearn_model.predict(q_test)), "pruned tree differs"
 
     n_candidates = len(settings.YEARS_EMPLOYED_BINS)
     print("compiling the FHE module ...")
@@ -322,7 +355,7 @@ def main(out_dir: Path = settings.DEPLOYMENT_DIR, real_fhe_rows: int = N_REAL_FH
         times.append(time.perf_counter() - start)
         y_real.append(int(module.predict.decrypt(result)))
     y_real = np.array(y_real)
-    wire_format = measure_wire_format(module, q_test[:4], n_candidates)
+    wire_format = measure_wire_format(module, tree, q_test[:4], n_candidates)
 
     probe = q_test[:N_PROBE]
     card = {
@@ -334,7 +367,8 @@ def main(out_dir: Path = settings.DEPLOYMENT_DIR, real_fhe_rows: int = N_REAL_FH
             "seed": settings.SEED,
             "fhe_configuration": FHE_CONFIGURATION,
             "explain_candidates": n_candidates,
-            "decision_nodes": len(tree.node_features),
+            "comparisons": len(tree.comparisons),
+            "bootstrapped_comparisons": len(tree.bootstrapped),
             "matched_leaf_class": tree.leaf_class,
             "matched_leaves": len(tree.leaf_paths),
         },

@@ -15,7 +15,7 @@ from development.data_report import parties_of
 from development.fhe_tree import QuantizedTree
 from development.generate_data import generate
 from development.reference import clear_explain, clear_verdict, quantized_row
-from development.train import build, float_features, library_versions, party_slices
+from development.train import build, feature_slices, float_features, library_versions
 
 N_REAL_ROWS = 4
 
@@ -70,7 +70,7 @@ def test_each_party_preprocesses_only_its_own_fields(data: pd.DataFrame) -> None
     # Shuffling every other party's columns leaves a party's features unchanged.
     x = float_features(data.head(300))
     rng = np.random.default_rng(0)
-    for party, (start, stop) in party_slices().items():
+    for party, (start, stop) in feature_slices().items():
         shuffled = data.head(300).copy()
         for other in settings.PARTIES:
             if other != party:
@@ -119,7 +119,8 @@ def test_fhe_predict_and_explain_equal_the_clear_model(fhe_pair, data: pd.DataFr
     for _, row in rows.iterrows():
         applicant, bank, bureau = parties_of(row)
         q = quantized_row(applicant, bank, bureau)
-        (a0, a1), (b0, b1), (c0, c1) = (party_slices()[p] for p in settings.PARTIES)
+        slices = QuantizedTree.from_json(json.loads(settings.REFERENCE_TREE_PATH.read_text()))
+        (a0, a1), (b0, b1), (c0, c1) = (slices.party_slices[p] for p in settings.PARTIES)
         args = client.encrypt(q[a0:a1], q[b0:b1], q[c0:c1], function_name="predict")
         out = server.run(*args, evaluation_keys=keys, function_name="predict")
         assert bool(client.decrypt(out, function_name="predict")) == clear_verdict(

@@ -814,8 +814,17 @@ def build_demo() -> gr.Blocks:
     i18n = make_i18n()
     ranges = settings.field_ranges()
 
-    def slider_range(field: str) -> dict[str, float]:
-        return {"minimum": ranges[field]["minimum"], "maximum": ranges[field]["maximum"]}
+    def field_slider(field: str, text: str, step: float = 1) -> gr.Slider:
+        """A slider over a field's range in the data, at its median (label_/info_<text>)."""
+        return gr.Slider(
+            minimum=ranges[field]["minimum"],
+            maximum=ranges[field]["maximum"],
+            value=ranges[field]["value"],
+            step=step,
+            label=i18n(f"label_{text}"),
+            info=i18n(f"info_{text}"),
+            elem_id=field.replace("_", "-"),
+        )
 
     def step_intro(step: int, *keys: str) -> None:
         """A step's heading, rule and paragraphs (translation keys)."""
@@ -876,38 +885,10 @@ def build_demo() -> gr.Blocks:
                     label=i18n("label_assets"),
                     elem_id="assets",
                 )
-                num_children = gr.Slider(
-                    **slider_range("num_children"),
-                    value=ranges["num_children"]["value"],
-                    step=1,
-                    label=i18n("label_children"),
-                    info=i18n("info_children"),
-                    elem_id="num-children",
-                )
-                household_size = gr.Slider(
-                    **slider_range("household_size"),
-                    value=ranges["household_size"]["value"],
-                    step=1,
-                    label=i18n("label_household"),
-                    info=i18n("info_household"),
-                    elem_id="household-size",
-                )
-                total_income = gr.Slider(
-                    **slider_range("total_income"),
-                    value=ranges["total_income"]["value"],
-                    step=INCOME_STEP,
-                    label=i18n("label_income"),
-                    info=i18n("info_income"),
-                    elem_id="total-income",
-                )
-                age = gr.Slider(
-                    **slider_range("age"),
-                    value=ranges["age"]["value"],
-                    step=1,
-                    label=i18n("label_age"),
-                    info=i18n("info_age"),
-                    elem_id="age",
-                )
+                num_children = field_slider(field="num_children", text="children")
+                household_size = field_slider(field="household_size", text="household")
+                total_income = field_slider(field="total_income", text="income", step=INCOME_STEP)
+                age = field_slider(field="age", text="age")
             with gr.Column():
                 dropdowns = {}
                 for field, label, info in (
@@ -935,14 +916,7 @@ def build_demo() -> gr.Blocks:
         gr.Markdown("<hr />")
         with gr.Column():
             gr.Markdown(i18n("step22_title"))
-            account_age = gr.Slider(
-                **slider_range("account_age"),
-                value=ranges["account_age"]["value"],
-                step=1,
-                label=i18n("label_account_age"),
-                info=i18n("info_account_age"),
-                elem_id="account-age",
-            )
+            account_age = field_slider(field="account_age", text="account_age")
         with gr.Row():
             with gr.Column(scale=2):
                 encrypt_bank_button = gr.Button(

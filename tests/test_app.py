@@ -124,6 +124,8 @@ def test_every_key_used_in_app_is_translated() -> None:
     used |= set(re.findall(r"tr\(\s*lang,\s*\"([a-z0-9_]+)\"", APP_SOURCE))
     used |= set(re.findall(r"_step_error\(\s*lang,\s*\"([a-z0-9_]+)\"", APP_SOURCE))
     used |= set(re.findall(r"label_key=\"([a-z0-9_]+)\"", APP_SOURCE))
+    for text in re.findall(r"field_slider\(field=\"[a-z_]+\", text=\"([a-z0-9_]+)\"", APP_SOURCE):
+        used |= {f"label_{text}", f"info_{text}"}
     for step, keys in re.findall(r"step_intro\((\d+)((?:, \"[a-z0-9_]+\")*)\)", APP_SOURCE):
         used |= {f"step{step}_title", *re.findall(r"\"([a-z0-9_]+)\"", keys)}
     assert len(used) > 60

@@ -286,9 +286,15 @@ def build(frame: pd.DataFrame, n_bits: int, max_depth: int) -> dict[str, Any]:
         x[idx_train], y[idx_train], n_bits=n_bits, max_depth=max_depth, ranges=ranges
     )
     q = circuit_rows(spec, x)
-    # The clients' own encoding, through the circuit's integer arithmetic, must give exactly
+    # Quantized inputs are exactly Concrete ML's quantized features ...
+    quantized_model_features = model.quantize_input(x)
+    for index, feature in enumerate(circuit_layout(spec)[0]):
+        if feature["encoding"] == "quantized":
+            column = q[:, feature["column"]]
+            assert np.array_equal(column, quantized_model_features[:, index]), "quantizer differs"
+    # ... and the clients' encoding, through the circuit's integer arithmetic, gives exactly
     # Concrete ML's quantized tree's verdicts, on every row.
-    expected = model.sklearn_model.predict(model.quantize_input(x))
+    expected = model.sklearn_model.predict(quantized_model_features)
     assert np.array_equal(tree.predict_clear(q), expected), "circuit tree differs from the model"
     return {
         "x": x,

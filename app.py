@@ -826,6 +826,14 @@ def build_demo() -> gr.Blocks:
             elem_id=field.replace("_", "-"),
         )
 
+    def send_controls(party: str) -> tuple[gr.Button, gr.Textbox]:
+        """A party's "encrypt and send" button and the box showing its shortened ciphertext."""
+        slug = party.replace("_", "-")
+        with gr.Row(), gr.Column(scale=2):
+            button = gr.Button(i18n("btn_encrypt_send"), elem_id=f"encrypt-{slug}-button")
+            box = output_box(label_key="label_encrypted_input", elem_id=f"encrypted-{slug}")
+        return button, box
+
     def step_intro(step: int, *keys: str) -> None:
         """A step's heading, rule and paragraphs (translation keys)."""
         gr.Markdown(i18n(f"step{step}_title"), elem_id=f"step{step}-title")
@@ -905,26 +913,12 @@ def build_demo() -> gr.Blocks:
                         info=i18n(info),
                         elem_id=field.replace("_", "-"),
                     )
-        with gr.Row():
-            with gr.Column(scale=2):
-                encrypt_applicant_button = gr.Button(
-                    i18n("btn_encrypt_send"), elem_id="encrypt-applicant-button"
-                )
-                encrypted_applicant = output_box(
-                    label_key="label_encrypted_input", elem_id="encrypted-applicant"
-                )
+        encrypt_applicant_button, encrypted_applicant = send_controls(party="applicant")
         gr.Markdown("<hr />")
         with gr.Column():
             gr.Markdown(i18n("step22_title"))
             account_age = field_slider(field="account_age", text="account_age")
-        with gr.Row():
-            with gr.Column(scale=2):
-                encrypt_bank_button = gr.Button(
-                    i18n("btn_encrypt_send"), elem_id="encrypt-bank-button"
-                )
-                encrypted_bank = output_box(
-                    label_key="label_encrypted_input", elem_id="encrypted-bank"
-                )
+        encrypt_bank_button, encrypted_bank = send_controls(party="bank")
         gr.Markdown("<hr />")
         with gr.Column():
             gr.Markdown(i18n("step23_title"))
@@ -941,14 +935,7 @@ def build_demo() -> gr.Blocks:
                 info=i18n("info_years_employed"),
                 elem_id="years-employed",
             )
-        with gr.Row():
-            with gr.Column(scale=2):
-                encrypt_credit_bureau_button = gr.Button(
-                    i18n("btn_encrypt_send"), elem_id="encrypt-credit-bureau-button"
-                )
-                encrypted_credit_bureau = output_box(
-                    label_key="label_encrypted_input", elem_id="encrypted-credit-bureau"
-                )
+        encrypt_credit_bureau_button, encrypted_credit_bureau = send_controls(party="credit_bureau")
 
         # Step 3
         step_intro(3, "step3_who", "step3_body")

@@ -59,7 +59,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
-from starlette.requests import ClientDisconnect
 
 import settings
 from settings import ServerSettings, get_settings
@@ -953,6 +952,10 @@ async def authorized_session(
 SessionDep = Annotated[str, Depends(authorized_session)]
 
 
+# Scope key set once a request's body has been received to its end.
+BODY_DONE = "fhe.body_done"
+
+
 async def read_body(request: Request, limit: int, expected: int, what: str) -> bytes:
     """Read a request body chunk by chunk, never holding more than needed.
 
@@ -965,22 +968,80 @@ async def read_body(request: Request, limit: int, expected: int, what: str) -> b
     Raises:
         PayloadTooLargeError: if Content-Length or the bytes received exceed ``limit``.
         InvalidPayloadError: if more than ``expected`` bytes arrive (exact size checked later).
+        IncompleteBodyError: if the client disconnects before the end of the body.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"{what} over the limit of {limit} bytes")
     cap = min(limit, expected)
     body = bytearray()
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise IncompleteBodyError(f"the client disconnected before sending all of {what}")
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+        if not more:
+            request.scope[BODY_DONE] = True
+        if len(body) > limit:
+            raise PayloadTooLargeError(f"{what} over the limit of {limit} bytes")
+        if len(body) > cap:
+            raise InvalidPayloadError(f"{what} must be exactly {expected} bytes for this model")
+        if not more:
+            return bytes(body)
+
+
+async def finish_body(request: Request, limit: int, seconds: float) -> bool:
+    """Read and discard what is left of a refused request's body, if it is small.
+
+    An answer sent on a connection whose request body is still arriving is then closed with
+    unread bytes, and the kernel resets the connection, which can destroy the answer before
+    the client reads it. Small leftovers are therefore read first; a large or slow one is not,
+    and that connection is closed.
+
+    Args:
+        request: the refused request.
+        limit: the most bytes to read and discard.
+        seconds: the most time to spend on it.
+
+    Returns:
+        True when the whole body has been received (the connection can stay open).
+    """
+    if request.scope.get(BODY_DONE):
+        return True
+    declared = request.headers.get("content-length")
+    chunked = "transfer-encoding" in request.headers
+    if not chunked and (declared is None or declared == "0"):
+        return True
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return False
+    received = 0
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise PayloadTooLargeError(f"{what} over the limit of {limit} bytes")
-            if len(body) > cap:
-                raise InvalidPayloadError(f"{what} must be exactly {expected} bytes for this model")
-    except ClientDisconnect:
-        raise IncompleteBodyError(f"the client disconnected before sending all of {what}") from None
-    return bytes(body)
+        with anyio.fail_after(seconds):
+            while received <= limit:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    return False
+                received += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    request.scope[BODY_DONE] = True
+                    return True
+    except TimeoutError:
+        return False
+    return False
+
+
+async def error_headers(
+    request: Request, error: Exception, headers: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Headers of an error answer: ``Connection: close`` unless the body was read to its end."""
+    config = request.app.dependency_overrides.get(get_settings, get_settings)()
+    finished = not isinstance(error, PayloadTooLargeError) and await finish_body(
+        request, limit=config.max_ciphertext_bytes, seconds=config.error_drain_seconds
+    )
+    if finished:
+        return dict(headers or {})
+    return {**(headers or {}), "Connection": "close"}
 
 
 class ErrorDetail(BaseModel):
@@ -1044,10 +1105,10 @@ BINARY_RESPONSE = {
 async def service_error_handler(request: Request, error: ServiceError) -> JSONResponse:
     """Turn a service error into its status and ``{"detail": ...}``.
 
-    The connection is closed after an error: otherwise the server would go on reading (and
-    discarding) the rest of a body it refused, e.g. a gigabyte sent to an upload route.
+    The rest of a small refused body is read first; after a large one (e.g. a gigabyte sent to
+    an upload route) the connection is closed instead of reading on.
     """
-    headers = {**(error.headers() or {}), "Connection": "close"}
+    headers = await error_headers(request, error, error.headers())
     return JSONResponse(
         status_code=error.status_code, content={"detail": str(error)}, headers=headers
     )
@@ -1063,7 +1124,7 @@ async def validation_error_handler(request: Request, error: RequestValidationErr
     return JSONResponse(
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
         content={"detail": "; ".join(parts) or "invalid request"},
-        headers={"Connection": "close"},
+        headers=await error_headers(request, error),
     )
 
 

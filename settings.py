@@ -207,6 +207,7 @@ class ServerSettings(BaseSettings):
     max_concurrent_fhe: int = 1
     max_waiting_fhe: int = 4
     key_cache_size: int = 2
+    error_drain_seconds: float = 2.0
 
 
 @lru_cache(maxsize=1)

@@ -552,6 +552,7 @@ def test_bodies_over_the_limits_are_refused_while_streaming(
             # takes, which is below the limit here (422), or the limit (413).
             detail = assert_client_error(response, 413 if declare_length else {413, 422})
             assert "limit" in detail or "exactly" in detail
+            assert response.headers.get("connection") == "close"  # the rest is never read
             tried.append((path, declare_length, body.sent_bytes))
     # A server whose limits are below the model's sizes, on a copy of the store holding the
     # attack session: the limit (413) is what stops the stream now.
@@ -641,6 +642,9 @@ def test_path_like_and_over_long_session_ids_are_refused(
                 method, template.format(id=bad_id), content=body, headers={**auth, **OCTET}
             )
             assert_client_error(response, 404)
+            # The small refused body was read to its end, so the connection stays open: closing
+            # it with unread bytes would reset it and could destroy the answer in flight.
+            assert response.headers.get("connection") != "close", (bad_id[:20], method)
             tried.append((bad_id[:20], method))
     assert session_files(live.store_dir.parent) == before
     assert len(tried) == CASE_COUNTS["bad_session_id"]

@@ -813,7 +813,15 @@ class CreditScoringClient:
         if timeout is not None:
             kwargs["timeout"] = timeout
         try:
-            response = self._http_client().request(method, path, **kwargs)
+            try:
+                response = self._http_client().request(method, path, **kwargs)
+            except httpx.RemoteProtocolError:
+                # Typically the server closed a kept-alive connection (its idle timeout) just as
+                # the request left on it. Sending once more on a new connection is safe on every
+                # route: a PUT replaces, predict and explain recompute, and a session opened twice
+                # would only expire unused.
+                logger.info("connection closed by the server before an answer; sending again")
+                response = self._http_client().request(method, path, **kwargs)
         except httpx.TimeoutException as error:
             raise ServerUnreachableError(
                 f"no answer from the FHE server at {self.server_url} in time ({method} {path})",

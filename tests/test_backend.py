@@ -417,10 +417,14 @@ class ScriptedServer:
 
     def __init__(self) -> None:
         self.next: httpx.Response | Exception | None = None
+        self.fail_once: Exception | None = None
         self.requests: list[tuple[str, str]] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append((request.method, request.url.path))
+        if self.fail_once is not None:
+            error, self.fail_once = self.fail_once, None
+            raise error
         if request.method == "POST" and request.url.path == "/sessions":
             return httpx.Response(201, json={"session_id": "s1", "token": "t1", "expires_in": 60})
         if request.method == "DELETE":
@@ -499,6 +503,25 @@ def test_unreachable_server_is_a_typed_error(
     with pytest.raises(backend.ServerUnreachableError) as caught:
         client.send_bank(account_age=12)
     assert caught.value.code == code
+
+
+def test_a_connection_closed_before_the_answer_is_tried_once_more(scripted: Any) -> None:
+    client, server = scripted
+    if not client.has_keys:
+        client.generate_keys()
+    # What a server closing an idle kept-alive connection as the request leaves looks like.
+    closed = httpx.RemoteProtocolError("Server disconnected without sending a response.")
+    server.requests.clear()
+    server.fail_once, server.next = closed, httpx.Response(204)
+    client.send_bank(account_age=12)
+    assert server.requests == [("PUT", "/sessions/s1/inputs/bank")] * 2
+    # Twice in a row is a server problem, reported as such.
+    server.requests.clear()
+    server.next = closed
+    with pytest.raises(backend.ServerUnreachableError) as caught:
+        client.send_bank(account_age=12)
+    assert caught.value.code == "unreachable"
+    assert server.requests == [("PUT", "/sessions/s1/inputs/bank")] * 2
 
 
 def test_garbage_output_is_a_bad_response_not_a_crash(scripted: Any) -> None:

@@ -48,6 +48,7 @@ HEALTH_SECONDS = 1.0
 # same second. The bound keeps ~50 % of margin over that.
 RSS_BOUND_BYTES = 2_000_000_000
 RETRY_DEADLINE_SECONDS = 300.0
+BATCHES = 3  # of extra predicts (one per other session) sent while the worker explains
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +169,8 @@ def test_busy_fhe_keeps_health_fast_and_refuses_extra_predicts(server: str) -> N
                     f"/sessions/{session_id}/explain", content=candidates, headers=auth
                 )
                 explained.append(response.status_code)
+                if response.status_code == 503:  # an extra predict slipped in between two
+                    time.sleep(0.02)  # explains and holds the worker: take it back after it
 
     refused: list[tuple[float, httpx.Response]] = []
     lock = threading.Lock()
@@ -183,7 +186,7 @@ def test_busy_fhe_keeps_health_fast_and_refuses_extra_predicts(server: str) -> N
     with HealthProbe(server) as health:
         worker.start()
         time.sleep(0.5)  # the first explain holds the worker
-        for _ in range(3):
+        for _ in range(BATCHES):
             batch = [threading.Thread(target=extra_predict, args=o[:2]) for o in others]
             for thread in batch:
                 thread.start()
@@ -193,13 +196,13 @@ def test_busy_fhe_keeps_health_fast_and_refuses_extra_predicts(server: str) -> N
         stop.set()
         worker.join(timeout=60)
 
-    assert explained and set(explained) == {200}, explained
+    assert explained.count(200) >= 1 and set(explained) <= {200, 503}, explained
     assert not health.failures and max(health.latencies) < HEALTH_SECONDS, health.latencies
     statuses = [response.status_code for _, response in refused]
-    # An extra predict may slip into the few milliseconds between two explains; the others are
-    # refused at once: no request waits for the worker.
+    # One extra predict of a batch may slip into the few milliseconds between two explains; the
+    # others are refused at once: no request waits for the worker.
     busy = [(seconds, response) for seconds, response in refused if response.status_code == 503]
-    assert len(busy) >= len(refused) - 2 and set(statuses) <= {200, 503}, statuses
+    assert len(busy) >= len(refused) - BATCHES and set(statuses) <= {200, 503}, statuses
     for seconds, response in busy:
         assert "queue" in response.json()["detail"]
         assert int(response.headers["Retry-After"]) >= 1

@@ -880,10 +880,15 @@ async def purge_periodically(store: SessionStore, period_seconds: float) -> None
             logger.error("purging expired sessions failed: %r", error)
 
 
+def app_settings(app: FastAPI) -> ServerSettings:
+    """The settings the app's routes get (``get_settings``, or the override a test installed)."""
+    return app.dependency_overrides.get(get_settings, get_settings)()
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     """Load the deployment once, purge expired sessions periodically, refuse a bad start."""
-    config = app.dependency_overrides.get(get_settings, get_settings)()
+    config = app_settings(app)
     try:
         service = build_service(config)
     except RuntimeError as error:
@@ -1035,7 +1040,7 @@ async def error_headers(
     request: Request, error: Exception, headers: dict[str, str] | None = None
 ) -> dict[str, str]:
     """Headers of an error answer: ``Connection: close`` unless the body was read to its end."""
-    config = request.app.dependency_overrides.get(get_settings, get_settings)()
+    config = app_settings(request.app)
     finished = not isinstance(error, PayloadTooLargeError) and await finish_body(
         request, limit=config.max_ciphertext_bytes, seconds=config.error_drain_seconds
     )

@@ -614,15 +614,20 @@ class SessionStore:
     def store_output(self, session_id: str, data: bytes, inputs_version: int) -> None:
         """Store an encrypted verdict computed from the inputs of ``inputs_version``.
 
+        A session in use does not expire during the request: it only has to be still on disk
+        (not yet purged), and storing the verdict counts as a use.
+
         Raises:
             StepOutOfOrderError: if an input was replaced while the verdict was computed.
+            SessionNotFoundError: if the session was deleted or purged meanwhile.
         """
         with self._lock:
-            meta = self._live_meta(session_id)
+            meta = self._read_meta(session_id)
             if meta.inputs_version != inputs_version:
                 raise StepOutOfOrderError("an input changed during predict; run predict again")
             atomic_write(self._dir(session_id) / self.OUTPUT, data)
             meta.output_version = inputs_version
+            meta.last_used = self.clock()
             self._write_meta(session_id, meta)
 
     def read_output(self, session_id: str) -> bytes:

@@ -117,29 +117,48 @@ def test_a_session_continues_across_a_clean_stop_and_a_crash(tmp_path: Path) -> 
 
 
 def test_expired_sessions_disappear_from_disk_and_answer_404(tmp_path: Path) -> None:
+    """Margins come from the settings under test, not from the machine's speed.
+
+    The busy session is touched every ``ttl / 8`` seconds, and between any two requests about
+    the idle one, so it never stays idle for a whole TTL however slow each request is; the idle
+    session is waited for until it is gone, up to its TTL plus two purge periods plus a generous
+    allowance for a loaded machine. A session also expires when one request on it outlasts the
+    TTL (the store refreshes it at the start and at the end of a predict), so the TTL is kept well
+    above the few seconds a predict with freshly loaded keys takes on a loaded 2-core machine.
+    """
     kit = Kit.generate()
     profiles = varied_profiles(12)
     store_dir = tmp_path / "store"
-    ttl = 2.0
+    ttl = 10.0
+    purge_period = max(1.0, ttl / 4)  # the server's purge period for this TTL
     server = CurrentServer(store_dir, env={"FHE_SESSION_TTL_SECONDS": str(ttl)})
     tried = []
     with server.run() as base_url, httpx.Client(base_url=base_url, timeout=60) as http:
+
+        def keep_busy_alive() -> None:
+            assert http.get(f"/sessions/{busy_id}/output", headers=busy_auth).status_code == 409
+
         idle_id, idle_auth = open_session(http, kit.evaluation_keys)
         busy_id, busy_auth = open_session(http, kit.evaluation_keys)
+        idle_touched_after = time.monotonic()  # the idle session's last use is later than this
         upload(http, idle_id, idle_auth, kit.encrypt(profiles[0]))
+        idle_since = time.monotonic()
         upload(http, busy_id, busy_auth, kit.encrypt(profiles[1]))
-        # The busy session is used every half second; the idle one is not touched.
-        deadline = time.monotonic() + ttl + 2.5
-        while time.monotonic() < deadline:
-            assert http.get(f"/sessions/{busy_id}/output", headers=busy_auth).status_code == 409
-            time.sleep(0.5)
-        assert not (store_dir / idle_id).exists(), "the periodic purge did not remove it"
+        # The busy session is used all along; the idle one is not touched until it is purged.
+        deadline = idle_since + ttl + 2 * purge_period + 60.0
+        while (store_dir / idle_id).exists():
+            assert time.monotonic() < deadline, "the periodic purge did not remove it"
+            keep_busy_alive()
+            time.sleep(ttl / 8)
+        assert time.monotonic() - idle_touched_after >= ttl, "removed before its TTL"
         for method, template in SESSION_ROUTES:
             response = http.request(method, template.format(id=idle_id), headers=idle_auth)
             assert_client_error(response, 404)
             tried.append(method)
+            keep_busy_alive()
         # The session in use lives on and completes its flow.
-        assert http.post(f"/sessions/{busy_id}/predict", headers=busy_auth).status_code == 200
+        predicted = http.post(f"/sessions/{busy_id}/predict", headers=busy_auth)
+        assert predicted.status_code == 200, predicted.text
         output = http.get(f"/sessions/{busy_id}/output", headers=busy_auth)
         assert int(kit.decrypt(output.content)) == int(profiles[1].verdict())
     # Expired while the server was down: removed at start-up, before any request.

@@ -9,6 +9,7 @@ PYTEST_ARGS ?=
 
 PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test lint train bench
@@ -26,7 +27,7 @@ lint: $(TEST_STAMP)
 train: $(RUN_STAMP)
 	$(PY) -m development.train
 
-bench: $(RUN_STAMP)
+bench: $(DEV_STAMP)
 	$(PY) -m development.benchmark
 
 PIP_INSTALL := $(PY) -m pip install --progress-bar off
@@ -39,8 +40,15 @@ $(RUN_STAMP): requirements.txt | $(PY)
 	$(PIP_INSTALL) -r requirements.txt
 	touch $@
 
-# The test requirements include the runtime ones, so this also satisfies `make run`.
-$(TEST_STAMP): requirements.txt requirements-test.txt | $(PY)
+# The development requirements include the runtime ones (tqdm and psutil for the benchmark).
+$(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
+	$(PIP_INSTALL) --quiet pip==$(PIP_VERSION)
+	$(PIP_INSTALL) -r requirements-dev.txt
+	touch $(RUN_STAMP) $@
+
+# The test requirements include the development ones, so this also satisfies `make run` and
+# `make bench`.
+$(TEST_STAMP): requirements.txt requirements-dev.txt requirements-test.txt | $(PY)
 	$(PIP_INSTALL) --quiet pip==$(PIP_VERSION)
 	$(PIP_INSTALL) -r requirements-test.txt
-	touch $(RUN_STAMP) $@
+	touch $(RUN_STAMP) $(DEV_STAMP) $@

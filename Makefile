@@ -12,7 +12,7 @@ RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint train bench
+.PHONY: run test test-busy lint train bench
 
 run: $(RUN_STAMP)
 	$(PY) app.py
@@ -20,6 +20,20 @@ run: $(RUN_STAMP)
 test: $(TEST_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The suite as on a loaded machine: stress-ng keeps $(BUSY_CPU_HOGS) CPU hogs running beside
+# `make test` for its whole duration (Debian: apt-get install stress-ng); exits with its status.
+BUSY_CPU_HOGS ?= 2
+
+test-busy: $(TEST_STAMP)
+	@command -v stress-ng >/dev/null || { echo "make test-busy needs stress-ng (apt-get install stress-ng)" >&2; exit 1; }
+	@stress-ng --cpu $(BUSY_CPU_HOGS) --quiet & hog=$$!; \
+	trap 'kill $$hog 2>/dev/null' EXIT INT TERM; \
+	echo "== $(BUSY_CPU_HOGS) CPU hogs (stress-ng, pid $$hog) run beside make test"; \
+	$(MAKE) --no-print-directory test; status=$$?; \
+	kill $$hog 2>/dev/null; wait $$hog 2>/dev/null; \
+	echo "== make test-busy: make test exited with $$status"; \
+	exit $$status
 
 lint: $(TEST_STAMP)
 	$(PY) -m ruff check .

@@ -279,11 +279,14 @@ class ServerProcess:
     def _launch(self) -> None:
         output: IO[bytes] | None = None
         if not self.inherit_output:
+            # Append mode: the child's writes go to the end even while log_tail() moves the
+            # offset that this process and the child share.
             if self.log_path is None:
-                self._log = tempfile.TemporaryFile(mode="w+b")
+                self._log = tempfile.TemporaryFile(mode="a+b")
             else:
                 self.log_path.parent.mkdir(parents=True, exist_ok=True)
-                self._log = self.log_path.open("w+b")
+                self.log_path.write_bytes(b"")
+                self._log = self.log_path.open("a+b")
             output = self._log
         child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         preexec = _die_with_parent if self.die_with_parent and sys.platform == "linux" else None

@@ -46,7 +46,10 @@ def tiny_app(tmp_path: Path) -> Path:
 
 
 def test_start_waits_for_health_and_stop_reaps(tiny_app: Path) -> None:
-    server = ServerProcess("tiny:app", cwd=tiny_app, env={"TINY_ANSWER": "hello"})
+    log_path = tiny_app / "logs" / "server.log"
+    server = ServerProcess(
+        "tiny:app", cwd=tiny_app, env={"TINY_ANSWER": "hello"}, log_path=log_path
+    )
     with server:
         assert httpx.get(f"{server.url}/health", timeout=10).text == "hello"
         process = server.process
@@ -54,6 +57,7 @@ def test_start_waits_for_health_and_stop_reaps(tiny_app: Path) -> None:
     assert process.returncode is not None  # reaped: no zombie left
     assert server.process is None
     assert "Application startup complete" in server.log_tail()
+    assert "Application startup complete" in log_path.read_text()
 
 
 def test_a_restart_on_the_same_port_right_after_a_stop(tiny_app: Path) -> None:

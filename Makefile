@@ -9,9 +9,10 @@ PYTEST_ARGS ?=
 
 PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint train bench
+.PHONY: run test test-busy lint train bench
 
 run: $(RUN_STAMP)
 	$(PY) app.py
@@ -20,13 +21,27 @@ test: $(TEST_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The suite as on a loaded machine: stress-ng keeps $(BUSY_CPU_HOGS) CPU hogs running beside
+# `make test` for its whole duration (Debian: apt-get install stress-ng); exits with its status.
+BUSY_CPU_HOGS ?= 2
+
+test-busy: $(TEST_STAMP)
+	@command -v stress-ng >/dev/null || { echo "make test-busy needs stress-ng (apt-get install stress-ng)" >&2; exit 1; }
+	@stress-ng --cpu $(BUSY_CPU_HOGS) --quiet & hog=$$!; \
+	trap 'kill $$hog 2>/dev/null' EXIT INT TERM; \
+	echo "== $(BUSY_CPU_HOGS) CPU hogs (stress-ng, pid $$hog) run beside make test"; \
+	$(MAKE) --no-print-directory test; status=$$?; \
+	kill $$hog 2>/dev/null; wait $$hog 2>/dev/null; \
+	echo "== make test-busy: make test exited with $$status"; \
+	exit $$status
+
 lint: $(TEST_STAMP)
 	$(PY) -m ruff check .
 
 train: $(RUN_STAMP)
 	$(PY) -m development.train
 
-bench: $(RUN_STAMP)
+bench: $(DEV_STAMP)
 	$(PY) -m development.benchmark
 
 PIP_INSTALL := $(PY) -m pip install --progress-bar off
@@ -39,8 +54,15 @@ $(RUN_STAMP): requirements.txt | $(PY)
 	$(PIP_INSTALL) -r requirements.txt
 	touch $@
 
-# The test requirements include the runtime ones, so this also satisfies `make run`.
-$(TEST_STAMP): requirements.txt requirements-test.txt | $(PY)
+# The development requirements include the runtime ones (tqdm and psutil for the benchmark).
+$(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
+	$(PIP_INSTALL) --quiet pip==$(PIP_VERSION)
+	$(PIP_INSTALL) -r requirements-dev.txt
+	touch $(RUN_STAMP) $@
+
+# The test requirements include the development ones, so this also satisfies `make run` and
+# `make bench`.
+$(TEST_STAMP): requirements.txt requirements-dev.txt requirements-test.txt | $(PY)
 	$(PIP_INSTALL) --quiet pip==$(PIP_VERSION)
 	$(PIP_INSTALL) -r requirements-test.txt
-	touch $(RUN_STAMP) $@
+	touch $(RUN_STAMP) $(DEV_STAMP) $@

@@ -31,12 +31,13 @@ import os
 import secrets
 import shutil
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 import numpy as np
@@ -965,3 +966,36 @@ def explain_encrypt_run_decrypt(client: CreditScoringClient) -> Explanation:
         years_employed=years,
         fhe_execution_time=client.explain_fhe_execution_time,
     )
+
+
+_Result = TypeVar("_Result")
+
+
+def retry_while_busy(
+    step: Callable[[], _Result], attempts: int = 20, default_wait: float = 1.0
+) -> _Result:
+    """Call a client step; while the server answers 503 (queue full), wait and call it again.
+
+    Each wait is the server's Retry-After (``default_wait`` seconds when it gave none). For
+    programs that queue work on purpose (the benchmark's concurrent clients); the page shows the
+    busy message to the person instead.
+
+    Args:
+        step: the call, e.g. ``client.predict``.
+        attempts: calls in all before giving up.
+        default_wait: seconds to wait when the server did not say.
+
+    Returns:
+        What ``step`` returned.
+
+    Raises:
+        ServerBusyError: the server was still busy at the last attempt.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return step()
+        except ServerBusyError as error:
+            if attempt == attempts:
+                raise
+            time.sleep(error.retry_after or default_wait)
+    raise ValueError("attempts must be at least 1")

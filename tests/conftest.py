@@ -14,27 +14,19 @@
 
 import atexit
 import os
-import socket
 import sys
 from collections import Counter
 
 import pytest
 
+from fhe_server.launcher import free_port
+
+__all__ = ["free_port"]
+
 # Passes counted per session: "all" and "browser".
 _PASSES = pytest.StashKey[Counter]()
 # The session's final exit status, kept for pytest_unconfigure.
 _EXIT_STATUS = pytest.StashKey[int]()
-
-
-def free_port() -> int:
-    """Returns a TCP port on 127.0.0.1 that was free a moment ago.
-
-    The port is released before returning, so another process could take it in between; tests
-    that start a server on it should fail loudly if the bind fails.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _browser_required() -> bool:

@@ -6,8 +6,8 @@
   cover both outcomes.
 - ``assert_client_error``: a 4xx answer whose body is ``{"detail": <non-empty str>}``.
 - ``server_process(base_url)``: the ``psutil.Process`` of a server started by ``running_server``.
-- ``RecordingTransport`` / ``ForwardingTransport``: httpx transports for ``CreditScoringClient``
-  (record every request; send every request to the server's current address).
+- ``ForwardingTransport``: an httpx transport for ``CreditScoringClient`` that sends every
+  request to the server's current address (the recording one is ``fhe_server.launcher``'s).
 - ``tree_size(path)``: bytes of every file below a directory.
 """
 
@@ -271,47 +271,6 @@ class PeakSampler:
 # ---------------------------------------------------------------------------------------------
 # httpx transports for CreditScoringClient
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request as it left the client."""
-
-    method: str
-    url: str
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-
-    def wire_bytes(self) -> bytes:
-        """Everything the request carried: request line, headers and body."""
-        head = f"{self.method} {self.url}\r\n".encode()
-        head += b"".join(name + b": " + value + b"\r\n" for name, value in self.headers)
-        return head + b"\r\n" + self.body
-
-
-class RecordingTransport(httpx.BaseTransport):
-    """Forwards every request to ``inner`` and keeps a copy of it (body read in full)."""
-
-    def __init__(self, inner: httpx.BaseTransport):
-        self.inner = inner
-        self.requests: list[RecordedRequest] = []
-        self._lock = threading.Lock()
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        body = request.read()
-        with self._lock:
-            self.requests.append(
-                RecordedRequest(
-                    method=request.method,
-                    url=str(request.url),
-                    headers=list(request.headers.raw),
-                    body=bytes(body),
-                )
-            )
-        return self.inner.handle_request(request)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 class ForwardingTransport(httpx.BaseTransport):
     """Sends every request to the address ``target()`` returns now (a restarted server's port).
 

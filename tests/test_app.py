@@ -18,6 +18,7 @@ from typing import Any
 import gradio as gr
 import httpx
 import pytest
+from helpers_server import ScriptedServer
 
 import app
 import backend
@@ -46,28 +47,10 @@ APPLICANT_VALUES = (
 )
 
 
-class ScriptedServer:
-    """Mock FHE server: sessions open, inputs are accepted, other answers are set by the test."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str]] = []
-        self.next: httpx.Response | None = None
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append((request.method, request.url.path))
-        if request.method == "POST" and request.url.path == "/sessions":
-            return httpx.Response(201, json={"session_id": "s1", "token": "t1", "expires_in": 60})
-        if request.method in ("PUT", "DELETE"):
-            return httpx.Response(204)
-        if self.next is not None:
-            return self.next
-        return httpx.Response(409, json={"detail": "unexpected in this test"})
-
-
 @pytest.fixture
 def scripted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ScriptedServer]:
     """Make backend.new_client() build clients on the scripted server, keys under tmp_path."""
-    server = ScriptedServer()
+    server = ScriptedServer(accept_inputs=True)
     monkeypatch.setattr(settings, "CLIENT_KEYS_DIR", tmp_path / "keys")
 
     def new_client(server_url: str | None = None, keys_root: Path | None = None) -> Any:

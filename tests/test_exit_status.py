@@ -40,7 +40,7 @@ def run_inner_session(tmp_path: Path, *plugin_args: str) -> subprocess.Completed
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin_args, "."],
         cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(TESTS_DIR)},
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{TESTS_DIR}:{TESTS_DIR.parent}"},
         capture_output=True,
         text=True,
         timeout=600,

@@ -1,0 +1,134 @@
+"""Stage 4, throughput: decisions per minute with 4 clients at once, /health latency meanwhile."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from tqdm import tqdm
+
+from development.benchmark.dataset import Dataset
+from development.benchmark.http_flows import full_flow
+from development.benchmark.options import Options
+from development.benchmark.report import Report
+from development.benchmark.timing import timed
+from fhe_server.launcher import ServerProcess
+
+THROUGHPUT_CLIENTS = 4
+HEALTH_POLL_SECONDS = 0.1
+IDLE_HEALTH_REQUESTS = 10
+
+
+def poll_health(url: str, interval: float, ready: Any, stop: Any, results: Any) -> None:
+    """Child process: GET /health every ``interval`` s until ``stop``; put the latencies.
+
+    It runs in its own process so that the latencies are the server's, not stalls of the
+    benchmark's own threads (concrete's key generation holds the GIL for its whole duration).
+
+    Args:
+        url: the server's base URL.
+        interval: seconds between requests.
+        ready: event set once the first request has been answered.
+        stop: event that ends the polling.
+        results: queue receiving the list of latencies (seconds) of the 200 answers.
+    """
+    latencies: list[float] = []
+    with httpx.Client(base_url=url, timeout=60.0) as client:
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                ok = client.get("/health").status_code == 200
+            except httpx.TransportError:
+                ok = False
+            if ok:
+                latencies.append(time.perf_counter() - start)
+            ready.set()
+            stop.wait(interval)
+    results.put(latencies)
+
+
+def measure_throughput(
+    report: Report, options: Options, data: Dataset, server: ServerProcess, work_dir: Path
+) -> None:
+    """Decisions per minute with 4 concurrent clients, and /health latency meanwhile.
+
+    A decision is one application's full five-step flow with new keys (each applicant has its
+    own key set). Each thread has its own CreditScoringClient; the threads share a fixed number
+    of decisions. /health is polled from another process meanwhile.
+    """
+    from backend import CreditScoringClient
+
+    report.stage("throughput")
+    with httpx.Client(base_url=server.url, timeout=10.0) as health_client:
+        idle = []
+        for _ in range(IDLE_HEALTH_REQUESTS):
+            seconds, response = timed(lambda: health_client.get("/health"))
+            response.raise_for_status()
+            idle.append(seconds)
+    report.median("health_latency_idle_median_s", idle)
+
+    total = options.throughput_decisions
+    lock = threading.Lock()
+    issued = [0]
+    done: list[tuple[float, bool]] = []
+    errors: list[BaseException] = []
+    context = multiprocessing.get_context("spawn")
+    ready, stop, results = context.Event(), context.Event(), context.Queue()
+    poller = context.Process(
+        target=poll_health,
+        args=(server.url, HEALTH_POLL_SECONDS, ready, stop, results),
+        daemon=True,
+    )
+    poller.start()
+    if not ready.wait(timeout=120):
+        poller.kill()
+        raise RuntimeError("the /health poller process did not start")
+    bar = tqdm(total=total, desc=f"decisions ({THROUGHPUT_CLIENTS} clients)", leave=False)
+
+    def worker(number: int) -> None:
+        client = CreditScoringClient(server.url, key_dir=work_dir / "tp_keys" / str(number))
+        try:
+            while True:
+                with lock:
+                    if issued[0] >= total:
+                        return
+                    ticket = issued[0]
+                    issued[0] += 1
+                position = ticket % len(data.y_quant)
+                _, verdict = full_flow(client, data.raw_parties(position))
+                with lock:
+                    done.append((time.perf_counter(), verdict == bool(data.y_quant[position])))
+                    bar.update(1)
+        except BaseException as error:  # reported after the threads join
+            errors.append(error)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(THROUGHPUT_CLIENTS)]
+    start = time.perf_counter()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        stop.set()
+        latencies: list[float] = results.get(timeout=60)
+        poller.join(timeout=30)
+        bar.close()
+    if errors:
+        raise RuntimeError(f"a throughput client failed: {errors[0]!r}") from errors[0]
+    elapsed = max(t for t, _ in done) - start
+    report.record("throughput_decisions", len(done))
+    report.record("throughput_elapsed_s", round(elapsed, 3))
+    report.record("decisions_per_minute_4_clients", round(len(done) / elapsed * 60, 2))
+    report.record("throughput_agreement", round(float(np.mean([ok for _, ok in done])), 4))
+    if latencies:
+        report.record("health_latency_median_s", round(float(np.median(latencies)), 6))
+        report.record("health_latency_max_s", round(float(max(latencies)), 6))
+        report.record("health_requests", len(latencies))

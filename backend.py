@@ -43,6 +43,20 @@ import numpy as np
 from concrete import fhe
 
 import settings
+from fhe_server.protocol import (
+    CONTENT_TYPE_HEADER,
+    EXECUTION_TIME_HEADER,
+    EXPLAIN_PATH,
+    INPUT_PATH,
+    OCTET_STREAM,
+    OUTPUT_PATH,
+    PREDICT_PATH,
+    RETRY_AFTER_HEADER,
+    SESSION_PATH,
+    SESSIONS_PATH,
+    ErrorCode,
+    bearer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -255,13 +269,13 @@ class ServerError(ClientError):
 class AuthenticationError(ServerError):
     """401: the session token is missing or wrong."""
 
-    code = "unauthorized"
+    code = ErrorCode.unauthorized
 
 
 class SessionNotFoundError(ServerError):
     """404: the server does not know the session (never opened, deleted or expired)."""
 
-    code = "not_found"
+    code = ErrorCode.not_found
 
 
 class StepOrderError(ServerError):
@@ -271,19 +285,19 @@ class StepOrderError(ServerError):
     "order_run_first", "order_decrypt_first"; "order_server" when the server answered 409.
     """
 
-    code = "order_server"
+    code = ErrorCode.order_server
 
 
 class PayloadTooLargeError(ServerError):
     """413: a body was over the server's size limit."""
 
-    code = "too_large"
+    code = ErrorCode.too_large
 
 
 class InvalidPayloadError(ServerError):
     """422: the server could not read the bytes sent (or an unknown party)."""
 
-    code = "invalid_payload"
+    code = ErrorCode.invalid_payload
 
 
 class ServerBusyError(ServerError):
@@ -293,7 +307,7 @@ class ServerBusyError(ServerError):
         retry_after: seconds the server asks to wait before retrying (None if it did not say).
     """
 
-    code = "busy"
+    code = ErrorCode.busy
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
         super().__init__(message, retry_after=retry_after, **kwargs)
@@ -362,7 +376,7 @@ def _error_from_response(response: httpx.Response) -> ServerError:
     if error_class is ServerBusyError:
         return ServerBusyError(
             message,
-            retry_after=_parse_seconds(response.headers.get("Retry-After")),
+            retry_after=_parse_seconds(response.headers.get(RETRY_AFTER_HEADER)),
             status_code=status,
             detail=detail,
         )
@@ -526,7 +540,7 @@ class CreditScoringClient:
 
             response = self._request(
                 "POST",
-                "/sessions",
+                SESSIONS_PATH,
                 content=evaluation_keys,
                 expected=(200, 201),
                 authenticated=False,
@@ -607,7 +621,9 @@ class CreditScoringClient:
                     parties=missing,
                 )
             self._clear_run()
-            response = self._request("POST", f"/sessions/{session_id}/predict", expected=(200,))
+            response = self._request(
+                "POST", PREDICT_PATH.format(session_id=session_id), expected=(200,)
+            )
             try:
                 seconds = float(response.json()["fhe_execution_time"])
             except (ValueError, KeyError, TypeError) as error:
@@ -638,7 +654,9 @@ class CreditScoringClient:
                     "run FHE (predict) before fetching and decrypting the verdict",
                     code="order_run_first",
                 )
-            response = self._request("GET", f"/sessions/{session_id}/output", expected=(200,))
+            response = self._request(
+                "GET", OUTPUT_PATH.format(session_id=session_id), expected=(200,)
+            )
             data = response.content
             decrypted = self._decrypt(data, function_name="predict")
             value = int(np.asarray(decrypted).reshape(-1)[0])
@@ -686,7 +704,7 @@ class CreditScoringClient:
             encrypted = self._fhe_client().encrypt(None, None, candidates, function_name="explain")
             response = self._request(
                 "POST",
-                f"/sessions/{session_id}/explain",
+                EXPLAIN_PATH.format(session_id=session_id),
                 content=encrypted[2].serialize(),
                 expected=(200,),
             )
@@ -699,7 +717,7 @@ class CreditScoringClient:
                 )
             self._encrypted_explain_output = data
             self._explain_fhe_execution_time = _parse_seconds(
-                response.headers.get("X-FHE-Execution-Time")
+                response.headers.get(EXECUTION_TIME_HEADER)
             )
             start = bins.index(sent_bin)
             for index in range(start, len(bins)):
@@ -755,7 +773,7 @@ class CreditScoringClient:
             self._clear_run()
             self._request(
                 "PUT",
-                f"/sessions/{session_id}/inputs/{party}",
+                INPUT_PATH.format(session_id=session_id, party=party),
                 content=ciphertext,
                 expected=(200, 204),
             )
@@ -806,9 +824,9 @@ class CreditScoringClient:
         """Send one request; return the response if its status is expected, else raise."""
         headers = {}
         if content is not None:
-            headers["Content-Type"] = "application/octet-stream"
+            headers[CONTENT_TYPE_HEADER] = OCTET_STREAM
         if authenticated:
-            headers["Authorization"] = f"Bearer {self._token}"
+            headers.update(bearer(str(self._token)))
         kwargs: dict[str, Any] = {"content": content, "headers": headers}
         if timeout is not None:
             kwargs["timeout"] = timeout
@@ -848,7 +866,7 @@ class CreditScoringClient:
         try:
             self._request(
                 "DELETE",
-                f"/sessions/{session_id}",
+                SESSION_PATH.format(session_id=session_id),
                 expected=(200, 204, 404),
                 timeout=CLOSE_TIMEOUT,
             )

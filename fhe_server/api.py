@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -100,6 +102,11 @@ class Health(BaseModel):
     status: str = Field(examples=["ok"])
     api_version: str
     model: dict[str, Any] = Field(description="Library versions, parameters and input shapes.")
+    replica: str = Field(description="This server process's name (FHE_REPLICA_NAME).")
+    key_cache: dict[str, int] = Field(
+        description="Prepared evaluation keys: hits and misses (preparations) since start, "
+        "size and capacity."
+    )
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -163,9 +170,21 @@ router = APIRouter()
 
 
 @router.get(HEALTH_PATH, response_model=Health, summary="Server status and model versions")
-async def health(service: ServiceDep) -> Health:
+async def health(request: Request, service: ServiceDep) -> Health:
     """Answer at once, even while FHE computations run."""
-    return Health(status="ok", api_version=API_VERSION, model=service.model.summary())
+    cache = service.key_cache
+    return Health(
+        status="ok",
+        api_version=API_VERSION,
+        model=service.model.summary(),
+        replica=app_settings(request).replica_name or f"{socket.gethostname()}:{os.getpid()}",
+        key_cache={
+            "hits": cache.hits,
+            "misses": cache.misses,
+            "size": len(cache),
+            "capacity": cache.capacity,
+        },
+    )
 
 
 @router.post(

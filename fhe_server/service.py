@@ -143,12 +143,22 @@ def build_service(config: ServerSettings) -> ScoringService:
 
 
 def open_store(config: ServerSettings, on_remove: Callable[[str], None]) -> SessionStore:
-    """The session store the settings name (the filesystem store under ``store_dir``).
+    """The session store the settings name: Redis for ``store_url``, else the filesystem store.
 
     Args:
         config: the server settings.
-        on_remove: called with the id of every session this process removes.
+        on_remove: called with the id of every session this process removes (with Redis: that
+            any replica removes, or that Redis expired).
     """
+    if config.store_url:
+        from fhe_server.redis_store import RedisSessionStore
+
+        return RedisSessionStore(
+            url=config.store_url,
+            ttl_seconds=config.session_ttl_seconds,
+            max_sessions=config.max_sessions,
+            on_remove=on_remove,
+        )
     return FileSessionStore(
         root=config.store_dir,
         ttl_seconds=config.session_ttl_seconds,

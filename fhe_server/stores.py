@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -11,9 +12,8 @@ import os
 import secrets
 import shutil
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -162,6 +162,13 @@ class FileSessionStore:
     every file in it is replaced atomically, so a crash or a restart never leaves half a session.
     Client-supplied session ids are checked against ``SESSION_ID_PATTERN`` before they are ever
     joined to a path; party names come from the ``Party`` enum.
+
+    Several threads and several server processes (``uvicorn --workers N``) may share one store
+    directory: every read-modify-write of a session holds an exclusive ``flock`` on the session's
+    directory, and the store-wide bookkeeping (creating, counting, purging and evicting sessions)
+    holds one on the store's root directory, always taken before any session's. A lock taken on a
+    directory that was removed meanwhile is noticed (the path no longer names the locked inode)
+    and the session is then unknown.
     """
 
     META = "meta.json"
@@ -193,7 +200,6 @@ class FileSessionStore:
         self.disk_budget_bytes = disk_budget_bytes
         self.on_remove = on_remove
         self.clock = clock
-        self._lock = threading.RLock()
         self.root.mkdir(parents=True, exist_ok=True)
 
     # -- paths (only ever from checked ids) ------------------------------------------------
@@ -205,6 +211,41 @@ class FileSessionStore:
     @staticmethod
     def _input_name(party: Party | str) -> str:
         return f"input_{Party(party).value}.bin"
+
+    # -- cross-process locks ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def _store_lock(self) -> Iterator[None]:
+        """Hold the store-wide lock (session creation, counting, purging, eviction)."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the only descriptor releases the lock
+
+    @contextlib.contextmanager
+    def _session_lock(self, session_id: str) -> Iterator[Path]:
+        """Hold a session's lock; yield its directory.
+
+        Raises:
+            SessionNotFoundError: if the session does not exist (or was removed while waiting).
+        """
+        directory = self._dir(session_id)
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            raise SessionNotFoundError("unknown or expired session") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(directory).st_ino
+            except FileNotFoundError:
+                current = None
+            if current != os.fstat(fd).st_ino:  # removed (renamed away) while we waited
+                raise SessionNotFoundError("unknown or expired session")
+            yield directory
+        finally:
+            os.close(fd)
 
     # -- metadata --------------------------------------------------------------------------
     def _read_meta(self, session_id: str) -> SessionMeta:
@@ -225,7 +266,7 @@ class FileSessionStore:
         return now - meta.last_used > self.ttl_seconds
 
     def _live_meta(self, session_id: str) -> SessionMeta:
-        """Metadata of a live session; an expired one is removed. Call with the lock held."""
+        """Metadata of a live session; an expired one is removed. Hold the session's lock."""
         meta = self._read_meta(session_id)
         if self._expired(meta, self.clock()):
             self._remove(session_id, reason="expired")
@@ -241,17 +282,23 @@ class FileSessionStore:
             if SESSION_ID_PATTERN.fullmatch(entry.name) and entry.is_dir()
         )
 
-    def disk_usage(self) -> int:
-        """Bytes taken by the stored sessions."""
+    def _session_size(self, session_id: str) -> int:
         total = 0
-        for session_id in self.session_ids():
+        with contextlib.suppress(FileNotFoundError):
             for file in (self.root / session_id).iterdir():
                 with contextlib.suppress(OSError):
                     total += file.stat().st_size
         return total
 
+    def disk_usage(self) -> int:
+        """Bytes taken by the stored sessions."""
+        return sum(self._session_size(session_id) for session_id in self.session_ids())
+
     def _remove(self, session_id: str, reason: str) -> None:
-        """Remove a session: rename it away atomically, then delete the files."""
+        """Remove a session: rename it away atomically, then delete the files.
+
+        Hold the session's lock, or the store's lock with nobody else knowing the session.
+        """
         directory = self._dir(session_id)
         trash = self.root / f".trash-{session_id}-{secrets.token_hex(4)}"
         try:
@@ -263,20 +310,23 @@ class FileSessionStore:
         shutil.rmtree(trash, ignore_errors=True)
         logger.info("session %s removed (%s)", short_id(session_id), reason)
 
+    def _purge_expired(self) -> list[str]:
+        """Remove every expired session; return their ids. Hold the store's lock."""
+        removed = []
+        for session_id in self.session_ids():
+            try:
+                with self._session_lock(session_id):
+                    if self._expired(self._read_meta(session_id), self.clock()):
+                        self._remove(session_id, reason="expired")
+                        removed.append(session_id)
+            except SessionNotFoundError:
+                continue
+        return removed
+
     def purge_expired(self) -> list[str]:
         """Remove every expired session; return their ids."""
-        removed = []
-        with self._lock:
-            now = self.clock()
-            for session_id in self.session_ids():
-                try:
-                    meta = self._read_meta(session_id)
-                except SessionNotFoundError:
-                    continue
-                if self._expired(meta, now):
-                    self._remove(session_id, reason="expired")
-                    removed.append(session_id)
-        return removed
+        with self._store_lock():
+            return self._purge_expired()
 
     def recover(self) -> None:
         """Delete what an interrupted process left and purge expired sessions (at start-up)."""
@@ -284,8 +334,12 @@ class FileSessionStore:
         self.purge_expired()
 
     def clean_leftovers(self) -> None:
-        """Delete temporary files and directories left by an interrupted process."""
-        with self._lock:
+        """Delete temporary files and directories left by an interrupted process.
+
+        Safe while other processes use the store: a session being created is staged under the
+        store's lock, a file being replaced under its session's lock, both held here too.
+        """
+        with self._store_lock():
             for entry in self.root.iterdir():
                 if entry.name.startswith((".tmp-", ".trash-")):
                     if entry.is_dir():
@@ -294,10 +348,11 @@ class FileSessionStore:
                         with contextlib.suppress(OSError):
                             entry.unlink()
             for session_id in self.session_ids():
-                for entry in (self.root / session_id).iterdir():
-                    if entry.name.startswith(".tmp-"):
-                        with contextlib.suppress(OSError):
-                            entry.unlink()
+                with contextlib.suppress(SessionNotFoundError), self._session_lock(session_id):
+                    for entry in (self.root / session_id).iterdir():
+                        if entry.name.startswith(".tmp-"):
+                            with contextlib.suppress(OSError):
+                                entry.unlink()
 
     def _make_room(self, needed_bytes: int) -> None:
         """Evict least recently used sessions until one more of ``needed_bytes`` fits."""
@@ -313,8 +368,9 @@ class FileSessionStore:
             len(metas) >= self.max_sessions or usage + needed_bytes > self.disk_budget_bytes
         ):
             _, oldest = metas.pop(0)
-            size = sum(f.stat().st_size for f in (self.root / oldest).iterdir() if f.is_file())
-            self._remove(oldest, reason="evicted to make room")
+            size = self._session_size(oldest)
+            with contextlib.suppress(SessionNotFoundError), self._session_lock(oldest):
+                self._remove(oldest, reason="evicted to make room")
             usage -= size
 
     # -- use cases -------------------------------------------------------------------------
@@ -333,8 +389,8 @@ class FileSessionStore:
         meta = SessionMeta(token_sha256=token_digest(token), created=now, last_used=now)
         # Room is made before the keys are staged, so the store never holds more than its budget,
         # not even for the moment between staging and renaming.
-        with self._lock:
-            self.purge_expired()
+        with self._store_lock():
+            self._purge_expired()
             self._make_room(max(reserve_bytes, len(evaluation_keys)))
             staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-"))
             try:
@@ -355,7 +411,7 @@ class FileSessionStore:
         """
         if not token:
             raise InvalidTokenError("missing bearer token")
-        with self._lock:
+        with self._session_lock(session_id):
             meta = self._live_meta(session_id)
             if not hmac.compare_digest(token_digest(token), meta.token_sha256):
                 raise InvalidTokenError("wrong token for this session")
@@ -364,9 +420,8 @@ class FileSessionStore:
 
     def put_input(self, session_id: str, party: Party, data: bytes) -> None:
         """Store (or replace) one party's ciphertext; any stored output becomes stale."""
-        with self._lock:
+        with self._session_lock(session_id) as directory:
             meta = self._live_meta(session_id)
-            directory = self._dir(session_id)
             atomic_write(directory / self._input_name(party), data)
             meta.inputs_version += 1
             self._write_meta(session_id, meta)
@@ -382,9 +437,8 @@ class FileSessionStore:
             StepOutOfOrderError: if one of them has not been uploaded yet.
         """
         parties = list(parties)
-        with self._lock:
+        with self._session_lock(session_id) as directory:
             meta = self._live_meta(session_id)
-            directory = self._dir(session_id)
             found = {}
             for party in parties:
                 with contextlib.suppress(FileNotFoundError):
@@ -395,7 +449,7 @@ class FileSessionStore:
         return found, meta.inputs_version
 
     def read_evaluation_keys(self, session_id: str) -> bytes:
-        """Read the session's serialized evaluation keys."""
+        """Read the session's serialized evaluation keys (written once, never changed)."""
         try:
             return (self._dir(session_id) / self.EVALUATION_KEYS).read_bytes()
         except FileNotFoundError:
@@ -404,14 +458,17 @@ class FileSessionStore:
     def store_output(self, session_id: str, data: bytes, inputs_version: int) -> None:
         """Store an encrypted verdict computed from the inputs of ``inputs_version``.
 
+        Compare-and-set: the version is checked and the verdict written under the session's
+        lock, which every upload also holds.
+
         Raises:
             StepOutOfOrderError: if an input was replaced while the verdict was computed.
         """
-        with self._lock:
+        with self._session_lock(session_id) as directory:
             meta = self._live_meta(session_id)
             if meta.inputs_version != inputs_version:
                 raise StepOutOfOrderError("an input changed during predict; run predict again")
-            atomic_write(self._dir(session_id) / self.OUTPUT, data)
+            atomic_write(directory / self.OUTPUT, data)
             meta.output_version = inputs_version
             self._write_meta(session_id, meta)
 
@@ -421,15 +478,14 @@ class FileSessionStore:
         Raises:
             StepOutOfOrderError: if predict has not run since the last input was stored.
         """
-        with self._lock:
+        with self._session_lock(session_id) as directory:
             meta = self._live_meta(session_id)
             if meta.output_version == meta.inputs_version:
                 with contextlib.suppress(FileNotFoundError):
-                    return (self._dir(session_id) / self.OUTPUT).read_bytes()
+                    return (directory / self.OUTPUT).read_bytes()
         raise StepOutOfOrderError("no verdict for the current inputs: run predict first")
 
     def delete(self, session_id: str) -> None:
         """Remove a session and everything stored for it."""
-        with self._lock:
-            self._dir(session_id)
+        with self._session_lock(session_id):
             self._remove(session_id, reason="deleted by the client")

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,6 +67,7 @@ def running_server(
     store_dir: Path,
     env: dict[str, str] | None = None,
     timeout: float = STARTUP_TIMEOUT_SECONDS,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[str]:
     """Run ``uvicorn server:app`` on a free port; yield its base URL (``http://127.0.0.1:PORT``).
 
@@ -74,6 +75,7 @@ def running_server(
         store_dir: the server's session directory (FHE_STORE_DIR).
         env: extra environment variables for the server (e.g. FHE_MAX_CONCURRENT_FHE).
         timeout: seconds to wait for /health.
+        extra_args: more uvicorn options (e.g. ``("--workers", "2")``).
 
     Raises:
         ServerStartError: if the server exits or does not answer /health within ``timeout``.
@@ -84,7 +86,7 @@ def running_server(
     child_env.update(env or {})
     command = [
         sys.executable, "-m", "uvicorn", "server:app",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "info",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "info", *extra_args,
     ]  # fmt: skip
     with tempfile.TemporaryFile(mode="w+b") as log:
 

@@ -1,10 +1,10 @@
 """Scale-out (issue 11): replicas of the real server over a real redis-server, behind real nginx.
 
 One cluster for the module (``fhe_server.cluster.Cluster``: Redis on a free loopback port with
-persistence off, two single-worker ``uvicorn server:app`` replicas with ``FHE_STORE_URL`` set,
+persistence off, three single-worker ``uvicorn server:app`` replicas with ``FHE_STORE_URL`` set,
 nginx hashing on the session id) and one client key set. Each test deletes its sessions, so the
-replicas' key caches are empty between tests. The tests that stop parts of the cluster (a
-replica, Redis) come last and start them again.
+replicas' key caches are empty between tests. The tests that stop parts of the cluster come last:
+one kills two of the three replicas, the next restarts Redis.
 
 Without redis-server or nginx the module is skipped; with ``REQUIRE_CLUSTER=1`` (set by
 ``.ci/run``, which installs both) a missing binary is an error instead, so CI never skips it.
@@ -62,7 +62,7 @@ TIMEOUT = httpx.Timeout(120.0)
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     workdir = tmp_path_factory.mktemp("cluster")
     env = {"FHE_KEY_CACHE_SIZE": str(KEY_CACHE_SIZE), "FHE_STORE_DIR": str(workdir / "unused")}
-    with Cluster(replicas=2, env=env, workdir=workdir) as running:
+    with Cluster(replicas=3, env=env, workdir=workdir) as running:
         yield running
 
 
@@ -87,6 +87,15 @@ def health(url: str) -> dict[str, Any]:
 
 def cached_keys(url: str) -> int:
     return int(health(url)["key_cache"]["size"])
+
+
+def two_replicas(cluster: Cluster) -> tuple[httpx.Client, httpx.Client]:
+    """Clients of the first two replicas, without nginx."""
+    first, second = cluster.replica_urls[:2]
+    return (
+        httpx.Client(base_url=first, timeout=TIMEOUT),
+        httpx.Client(base_url=second, timeout=TIMEOUT),
+    )
 
 
 def wait_until(condition: Callable[[], bool], what: str, seconds: float = WAIT_SECONDS) -> None:
@@ -126,6 +135,14 @@ def routed_to(cluster: Cluster, session_id: str) -> int:
     return cluster.replica_ports.index(int(upstream.rsplit(":", 1)[1]))
 
 
+def kill(cluster: Cluster, index: int) -> None:
+    """SIGKILL a replica and wait for it to be gone."""
+    process = cluster.replicas[index].process
+    assert process is not None
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+
 def flip_profile() -> tuple[Profile, Profile]:
     """Two applications that differ only in the credit bureau's input, with opposite verdicts."""
     for profile in varied_profiles(20):
@@ -141,7 +158,7 @@ def flip_profile() -> tuple[Profile, Profile]:
 # ---------------------------------------------------------------------------------------------
 def test_a_flow_whose_requests_alternate_between_replicas(cluster: Cluster, kit: Kit) -> None:
     profile = refused_profile()
-    first, second = (httpx.Client(base_url=url, timeout=TIMEOUT) for url in cluster.replica_urls)
+    first, second = two_replicas(cluster)
     with first, second:
         session_id, auth = open_session(first, kit.evaluation_keys)
         encrypted = kit.encrypt(profile)
@@ -159,7 +176,7 @@ def test_a_flow_whose_requests_alternate_between_replicas(cluster: Cluster, kit:
         assert first.delete(f"/sessions/{session_id}", headers=auth).status_code == 204
         assert second.get(f"/sessions/{session_id}/output", headers=auth).status_code == 404
     names = {health(url)["replica"] for url in cluster.replica_urls}
-    assert names == {"replica-1", "replica-2"}
+    assert names == {"replica-1", "replica-2", "replica-3"}
 
 
 def test_hashing_prepares_each_sessions_keys_at_most_once(cluster: Cluster, kit: Kit) -> None:
@@ -198,7 +215,7 @@ def test_three_parties_times_40_concurrent_uploads_leave_version_120(
 
         def put(job: tuple[str, int]) -> int:
             party, n = job
-            response = clients[n % 2].put(
+            response = clients[n % len(clients)].put(
                 f"/sessions/{session_id}/inputs/{party}",
                 content=encrypted[party],
                 headers={**auth, **OCTET},
@@ -241,7 +258,7 @@ def test_a_predict_racing_an_upload_never_yields_a_verdict_for_old_inputs(
 ) -> None:
     old, new = flip_profile()
     encrypted = {id(profile): kit.encrypt(profile) for profile in (old, new)}
-    first, second = (httpx.Client(base_url=url, timeout=TIMEOUT) for url in cluster.replica_urls)
+    first, second = two_replicas(cluster)
     rng = random.Random(5)
     outcomes = []
     with first, second:
@@ -285,7 +302,7 @@ def test_a_delete_through_one_replica_is_a_404_through_the_other_which_drops_the
     cluster: Cluster, kit: Kit
 ) -> None:
     profile = varied_profiles(1, seed=3)[0]
-    first, second = (httpx.Client(base_url=url, timeout=TIMEOUT) for url in cluster.replica_urls)
+    first, second = two_replicas(cluster)
     with first, second:
         session_id, auth = open_session(first, kit.evaluation_keys)
         upload(first, session_id, auth, kit.encrypt(profile))
@@ -378,22 +395,18 @@ def test_the_flow_finishes_when_the_replica_holding_the_session_is_killed(
         assert session_id is not None
         client.send_applicant(**profile.applicant)
         client.send_bank(**profile.bank)
-        killed = routed_to(cluster, session_id)
-        cluster.replicas[killed].signal(signal.SIGKILL)  # after send_bank
-        cluster.replicas[killed].process.wait(timeout=30)
+        first = routed_to(cluster, session_id)
+        kill(cluster, first)  # after send_bank
         client.send_credit_bureau(**profile.credit_bureau)
         client.predict()
-        assert routed_to(cluster, session_id) == 1 - killed
-        cluster.start_replica(killed)
-        holder = routed_to(cluster, session_id)
-        cluster.replicas[holder].signal(signal.SIGKILL)  # before decrypt and explain
-        cluster.replicas[holder].process.wait(timeout=30)
+        second = routed_to(cluster, session_id)
+        assert second != first
+        kill(cluster, second)  # before decrypt and explain
         assert client.decrypt_verdict() is profile.verdict() is False
         assert client.explain() == clear_explain(
             profile.applicant, profile.bank, profile.credit_bureau
         )
-        assert routed_to(cluster, session_id) == 1 - holder
-        cluster.start_replica(holder)
+        assert routed_to(cluster, session_id) not in (first, second)
     finally:
         client.close()
 

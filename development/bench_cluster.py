@@ -50,28 +50,24 @@ from fhe_server.protocol import OCTET_STREAM, bearer
 
 TIMEOUT = httpx.Timeout(300.0)
 OCTET = {"Content-Type": OCTET_STREAM}
-PROFILE = {
-    "applicant": {
-        "own_car": True,
-        "own_property": False,
-        "mobile_phone": True,
-        "num_children": 0,
-        "household_size": 2,
-        "total_income": 57000.0,
-        "age": 44,
-        "income_type": "Working",
-        "education_type": "Secondary",
-        "family_status": "Married",
-        "occupation_type": "Laborers",
-        "housing_type": "House / apartment",
-    },
-    "bank": {"account_age": 30},
-    "credit_bureau": {"employed": True, "years_employed": "2-5"},
-}
+
+
+def default_profile() -> dict[str, dict[str, Any]]:
+    """The page's default application: the data's typical numbers, first category of each field."""
+    ranges = settings.field_ranges()
+
+    def value(field: str) -> Any:
+        if field in ranges:
+            return ranges[field]["value"]
+        if field in settings.CATEGORY_VALUES:
+            return settings.CATEGORY_VALUES[field][0]
+        return True  # the yes/no fields
+
+    return {party: {f: value(f) for f in fields} for party, fields in settings.PARTY_FIELDS.items()}
 
 
 class Keys:
-    """One client key set, its evaluation keys and the profile's three ciphertexts."""
+    """One client key set, its evaluation keys, a profile's three ciphertexts and its verdict."""
 
     def __init__(self) -> None:
         """Generate the keys and encrypt the profile (before any clock starts)."""
@@ -80,7 +76,9 @@ class Keys:
         self.client.keygen(force=True)
         self.evaluation_keys = self.client.evaluation_keys.serialize()
         preprocessors = PartyPreprocessor.load_all()
-        quantized = [preprocessors[p].transform(PROFILE[p]) for p in settings.PARTIES]
+        profile = default_profile()
+        self.expected = int(clear_verdict(*(profile[p] for p in settings.PARTIES)))
+        quantized = [preprocessors[p].transform(profile[p]) for p in settings.PARTIES]
         values = self.client.encrypt(*quantized, function_name="predict")
         self.ciphertexts = {
             party: value.serialize() for party, value in zip(settings.PARTIES, values, strict=True)
@@ -282,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     keys = Keys()
-    expected = int(clear_verdict(PROFILE["applicant"], PROFILE["bank"], PROFILE["credit_bureau"]))
-    runs = [bench(n, args.clients, args.seconds, keys, expected, n == 1) for n in (1, 2)]
+    runs = [bench(n, args.clients, args.seconds, keys, keys.expected, n == 1) for n in (1, 2)]
     one, two = (run["warm"]["decisions_per_minute"] for run in runs)
     results = {
         "date": datetime.date.today().isoformat(),

@@ -44,6 +44,7 @@ from backend import SessionNotFoundError as ClientSessionNotFoundError
 from development.reference import clear_explain, clear_verdict
 from fhe_server.cluster import Cluster, find_binary, free_port
 from fhe_server.errors import SessionNotFoundError, StepOutOfOrderError
+from fhe_server.protocol import bearer
 from fhe_server.redis_store import RedisSessionStore, blob_key, meta_key
 
 MISSING = [name for name in ("redis-server", "nginx") if find_binary(name) is None]
@@ -420,7 +421,13 @@ def test_redis_restarted_empty_is_a_404_and_the_client_starts_a_new_session(
         client.generate_keys()
         lost = client.session_id
         client.send_applicant(**profile.applicant)
-        cluster.restart_redis()  # persistence off: every session is gone
+        cluster.redis.stop()
+        # Redis down: 503 with Retry-After (not a 500), through nginx and each replica.
+        for url in (cluster.url, *cluster.replica_urls):
+            response = httpx.post(f"{url}/sessions/{lost}/predict", headers=bearer("t"))
+            assert response.status_code == 503, response.text
+            assert int(response.headers["Retry-After"]) >= 1
+        cluster.start_redis()  # persistence off: every session is gone
         with pytest.raises(ClientSessionNotFoundError):
             client.send_bank(**profile.bank)
         assert not client.has_keys

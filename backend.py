@@ -433,6 +433,10 @@ class CreditScoringClient:
         server_url: the server's base URL.
         key_dir: folder holding this client's secret keys (created by generate_keys, removed by
             close).
+        resume_lost_sessions: when the server no longer knows the session (it expired, or the
+            server's store restarted empty), open a new session with the same keys, upload the
+            ciphertexts sent so far again and repeat the step, instead of raising
+            SessionNotFoundError (off by default: the page asks for new keys).
     """
 
     def __init__(
@@ -442,9 +446,12 @@ class CreditScoringClient:
         *,
         transport: httpx.BaseTransport | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        resume_lost_sessions: bool = False,
     ) -> None:
         self.server_url = server_url.rstrip("/")
         self.key_dir = Path(key_dir)
+        self.resume_lost_sessions = resume_lost_sessions
+        self._resuming = False
         self._transport = transport
         self._timeout = timeout
         self._http: httpx.Client | None = None
@@ -537,23 +544,7 @@ class CreditScoringClient:
             client.keys.save(keys_path)
             os.chmod(keys_path, 0o600)
             evaluation_keys = client.evaluation_keys.serialize()
-
-            response = self._request(
-                "POST",
-                SESSIONS_PATH,
-                content=evaluation_keys,
-                expected=(200, 201),
-                authenticated=False,
-            )
-            try:
-                body = response.json()
-                session_id, token = str(body["session_id"]), str(body["token"])
-            except (ValueError, KeyError, TypeError) as error:
-                raise ServerError(
-                    "the server's answer to POST /sessions has no session_id and token",
-                    code="bad_response",
-                    status_code=response.status_code,
-                ) from error
+            session_id, token = self._open_session(evaluation_keys)
             self._fhe = client
             self._session_id, self._token = session_id, token
             self._evaluation_key_preview = evaluation_keys[:EVALUATION_KEY_PREVIEW_BYTES]
@@ -853,10 +844,70 @@ class CreditScoringClient:
             return response
         error = _error_from_response(response)
         if isinstance(error, SessionNotFoundError) and authenticated:
+            if self.resume_lost_sessions and self._fhe is not None and not self._resuming:
+                return self._resume_session(
+                    method, path, content=content, expected=expected, timeout=timeout
+                )
             # The session is gone for good (deleted or expired): new keys are needed.
             self._session_id, self._token = None, None
             self._reset_inputs()
         raise error
+
+    def _open_session(self, evaluation_keys: bytes) -> tuple[str, str]:
+        """POST the evaluation keys; return the new session's id and token."""
+        response = self._request(
+            "POST", SESSIONS_PATH, content=evaluation_keys, expected=(200, 201), authenticated=False
+        )
+        try:
+            body = response.json()
+            return str(body["session_id"]), str(body["token"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ServerError(
+                "the server's answer to POST /sessions has no session_id and token",
+                code="bad_response",
+                status_code=response.status_code,
+            ) from error
+
+    def _resume_session(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None,
+        expected: tuple[int, ...],
+        timeout: httpx.Timeout | None,
+    ) -> httpx.Response:
+        """The server lost the session: open a new one with the same keys and repeat the request.
+
+        The ciphertexts sent so far are uploaded again (and predict run again before fetching a
+        verdict); nothing is encrypted again. A second loss while resuming is raised as usual.
+        """
+        lost = str(self._session_id)
+        self._resuming = True
+        try:
+            self._session_id, self._token = self._open_session(
+                self._fhe_client().evaluation_keys.serialize()
+            )
+            session_id = self._session_id
+            logger.info("the server lost session %s; resumed as %s", lost[:8], session_id[:8])
+            for party, ciphertext in self._ciphertexts.items():
+                self._request(
+                    "PUT",
+                    INPUT_PATH.format(session_id=session_id, party=party),
+                    content=ciphertext,
+                    expected=(200, 204),
+                )
+            if self._predicted and path == OUTPUT_PATH.format(session_id=lost):
+                self._request("POST", PREDICT_PATH.format(session_id=session_id), expected=(200,))
+            return self._request(
+                method,
+                path.replace(lost, session_id),
+                content=content,
+                expected=expected,
+                timeout=timeout,
+            )
+        finally:
+            self._resuming = False
 
     def _delete_server_session(self) -> None:
         """DELETE the current server session if any; failures are logged, not raised."""

@@ -416,11 +416,18 @@ def test_redis_restarted_empty_is_a_404_and_the_client_starts_a_new_session(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     profile = varied_profiles(1, seed=9)[0]
-    client = CreditScoringClient(cluster.url, key_dir=tmp_path / "keys", timeout=TIMEOUT)
+    plain = CreditScoringClient(cluster.url, key_dir=tmp_path / "plain", timeout=TIMEOUT)
+    resuming = CreditScoringClient(
+        cluster.url, key_dir=tmp_path / "resuming", timeout=TIMEOUT, resume_lost_sessions=True
+    )
     try:
-        client.generate_keys()
-        lost = client.session_id
-        client.send_applicant(**profile.applicant)
+        for client in (plain, resuming):
+            client.generate_keys()
+            client.send_applicant(**profile.applicant)
+        resuming.send_bank(**profile.bank)
+        resuming.send_credit_bureau(**profile.credit_bureau)
+        resuming.predict()
+        lost = plain.session_id
         cluster.redis.stop()
         # Redis down: 503 with Retry-After (not a 500), through nginx and each replica.
         for url in (cluster.url, *cluster.replica_urls):
@@ -428,18 +435,18 @@ def test_redis_restarted_empty_is_a_404_and_the_client_starts_a_new_session(
             assert response.status_code == 503, response.text
             assert int(response.headers["Retry-After"]) >= 1
         cluster.start_redis()  # persistence off: every session is gone
+        # By default the client raises and forgets the session (the page then asks for new keys).
         with pytest.raises(ClientSessionNotFoundError):
-            client.send_bank(**profile.bank)
-        assert not client.has_keys
-        client.generate_keys()  # a new session, with new keys
-        assert client.session_id != lost
-        client.send_applicant(**profile.applicant)
-        client.send_bank(**profile.bank)
-        client.send_credit_bureau(**profile.credit_bureau)
-        client.predict()
-        assert client.decrypt_verdict() is profile.verdict()
+            plain.send_bank(**profile.bank)
+        assert not plain.has_keys and plain.session_id is None
+        # With resume_lost_sessions it opens a new session itself (same keys), sends the three
+        # ciphertexts again, predicts again and finishes.
+        before = resuming.session_id
+        assert resuming.decrypt_verdict() is profile.verdict()
+        assert resuming.session_id not in (before, None)
     finally:
-        client.close()
+        plain.close()
+        resuming.close()
 
 
 def test_the_cluster_command_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:

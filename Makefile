@@ -1,4 +1,5 @@
-# One command each: `make run` starts the app, `make test` runs lint and the whole test suite.
+# One command each: `make run` starts the app, `make test` runs lint and the whole test suite,
+# `make cluster REPLICAS=2` runs Redis, 2 server replicas and nginx on loopback (Ctrl-C stops).
 # Both create .venv with Python 3.11 on first use and install the pinned requirements into it
 # (about 6 GB, a few minutes); later runs reinstall only when a requirements file changed.
 
@@ -6,13 +7,15 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PIP_VERSION ?= 26.3
 PYTEST_ARGS ?=
+REPLICAS ?= 2
+CLUSTER_PORT ?= 8080
 
 PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test test-busy lint train bench
+.PHONY: run test test-busy lint train bench cluster
 
 run: $(RUN_STAMP)
 	$(PY) app.py
@@ -43,6 +46,10 @@ train: $(RUN_STAMP)
 
 bench: $(DEV_STAMP)
 	$(PY) -m development.benchmark
+
+# Needs Debian's redis-server and nginx (apt-get install redis-server nginx).
+cluster: $(RUN_STAMP)
+	$(PY) -m fhe_server.cluster --replicas $(REPLICAS) --port $(CLUSTER_PORT)
 
 PIP_INSTALL := $(PY) -m pip install --progress-bar off
 

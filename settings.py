@@ -16,6 +16,8 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fhe_server import protocol
+
 # ---------------------------------------------------------------------------------------------
 # Paths
 # ---------------------------------------------------------------------------------------------
@@ -49,7 +51,7 @@ def server_url() -> str:
 # ---------------------------------------------------------------------------------------------
 # Parties and fields
 # ---------------------------------------------------------------------------------------------
-PARTIES = ("applicant", "bank", "credit_bureau")
+PARTIES = protocol.PARTIES  # ("applicant", "bank", "credit_bureau"), named in fhe_server.protocol
 
 APPLICANT_FIELDS = (
     "own_car",
@@ -208,6 +210,11 @@ class ServerSettings(BaseSettings):
     max_waiting_fhe: int = 4
     key_cache_size: int = 2
     error_drain_seconds: float = 2.0
+    # "" keeps sessions on the filesystem (store_dir); redis://host:port/db shares them in Redis
+    # between replicas (fhe_server.redis_store).
+    store_url: str = ""
+    # The name /health reports, to tell replicas apart ("" = host name and process id).
+    replica_name: str = ""
 
 
 @lru_cache(maxsize=1)

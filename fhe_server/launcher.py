@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -195,6 +195,7 @@ class ServerProcess:
         start_timeout: float = DEFAULT_START_TIMEOUT_SECONDS,
         stop_grace: float = DEFAULT_STOP_GRACE_SECONDS,
         die_with_parent: bool = False,
+        extra_args: Sequence[str] = (),
     ):
         """Describe the server; nothing starts before ``start()``.
 
@@ -210,6 +211,7 @@ class ServerProcess:
             start_timeout: seconds to wait for /health.
             stop_grace: seconds between SIGTERM and SIGKILL when stopping.
             die_with_parent: Linux: the kernel stops the child if this process dies.
+            extra_args: more uvicorn options (e.g. ``("--workers", "2")``).
         """
         self.app = app
         self.host = host
@@ -222,6 +224,7 @@ class ServerProcess:
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
         self.die_with_parent = die_with_parent
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._last_log = ""
@@ -245,6 +248,7 @@ class ServerProcess:
         return [
             sys.executable, "-m", "uvicorn", self.app,
             "--host", self.host, "--port", str(self.port), "--log-level", self.log_level,
+            *self.extra_args,
         ]  # fmt: skip
 
     def start(self) -> ServerProcess:

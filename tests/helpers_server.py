@@ -19,7 +19,7 @@ answers the test sets.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,6 +37,7 @@ def running_server(
     store_dir: Path,
     env: dict[str, str] | None = None,
     timeout: float = STARTUP_TIMEOUT_SECONDS,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[str]:
     """Run ``uvicorn server:app`` on a free port; yield its base URL (``http://127.0.0.1:PORT``).
 
@@ -44,12 +45,13 @@ def running_server(
         store_dir: the server's session directory (FHE_STORE_DIR).
         env: extra environment variables for the server (e.g. FHE_MAX_CONCURRENT_FHE).
         timeout: seconds to wait for /health.
+        extra_args: more uvicorn options (e.g. ``("--workers", "2")``).
 
     Raises:
         ServerStartError: if the server exits or does not answer /health within ``timeout``.
     """
     server_env = {"FHE_STORE_DIR": str(store_dir), **(env or {})}
-    with ServerProcess(env=server_env, start_timeout=timeout) as server:
+    with ServerProcess(env=server_env, start_timeout=timeout, extra_args=extra_args) as server:
         yield server.url
 
 

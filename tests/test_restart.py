@@ -39,7 +39,7 @@ from helpers_server import running_server
 import settings
 from backend import CreditScoringClient
 from development.reference import clear_explain
-from server import OUTPUT_RESERVE_BYTES
+from fhe_server.model import OUTPUT_RESERVE_BYTES
 
 pytestmark = pytest.mark.slow
 

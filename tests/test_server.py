@@ -1,4 +1,4 @@
-"""The FHE server's REST contract (server.py), with real keys and ciphertexts.
+"""The FHE server's REST contract (fhe_server.api), with real keys and ciphertexts.
 
 Keys are generated once for the module from the committed client specs; every verdict the server
 computes is decrypted here and compared with the clear quantized model. Each error status of the
@@ -32,16 +32,11 @@ from helpers_server import ServerStartError, running_server
 import settings
 from backend import PartyPreprocessor
 from development.reference import clear_verdict
-from server import (
-    SESSION_ID_PATTERN,
-    InvalidTokenError,
-    Party,
-    SessionNotFoundError,
-    SessionStore,
-    StepOutOfOrderError,
-    app,
-)
-from settings import ServerSettings, get_settings
+from fhe_server.api import create_app
+from fhe_server.errors import InvalidTokenError, SessionNotFoundError, StepOutOfOrderError
+from fhe_server.protocol import SESSION_ID_PATTERN, Party
+from fhe_server.stores import FileSessionStore
+from settings import ServerSettings
 
 pytestmark = pytest.mark.slow
 
@@ -116,14 +111,10 @@ def candidate_rows() -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 @contextmanager
 def app_client(store_dir: Path, **overrides: Any) -> Iterator[TestClient]:
-    """A TestClient of server.app (lifespan run) with settings overridden for the test."""
+    """A TestClient of an app created with the test's settings (lifespan run)."""
     config = ServerSettings(store_dir=store_dir, **overrides)
-    app.dependency_overrides[get_settings] = lambda: config
-    try:
-        with TestClient(app) as client:
-            yield client
-    finally:
-        app.dependency_overrides.pop(get_settings, None)
+    with TestClient(create_app(config)) as client:
+        yield client
 
 
 @pytest.fixture
@@ -535,19 +526,15 @@ def test_422_unknown_party(client: TestClient, kit: Kit, ciphertexts: dict) -> N
 def test_unexpected_errors_answer_500_without_a_trace(
     tmp_path: Path, kit: Kit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = ServerSettings(store_dir=tmp_path / "store")
-    app.dependency_overrides[get_settings] = lambda: config
-    try:
-        with TestClient(app, raise_server_exceptions=False) as http:
-            session_id, auth = open_session(http, kit)
+    app = create_app(ServerSettings(store_dir=tmp_path / "store"))
+    with TestClient(app, raise_server_exceptions=False) as http:
+        session_id, auth = open_session(http, kit)
 
-            def broken(*_: Any) -> bytes:
-                raise ValueError("secret internal state")
+        def broken(*_: Any) -> bytes:
+            raise ValueError("secret internal state")
 
-            monkeypatch.setattr(service_of(http).store, "read_output", broken)
-            response = http.get(f"/sessions/{session_id}/output", headers=auth)
-    finally:
-        app.dependency_overrides.pop(get_settings, None)
+        monkeypatch.setattr(service_of(http).store, "read_output", broken)
+        response = http.get(f"/sessions/{session_id}/output", headers=auth)
     assert response.status_code == 500
     assert response.json() == {"detail": "internal server error"}
 
@@ -606,7 +593,7 @@ class FakeClock:
 
 def test_store_expiry_eviction_and_path_safety(tmp_path: Path) -> None:
     clock, removed = FakeClock(), []
-    store = SessionStore(
+    store = FileSessionStore(
         root=tmp_path / "store",
         ttl_seconds=60,
         max_sessions=2,

@@ -14,9 +14,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -292,63 +289,3 @@ class ForwardingTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self.inner.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# /health latency, measured from another process
-# ---------------------------------------------------------------------------------------------
-_HEALTH_PROBE_SCRIPT = """
-import json, sys, time
-from pathlib import Path
-import httpx
-base_url, stop_file, period = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
-latencies, failures = [], []
-with httpx.Client(base_url=base_url, timeout=30) as http:
-    while not stop_file.exists():
-        start = time.perf_counter()
-        try:
-            status = http.get("/health").status_code
-        except httpx.TransportError as error:
-            failures.append(repr(error))
-        else:
-            latencies.append(time.perf_counter() - start)
-            if status != 200:
-                failures.append(f"status {status}")
-        time.sleep(period)
-print(json.dumps({"latencies": latencies, "failures": failures}))
-"""
-
-
-class HealthProbe:
-    """Calls /health every ``period_seconds`` from a child process and records the latencies.
-
-    A child process, so that the test process's own busy threads (key generation, encryption,
-    all under one GIL) cannot delay the measurement: what is measured is the server.
-    """
-
-    def __init__(self, base_url: str, period_seconds: float = 0.1):
-        self.base_url = base_url
-        self.period_seconds = period_seconds
-        self.latencies: list[float] = []
-        self.failures: list[str] = []
-        self._dir = tempfile.TemporaryDirectory()
-        self._stop_file = Path(self._dir.name) / "stop"
-        self._process: subprocess.Popen | None = None
-
-    def __enter__(self) -> HealthProbe:
-        command = [sys.executable, "-c", _HEALTH_PROBE_SCRIPT, self.base_url]
-        command += [str(self._stop_file), str(self.period_seconds)]
-        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop_file.touch()
-        assert self._process is not None
-        try:
-            output, _ = self._process.communicate(timeout=60)
-        finally:
-            if self._process.poll() is None:
-                self._process.kill()
-            self._dir.cleanup()
-        result = json.loads(output)
-        self.latencies, self.failures = result["latencies"], result["failures"]

@@ -12,12 +12,14 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from fhe_server.launcher import (
+    HealthProbe,
     PortInUseError,
     RecordingTransport,
     ServerProcess,
@@ -143,3 +145,20 @@ def test_recording_transport_records_method_path_body_and_failures(tiny_app: Pat
         record.wire_bytes().startswith(b"PUT http://127.0.0.1:")
         and b"cipher" in record.wire_bytes()
     )
+
+
+def test_health_probe_measures_from_another_process(tiny_app: Path) -> None:
+    with ServerProcess("tiny:app", cwd=tiny_app) as server:
+        with HealthProbe(server.url, period_seconds=0.05) as probe:
+            time.sleep(0.5)
+    assert probe.failures == []
+    assert len(probe.latencies) >= 2 and all(0 < s < 30 for s in probe.latencies)
+
+
+def test_health_probe_reports_failures_and_a_dead_address() -> None:
+    with pytest.raises(RuntimeError, match="did not start"):
+        with HealthProbe("http://127.0.0.1:9", start_timeout=0.01):
+            pass
+    with HealthProbe(f"http://127.0.0.1:{free_port()}", period_seconds=0.05) as probe:
+        time.sleep(0.2)
+    assert probe.latencies == [] and probe.failures and "ConnectError" in probe.failures[0]

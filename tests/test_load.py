@@ -24,7 +24,6 @@ import httpx
 import pytest
 from helpers_fhe import (
     BASE_PROFILE,
-    HealthProbe,
     Kit,
     PeakSampler,
     Profile,
@@ -36,6 +35,7 @@ from helpers_fhe import (
 from helpers_server import running_server
 
 from backend import CreditScoringClient, ServerBusyError
+from fhe_server.launcher import HealthProbe
 
 pytestmark = pytest.mark.slow
 

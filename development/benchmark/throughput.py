@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -17,39 +15,11 @@ from development.benchmark.http_flows import full_flow
 from development.benchmark.options import Options
 from development.benchmark.report import Report
 from development.benchmark.timing import timed
-from fhe_server.launcher import ServerProcess
+from fhe_server.launcher import HealthProbe, ServerProcess
 
 THROUGHPUT_CLIENTS = 4
 HEALTH_POLL_SECONDS = 0.1
 IDLE_HEALTH_REQUESTS = 10
-
-
-def poll_health(url: str, interval: float, ready: Any, stop: Any, results: Any) -> None:
-    """Child process: GET /health every ``interval`` s until ``stop``; put the latencies.
-
-    It runs in its own process so that the latencies are the server's, not stalls of the
-    benchmark's own threads (concrete's key generation holds the GIL for its whole duration).
-
-    Args:
-        url: the server's base URL.
-        interval: seconds between requests.
-        ready: event set once the first request has been answered.
-        stop: event that ends the polling.
-        results: queue receiving the list of latencies (seconds) of the 200 answers.
-    """
-    latencies: list[float] = []
-    with httpx.Client(base_url=url, timeout=60.0) as client:
-        while not stop.is_set():
-            start = time.perf_counter()
-            try:
-                ok = client.get("/health").status_code == 200
-            except httpx.TransportError:
-                ok = False
-            if ok:
-                latencies.append(time.perf_counter() - start)
-            ready.set()
-            stop.wait(interval)
-    results.put(latencies)
 
 
 def measure_throughput(
@@ -77,17 +47,6 @@ def measure_throughput(
     issued = [0]
     done: list[tuple[float, bool]] = []
     errors: list[BaseException] = []
-    context = multiprocessing.get_context("spawn")
-    ready, stop, results = context.Event(), context.Event(), context.Queue()
-    poller = context.Process(
-        target=poll_health,
-        args=(server.url, HEALTH_POLL_SECONDS, ready, stop, results),
-        daemon=True,
-    )
-    poller.start()
-    if not ready.wait(timeout=120):
-        poller.kill()
-        raise RuntimeError("the /health poller process did not start")
     bar = tqdm(total=total, desc=f"decisions ({THROUGHPUT_CLIENTS} clients)", leave=False)
 
     def worker(number: int) -> None:
@@ -110,17 +69,18 @@ def measure_throughput(
             client.close()
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(THROUGHPUT_CLIENTS)]
-    start = time.perf_counter()
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        stop.set()
-        latencies: list[float] = results.get(timeout=60)
-        poller.join(timeout=30)
-        bar.close()
+    # /health is polled from another process, so that the latencies are the server's, not
+    # stalls of this process's threads (concrete's key generation holds the GIL throughout).
+    with HealthProbe(server.url, period_seconds=HEALTH_POLL_SECONDS) as health:
+        start = time.perf_counter()
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            bar.close()
+    latencies = health.latencies
     if errors:
         raise RuntimeError(f"a throughput client failed: {errors[0]!r}") from errors[0]
     elapsed = max(t for t, _ in done) - start

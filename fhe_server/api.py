@@ -107,6 +107,9 @@ class Health(BaseModel):
         description="Prepared evaluation keys: hits and misses (preparations) since start, "
         "size and capacity."
     )
+    fhe_queue: dict[str, int] = Field(
+        description="FHE requests admitted now (running or waiting) and how many may be."
+    )
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -184,6 +187,7 @@ async def health(request: Request, service: ServiceDep) -> Health:
             "size": len(cache),
             "capacity": cache.capacity,
         },
+        fhe_queue={"admitted": service.gate.admitted, "capacity": service.gate.capacity},
     )
 
 

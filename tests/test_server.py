@@ -676,7 +676,11 @@ def test_uvicorn_503_when_the_fhe_queue_is_full_and_health_stays_fast(
 
         worker = threading.Thread(target=explain)
         worker.start()
-        time.sleep(0.4)
+        # Wait until the explain holds the slot (however slow the machine), then ask for more.
+        deadline = time.monotonic() + 60
+        while http.get("/health").json()["fhe_queue"]["admitted"] == 0:
+            assert worker.is_alive() and time.monotonic() < deadline, "explain never started"
+            time.sleep(0.02)
         busy = http.post(f"/sessions/{session_id}/predict", headers=auth)
         health_latencies = []
         while worker.is_alive() and len(health_latencies) < 20:

@@ -16,8 +16,9 @@ hashing on the session id), ``--clients`` client threads send requests through n
 Client key generation and encryption are done once, before the clock starts (they run on the
 clients' machines, not on the server), so the figures are the servers' capacity. Reported per
 phase: decisions per minute, the replicas' CPU seconds per decision (user + system, from
-``psutil``), key preparations (key-cache misses) per session, and errors; plus Redis's memory
-per session and the time to write and read one evaluation-key blob in Redis.
+``psutil``; the decisions under way when the clock stops are finished and counted here only),
+the cores the replicas obtained, key preparations (key-cache misses) per session, and errors;
+plus Redis's memory per session and the time to write and read one evaluation-key blob in Redis.
 
 Results go to ``<out>/bench_cluster_results.json`` and are printed as a table.
 """
@@ -151,6 +152,7 @@ def run_phase(
     """Run ``clients`` threads calling ``decision`` for ``seconds``; measure the replicas."""
     stop = threading.Event()
     counts = [0] * clients
+    late = [0] * clients
     errors: list[str] = []
 
     def worker(index: int) -> None:
@@ -161,10 +163,11 @@ def run_phase(
                 except (httpx.HTTPError, KeyError, ValueError) as error:
                     errors.append(repr(error))
                     continue
-                if stop.is_set():
-                    return  # finished after the clock stopped: not counted
                 if verdict != expected:
                     errors.append(f"wrong verdict {verdict}")
+                if stop.is_set():
+                    late[index] += 1  # finished after the clock stopped: CPU only
+                    return
                 counts[index] += 1
 
     cache_before, cpu_before = key_cache(cluster), replica_cpu_seconds(cluster)
@@ -175,16 +178,20 @@ def run_phase(
     time.sleep(seconds)
     stop.set()
     elapsed = time.perf_counter() - start
-    cpu = replica_cpu_seconds(cluster) - cpu_before
+    cpu_in_window = replica_cpu_seconds(cluster) - cpu_before
     for thread in threads:
         thread.join()
+    # The decisions under way at the stop are finished, so that the CPU of every started
+    # decision is counted once.
+    cpu = replica_cpu_seconds(cluster) - cpu_before
     cache_after = key_cache(cluster)
-    decisions = sum(counts)
+    decisions, finished = sum(counts), sum(counts) + sum(late)
     return {
         "seconds": round(elapsed, 1),
         "decisions": decisions,
         "decisions_per_minute": round(decisions * 60 / elapsed, 1),
-        "replica_cpu_seconds_per_decision": round(cpu / decisions, 3) if decisions else None,
+        "replica_cores_used": round(cpu_in_window / elapsed, 2),
+        "replica_cpu_seconds_per_decision": round(cpu / finished, 3) if finished else None,
         "key_preparations": cache_after["misses"] - cache_before["misses"],
         "key_cache_hits": cache_after["hits"] - cache_before["hits"],
         "errors": errors[:5],
@@ -298,14 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / "bench_cluster_results.json"
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
-    header = ("replicas", "phase", "dec/min", "CPU s/dec", "prep/sess", "err")
+    header = ("replicas", "phase", "dec/min", "CPU s/dec", "cores", "prep/sess", "err")
     print("\n" + " ".join(f"{name:>9}" for name in header))
     for run in runs:
         for phase in ("warm", "fresh"):
             row = run[phase]
             print(
                 f"{run['replicas']:>9} {phase:>9} {row['decisions_per_minute']:>9} "
-                f"{row['replica_cpu_seconds_per_decision']!s:>9} "
+                f"{row['replica_cpu_seconds_per_decision']!s:>9} {row['replica_cores_used']:>9} "
                 f"{row['key_preparations_per_session']!s:>9} {row['error_count']:>9}"
             )
     print(f"warm speed-up, 2 vs 1 replica: {results['warm_speedup_two_vs_one']} x (target 1.7 x)")

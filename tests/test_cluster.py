@@ -267,7 +267,7 @@ def test_a_predict_racing_an_upload_never_yields_a_verdict_for_old_inputs(
         upload(first, session_id, auth, encrypted[id(old)])
         assert predict_verdict(first, session_id, auth, kit) == int(old.verdict())  # warm keys
         current = old
-        for _ in range(6):
+        for _ in range(4):
             replacement = new if current is old else old
             answers: dict[str, int] = {}
 

@@ -1,6 +1,6 @@
 """Scale-out benchmark: decisions per minute of one replica vs two replicas behind nginx.
 
-Run from the repository root (needs redis-server and nginx; about 4 minutes)::
+Run from the repository root (needs redis-server and nginx; about 6 minutes)::
 
     python -m development.bench_cluster               # 40 s per phase
     python -m development.bench_cluster --seconds 5   # a quick look
@@ -132,14 +132,13 @@ def replica_cpu_seconds(cluster: Cluster) -> float:
     return total
 
 
-def key_cache(cluster: Cluster) -> dict[str, int]:
-    """Key-cache hits and misses summed over the replicas."""
-    totals = {"hits": 0, "misses": 0}
-    for url in cluster.replica_urls:
-        cache = httpx.get(f"{url}/health", timeout=TIMEOUT).json()["key_cache"]
-        for name in totals:
-            totals[name] += int(cache[name])
-    return totals
+def key_cache(cluster: Cluster) -> dict[str, list[int]]:
+    """Key-cache hits and misses of each replica."""
+    caches = [
+        httpx.get(f"{url}/health", timeout=TIMEOUT).json()["key_cache"]
+        for url in cluster.replica_urls
+    ]
+    return {name: [int(cache[name]) for cache in caches] for name in ("hits", "misses")}
 
 
 def run_phase(
@@ -192,8 +191,12 @@ def run_phase(
         "decisions_per_minute": round(decisions * 60 / elapsed, 1),
         "replica_cores_used": round(cpu_in_window / elapsed, 2),
         "replica_cpu_seconds_per_decision": round(cpu / finished, 3) if finished else None,
-        "key_preparations": cache_after["misses"] - cache_before["misses"],
-        "key_cache_hits": cache_after["hits"] - cache_before["hits"],
+        "key_preparations": sum(cache_after["misses"]) - sum(cache_before["misses"]),
+        # FHE runs on warm keys, per replica: how the sessions spread over the replicas.
+        "key_cache_hits_per_replica": [
+            after - before
+            for after, before in zip(cache_after["hits"], cache_before["hits"], strict=True)
+        ],
         "errors": errors[:5],
         "error_count": len(errors),
     }
@@ -282,20 +285,22 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table, write the JSON results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=40.0, help="length of each phase")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent clients")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--out", type=Path, default=settings.DEVELOPMENT_DIR)
     args = parser.parse_args(argv)
 
+    load_at_start = os.getloadavg()
     keys = Keys()
     runs = [bench(n, args.clients, args.seconds, keys, keys.expected, n == 1) for n in (1, 2)]
     one, two = (run["warm"]["decisions_per_minute"] for run in runs)
     results = {
         "date": datetime.date.today().isoformat(),
-        "command": "python -m development.bench_cluster " + " ".join(argv or sys.argv[1:]),
+        "command": " ".join(["python -m development.bench_cluster", *(argv or sys.argv[1:])]),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
-            "load_average_at_start": os.getloadavg(),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": os.getloadavg(),
         },
         "runs": runs,
         "warm_speedup_two_vs_one": round(two / one, 2) if one else None,

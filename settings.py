@@ -11,10 +11,10 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fhe_server import protocol
 
@@ -215,9 +215,26 @@ class ServerSettings(BaseSettings):
     store_url: str = ""
     # The name /health reports, to tell replicas apart ("" = host name and process id).
     replica_name: str = ""
+    # Sessions one client (IP address) may open per window; 0 turns the quota off. Addresses in
+    # session_quota_exempt (FHE_SESSION_QUOTA_EXEMPT, comma-separated) have none: by default the
+    # loopback, where the page's process (which limits its own users) is the client.
+    session_quota: int = 30
+    session_quota_window_seconds: float = 600.0
+    session_quota_exempt: Annotated[list[str], NoDecode] = ["127.0.0.1", "::1"]
+    # Host names the server answers (any port), comma-separated in FHE_ALLOWED_HOSTS:
+    # "*.example.org" matches its subdomains, "*" any host. Loopback only by default.
+    allowed_hosts: Annotated[list[str], NoDecode] = ["localhost", "127.0.0.1", "[::1]"]
+
+    @field_validator("allowed_hosts", "session_quota_exempt", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        """Read a list from its environment variable as comma-separated items."""
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> ServerSettings:
-    """Return the server settings (cached; tests override it through FastAPI's dependencies)."""
+    """Return the server settings from the FHE_* environment variables (read once)."""
     return ServerSettings()

@@ -1,6 +1,6 @@
 """Scale-out benchmark: decisions per minute of one replica vs two replicas behind nginx.
 
-Run from the repository root (needs redis-server and nginx; about 4 minutes)::
+Run from the repository root (needs redis-server and nginx; about 6 minutes)::
 
     python -m development.bench_cluster               # 40 s per phase
     python -m development.bench_cluster --seconds 5   # a quick look
@@ -16,8 +16,9 @@ hashing on the session id), ``--clients`` client threads send requests through n
 Client key generation and encryption are done once, before the clock starts (they run on the
 clients' machines, not on the server), so the figures are the servers' capacity. Reported per
 phase: decisions per minute, the replicas' CPU seconds per decision (user + system, from
-``psutil``), key preparations (key-cache misses) per session, and errors; plus Redis's memory
-per session and the time to write and read one evaluation-key blob in Redis.
+``psutil``; the decisions under way when the clock stops are finished and counted here only),
+the cores the replicas obtained, key preparations (key-cache misses) per session, and errors;
+plus Redis's memory per session and the time to write and read one evaluation-key blob in Redis.
 
 Results go to ``<out>/bench_cluster_results.json`` and are printed as a table.
 """
@@ -131,14 +132,13 @@ def replica_cpu_seconds(cluster: Cluster) -> float:
     return total
 
 
-def key_cache(cluster: Cluster) -> dict[str, int]:
-    """Key-cache hits and misses summed over the replicas."""
-    totals = {"hits": 0, "misses": 0}
-    for url in cluster.replica_urls:
-        cache = httpx.get(f"{url}/health", timeout=TIMEOUT).json()["key_cache"]
-        for name in totals:
-            totals[name] += int(cache[name])
-    return totals
+def key_cache(cluster: Cluster) -> dict[str, list[int]]:
+    """Key-cache hits and misses of each replica."""
+    caches = [
+        httpx.get(f"{url}/health", timeout=TIMEOUT).json()["key_cache"]
+        for url in cluster.replica_urls
+    ]
+    return {name: [int(cache[name]) for cache in caches] for name in ("hits", "misses")}
 
 
 def run_phase(
@@ -151,6 +151,7 @@ def run_phase(
     """Run ``clients`` threads calling ``decision`` for ``seconds``; measure the replicas."""
     stop = threading.Event()
     counts = [0] * clients
+    late = [0] * clients
     errors: list[str] = []
 
     def worker(index: int) -> None:
@@ -161,10 +162,11 @@ def run_phase(
                 except (httpx.HTTPError, KeyError, ValueError) as error:
                     errors.append(repr(error))
                     continue
-                if stop.is_set():
-                    return  # finished after the clock stopped: not counted
                 if verdict != expected:
                     errors.append(f"wrong verdict {verdict}")
+                if stop.is_set():
+                    late[index] += 1  # finished after the clock stopped: CPU only
+                    return
                 counts[index] += 1
 
     cache_before, cpu_before = key_cache(cluster), replica_cpu_seconds(cluster)
@@ -175,18 +177,26 @@ def run_phase(
     time.sleep(seconds)
     stop.set()
     elapsed = time.perf_counter() - start
-    cpu = replica_cpu_seconds(cluster) - cpu_before
+    cpu_in_window = replica_cpu_seconds(cluster) - cpu_before
     for thread in threads:
         thread.join()
+    # The decisions under way at the stop are finished, so that the CPU of every started
+    # decision is counted once.
+    cpu = replica_cpu_seconds(cluster) - cpu_before
     cache_after = key_cache(cluster)
-    decisions = sum(counts)
+    decisions, finished = sum(counts), sum(counts) + sum(late)
     return {
         "seconds": round(elapsed, 1),
         "decisions": decisions,
         "decisions_per_minute": round(decisions * 60 / elapsed, 1),
-        "replica_cpu_seconds_per_decision": round(cpu / decisions, 3) if decisions else None,
-        "key_preparations": cache_after["misses"] - cache_before["misses"],
-        "key_cache_hits": cache_after["hits"] - cache_before["hits"],
+        "replica_cores_used": round(cpu_in_window / elapsed, 2),
+        "replica_cpu_seconds_per_decision": round(cpu / finished, 3) if finished else None,
+        "key_preparations": sum(cache_after["misses"]) - sum(cache_before["misses"]),
+        # FHE runs on warm keys, per replica: how the sessions spread over the replicas.
+        "key_cache_hits_per_replica": [
+            after - before
+            for after, before in zip(cache_after["hits"], cache_before["hits"], strict=True)
+        ],
         "errors": errors[:5],
         "error_count": len(errors),
     }
@@ -275,20 +285,22 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table, write the JSON results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=40.0, help="length of each phase")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent clients")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--out", type=Path, default=settings.DEVELOPMENT_DIR)
     args = parser.parse_args(argv)
 
+    load_at_start = os.getloadavg()
     keys = Keys()
     runs = [bench(n, args.clients, args.seconds, keys, keys.expected, n == 1) for n in (1, 2)]
     one, two = (run["warm"]["decisions_per_minute"] for run in runs)
     results = {
         "date": datetime.date.today().isoformat(),
-        "command": "python -m development.bench_cluster " + " ".join(argv or sys.argv[1:]),
+        "command": " ".join(["python -m development.bench_cluster", *(argv or sys.argv[1:])]),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
-            "load_average_at_start": os.getloadavg(),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": os.getloadavg(),
         },
         "runs": runs,
         "warm_speedup_two_vs_one": round(two / one, 2) if one else None,
@@ -298,14 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / "bench_cluster_results.json"
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
-    header = ("replicas", "phase", "dec/min", "CPU s/dec", "prep/sess", "err")
+    header = ("replicas", "phase", "dec/min", "CPU s/dec", "cores", "prep/sess", "err")
     print("\n" + " ".join(f"{name:>9}" for name in header))
     for run in runs:
         for phase in ("warm", "fresh"):
             row = run[phase]
             print(
                 f"{run['replicas']:>9} {phase:>9} {row['decisions_per_minute']:>9} "
-                f"{row['replica_cpu_seconds_per_decision']!s:>9} "
+                f"{row['replica_cpu_seconds_per_decision']!s:>9} {row['replica_cores_used']:>9} "
                 f"{row['key_preparations_per_session']!s:>9} {row['error_count']:>9}"
             )
     print(f"warm speed-up, 2 vs 1 replica: {results['warm_speedup_two_vs_one']} x (target 1.7 x)")

@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 
 from fhe_server.body import error_headers, read_body
 from fhe_server.errors import InvalidTokenError, ServiceError
+from fhe_server.hosts import AllowedHostsMiddleware
 from fhe_server.protocol import (
     API_VERSION,
     CANDIDATES,
@@ -67,9 +68,10 @@ client, which keeps the secret key, can decrypt the verdict.
 `GET /sessions/{id}/output` and decrypt. `POST /sessions/{id}/explain` scores other
 credit-bureau rows against the stored applicant and bank inputs.
 
-Binary bodies are `application/octet-stream`. Every call under `/sessions/{id}` needs
-`Authorization: Bearer <token>` (the token returned at creation). Errors are
-`{"detail": "..."}` JSON.
+Binary bodies are `application/octet-stream` (any other Content-Type: 415). Every call under
+`/sessions/{id}` needs `Authorization: Bearer <token>` (the token returned at creation). Errors
+are `{"detail": "..."}` JSON; a request addressed to a host name the server does not accept
+(setting `FHE_ALLOWED_HOSTS`) gets 400.
 """
 
 
@@ -196,7 +198,7 @@ async def health(request: Request, service: ServiceDep) -> Health:
     status_code=status.HTTP_201_CREATED,
     response_model=SessionCreated,
     summary="Open a session with the client's evaluation keys",
-    responses=_errors(413, 422),
+    responses=_errors(413, 415, 422, 429, 503),
     openapi_extra=_binary_body(
         "`client.evaluation_keys.serialize()` of a key set generated from this model's client "
         "specs (exact size and header checked)."
@@ -205,14 +207,19 @@ async def health(request: Request, service: ServiceDep) -> Health:
 async def create_session(
     request: Request, service: ServiceDep, config: SettingsDep
 ) -> SessionCreated:
-    """Store the evaluation keys and return the session id and its bearer token (shown once)."""
+    """Store the evaluation keys and return the session id and its bearer token (shown once).
+
+    Refused with 503 when the server holds as many sessions as it can (live sessions are never
+    evicted), with 429 when this client opened its quota of sessions; both say Retry-After.
+    """
     data = await read_body(
         request,
         limit=config.max_evaluation_key_bytes,
         expected=service.model.wire["evaluation_keys"].length,
         what="evaluation keys",
     )
-    session_id, token = await service.create_session(data)
+    client = request.client.host if request.client is not None else "unknown"
+    session_id, token = await service.create_session(data, client)
     return SessionCreated(session_id=session_id, token=token, expires_in=config.session_ttl_seconds)
 
 
@@ -221,7 +228,7 @@ async def create_session(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     summary="Upload one party's encrypted input",
-    responses=_errors(401, 404, 413, 422),
+    responses=_errors(401, 404, 413, 415, 422),
     openapi_extra=_binary_body(
         'That party\'s ciphertext, `client.encrypt(..., function_name="predict")[i].serialize()`.'
         " A second upload for the same party replaces the first (and the stored verdict)."
@@ -279,7 +286,7 @@ async def get_output(session_id: SessionDep, service: ServiceDep) -> Response:
                 }
             },
         },
-        **_errors(401, 404, 409, 413, 422, 503),
+        **_errors(401, 404, 409, 413, 415, 422, 503),
     },
     openapi_extra=_binary_body(
         "Ciphertext of the candidate credit-bureau rows, "
@@ -397,6 +404,7 @@ def create_app(config: ServerSettings) -> FastAPI:
     )
     app.state.settings = config
     app.include_router(router)
+    app.add_middleware(AllowedHostsMiddleware, allowed_hosts=config.allowed_hosts)
     app.add_exception_handler(ServiceError, service_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import anyio
 from starlette.requests import Request
 
-from fhe_server.errors import IncompleteBodyError, InvalidPayloadError, PayloadTooLargeError
+from fhe_server.errors import (
+    IncompleteBodyError,
+    InvalidPayloadError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+from fhe_server.protocol import CONTENT_TYPE_HEADER, OCTET_STREAM
 from settings import ServerSettings
 
 # Scope key set once a request's body has been received to its end.
@@ -25,10 +31,19 @@ async def read_body(request: Request, limit: int, expected: int, what: str) -> b
         PayloadTooLargeError: if Content-Length or the bytes received exceed ``limit``.
         InvalidPayloadError: if more than ``expected`` bytes arrive (exact size checked later).
         IncompleteBodyError: if the client disconnects before the end of the body.
+        UnsupportedMediaTypeError: if the Content-Type is not application/octet-stream.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"{what} over the limit of {limit} bytes")
+    media_type = request.headers.get(CONTENT_TYPE_HEADER, "").split(";", 1)[0].strip().lower()
+    if media_type != OCTET_STREAM:
+        # Also what keeps other web sites out: a browser sends a cross-site form or text/plain
+        # body without asking first, but an octet-stream body only after a CORS preflight, which
+        # this server never grants.
+        raise UnsupportedMediaTypeError(
+            f"send {what} as {OCTET_STREAM}, not {media_type or 'without a Content-Type'}"
+        )
     cap = min(limit, expected)
     body = bytearray()
     while True:

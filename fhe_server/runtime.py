@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 
-from fhe_server.errors import ServerBusyError
+from fhe_server.errors import ServerBusyError, TooManySessionsError
 
 T = TypeVar("T")
+# SessionQuota forgets idle clients once it tracks more than this many.
+SWEEP_ABOVE_CLIENTS = 10_000
 
 
 class KeyCache:
@@ -102,3 +105,77 @@ class FHEGate:
         finally:
             self.admitted -= 1
             self._mean_seconds = 0.7 * self._mean_seconds + 0.3 * (time.perf_counter() - start)
+
+
+class SessionQuota:
+    """How many sessions each client may open per sliding window (per server process).
+
+    A creation takes a slot when it starts (``admit``) and gives it back if it fails, so
+    concurrent requests of one client cannot overrun the quota, and refused or invalid uploads
+    do not use it up.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        window_seconds: float,
+        exempt: Iterable[str] = (),
+        clock: Callable[[], float] = time.time,
+    ):
+        """Create the quota.
+
+        Args:
+            limit: sessions one client may open per window (0 or less: no quota).
+            window_seconds: the window's length.
+            exempt: client addresses without a quota.
+            clock: the clock (seconds), replaceable in tests.
+        """
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self.exempt = frozenset(exempt)
+        self.clock = clock
+        self._opened: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        """The client's creation times within the window (older ones dropped). Hold the lock."""
+        times = self._opened.setdefault(client, deque())
+        while times and times[0] <= now - self.window_seconds:
+            times.popleft()
+        return times
+
+    def _sweep(self, now: float) -> None:
+        """Forget clients with no creation in the window (bounds memory). Hold the lock."""
+        for client in [c for c in self._opened if not self._recent(c, now)]:
+            del self._opened[client]
+
+    @contextlib.contextmanager
+    def admit(self, client: str) -> Iterator[None]:
+        """Take one of the client's slots for the duration of a creation; keep it on success.
+
+        Raises:
+            TooManySessionsError: with Retry-After set to when the client's oldest slot frees.
+        """
+        if self.limit <= 0 or client in self.exempt:
+            yield
+            return
+        with self._lock:
+            now = self.clock()
+            if len(self._opened) > SWEEP_ABOVE_CLIENTS:
+                self._sweep(now)
+            times = self._recent(client, now)
+            if len(times) >= self.limit:
+                wait = times[0] + self.window_seconds - now
+                raise TooManySessionsError(
+                    f"this client opened {self.limit} sessions in the last "
+                    f"{self.window_seconds:g} s; retry later",
+                    retry_after=math.ceil(wait),
+                )
+            times.append(now)
+        try:
+            yield
+        except BaseException:
+            with self._lock:
+                with contextlib.suppress(ValueError):
+                    self._opened.get(client, deque()).remove(now)
+            raise

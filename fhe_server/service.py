@@ -11,7 +11,7 @@ import anyio.to_thread
 
 from fhe_server.model import FHEModel
 from fhe_server.protocol import CANDIDATES, PARTIES, Party
-from fhe_server.runtime import FHEGate, KeyCache
+from fhe_server.runtime import FHEGate, KeyCache, SessionQuota
 from fhe_server.stores import FileSessionStore, SessionStore, short_id
 from settings import ServerSettings
 
@@ -23,12 +23,20 @@ T = TypeVar("T")
 class ScoringService:
     """What the routes do, over the model, the store, the key cache and the FHE gate."""
 
-    def __init__(self, model: FHEModel, store: SessionStore, key_cache: KeyCache, gate: FHEGate):
-        """Assemble the service (see ``build_service``)."""
+    def __init__(
+        self,
+        model: FHEModel,
+        store: SessionStore,
+        key_cache: KeyCache,
+        gate: FHEGate,
+        quota: SessionQuota | None = None,
+    ):
+        """Assemble the service (see ``build_service``); no ``quota``: no per-client quota."""
         self.model = model
         self.store = store
         self.key_cache = key_cache
         self.gate = gate
+        self.quota = quota if quota is not None else SessionQuota(limit=0, window_seconds=0)
 
     @staticmethod
     async def _io(func: Callable[..., T], *args: Any) -> T:
@@ -43,12 +51,23 @@ class ScoringService:
             self.key_cache.put(session_id, keys)
         return keys
 
-    async def create_session(self, evaluation_keys: bytes) -> tuple[str, str]:
-        """Check and prepare the keys, store a new session; return (session_id, token)."""
-        prepared = await self._io(self.model.evaluation_keys, evaluation_keys)
-        session_id, token = await self._io(
-            self.store.create, evaluation_keys, self.model.session_reserve_bytes()
-        )
+    async def create_session(self, evaluation_keys: bytes, client: str) -> tuple[str, str]:
+        """Check and prepare the keys, store a new session; return (session_id, token).
+
+        Args:
+            evaluation_keys: the serialized evaluation keys.
+            client: who asks (its IP address), for the per-client quota.
+
+        Raises:
+            TooManySessionsError: if the client used up its quota of sessions.
+            ServerBusyError: if the store is full.
+            InvalidPayloadError: if the bytes are not this model's evaluation keys.
+        """
+        with self.quota.admit(client):
+            prepared = await self._io(self.model.evaluation_keys, evaluation_keys)
+            session_id, token = await self._io(
+                self.store.create, evaluation_keys, self.model.session_reserve_bytes()
+            )
         self.key_cache.put(session_id, prepared)
         return session_id, token
 
@@ -139,7 +158,12 @@ def build_service(config: ServerSettings) -> ScoringService:
     store = open_store(config, on_remove=key_cache.discard)
     store.recover()
     gate = FHEGate(max_concurrent=config.max_concurrent_fhe, max_waiting=config.max_waiting_fhe)
-    return ScoringService(model=model, store=store, key_cache=key_cache, gate=gate)
+    quota = SessionQuota(
+        limit=config.session_quota,
+        window_seconds=config.session_quota_window_seconds,
+        exempt=config.session_quota_exempt,
+    )
+    return ScoringService(model=model, store=store, key_cache=key_cache, gate=gate, quota=quota)
 
 
 def open_store(config: ServerSettings, on_remove: Callable[[str], None]) -> SessionStore:

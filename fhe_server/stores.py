@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -18,7 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from fhe_server.errors import InvalidTokenError, SessionNotFoundError, StepOutOfOrderError
+from fhe_server.errors import (
+    InvalidTokenError,
+    ServerBusyError,
+    SessionNotFoundError,
+    StepOutOfOrderError,
+)
 from fhe_server.protocol import SESSION_ID_PATTERN, Party
 
 logger = logging.getLogger("fhe_server")
@@ -83,7 +89,9 @@ class SessionStore(Protocol):
       left behind and purge expired sessions.
     - ``create(evaluation_keys, reserve_bytes) -> (session_id, token)``: store a new session;
       ``reserve_bytes`` is the room one complete session can take. Only the token's SHA-256 is
-      kept.
+      kept. Expired sessions are purged first; live sessions are never evicted: when the store
+      is full (its session count or its space), ``ServerBusyError`` (503) with ``retry_after``
+      the seconds until the first live session would expire.
     - ``authenticate(session_id, token)``: check that the session is live and the token is its
       own, and mark the session used (its idle time restarts). ``SessionNotFoundError`` (unknown,
       expired or deleted), ``InvalidTokenError`` (missing or wrong token).
@@ -165,7 +173,7 @@ class FileSessionStore:
 
     Several threads and several server processes (``uvicorn --workers N``) may share one store
     directory: every read-modify-write of a session holds an exclusive ``flock`` on the session's
-    directory, and the store-wide bookkeeping (creating, counting, purging and evicting sessions)
+    directory, and the store-wide bookkeeping (creating, counting and purging sessions)
     holds one on the store's root directory, always taken before any session's. A lock taken on a
     directory that was removed meanwhile is noticed (the path no longer names the locked inode)
     and the session is then unknown.
@@ -189,8 +197,8 @@ class FileSessionStore:
         Args:
             root: directory holding the sessions.
             ttl_seconds: idle time after which a session expires.
-            max_sessions: most sessions kept; creating one more evicts the least recently used.
-            disk_budget_bytes: most bytes the sessions may take; least recently used evicted.
+            max_sessions: most live sessions; creating one more is refused.
+            disk_budget_bytes: most bytes the sessions may take (each counted as complete).
             on_remove: called with the id of every removed session (to drop cached keys).
             clock: wall clock (seconds since the epoch), replaceable in tests.
         """
@@ -215,7 +223,7 @@ class FileSessionStore:
     # -- cross-process locks ---------------------------------------------------------------
     @contextlib.contextmanager
     def _store_lock(self) -> Iterator[None]:
-        """Hold the store-wide lock (session creation, counting, purging, eviction)."""
+        """Hold the store-wide lock (session creation, counting, purging)."""
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -354,24 +362,33 @@ class FileSessionStore:
                             with contextlib.suppress(OSError):
                                 entry.unlink()
 
-    def _make_room(self, needed_bytes: int) -> None:
-        """Evict least recently used sessions until one more of ``needed_bytes`` fits."""
-        metas = []
+    def _check_room(self, reserve_bytes: int) -> None:
+        """Refuse a new session if the live ones fill the session count or the disk budget.
+
+        Each session counts for the larger of its size and ``reserve_bytes`` (what a complete
+        session takes), so sessions filling up later can never push the store past its budget.
+        Live sessions are never evicted to make room. Hold the store's lock.
+
+        Raises:
+            ServerBusyError: with Retry-After set to the time until the first session expires.
+        """
+        last_used = []
+        committed = 0
         for session_id in self.session_ids():
             try:
-                metas.append((self._read_meta(session_id).last_used, session_id))
+                last_used.append(self._read_meta(session_id).last_used)
             except SessionNotFoundError:
                 continue
-        metas.sort()
-        usage = self.disk_usage()
-        while metas and (
-            len(metas) >= self.max_sessions or usage + needed_bytes > self.disk_budget_bytes
+            committed += max(self._session_size(session_id), reserve_bytes)
+        if len(last_used) < self.max_sessions and (
+            committed + reserve_bytes <= self.disk_budget_bytes
         ):
-            _, oldest = metas.pop(0)
-            size = self._session_size(oldest)
-            with contextlib.suppress(SessionNotFoundError), self._session_lock(oldest):
-                self._remove(oldest, reason="evicted to make room")
-            usage -= size
+            return
+        first_expiry = min(last_used, default=self.clock()) + self.ttl_seconds
+        raise ServerBusyError(
+            "the server holds as many sessions as it can; retry later",
+            retry_after=math.ceil(first_expiry - self.clock()),
+        )
 
     # -- use cases -------------------------------------------------------------------------
     def create(self, evaluation_keys: bytes, reserve_bytes: int = 0) -> tuple[str, str]:
@@ -379,19 +396,22 @@ class FileSessionStore:
 
         Args:
             evaluation_keys: the serialized evaluation keys (already checked).
-            reserve_bytes: disk space to make room for (at least the keys' size).
+            reserve_bytes: disk space one complete session takes (at least the keys' size).
 
         Returns:
             (session_id, token); only the token's hash is stored.
+
+        Raises:
+            ServerBusyError: if the store is full (expired sessions are purged first).
         """
         session_id, token = secrets.token_hex(16), secrets.token_urlsafe(32)
         now = self.clock()
         meta = SessionMeta(token_sha256=token_digest(token), created=now, last_used=now)
-        # Room is made before the keys are staged, so the store never holds more than its budget,
-        # not even for the moment between staging and renaming.
+        # Room is checked before the keys are staged, so the store never holds more than its
+        # budget, not even for the moment between staging and renaming.
         with self._store_lock():
             self._purge_expired()
-            self._make_room(max(reserve_bytes, len(evaluation_keys)))
+            self._check_room(max(reserve_bytes, len(evaluation_keys)))
             staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-"))
             try:
                 atomic_write(staging / self.EVALUATION_KEYS, evaluation_keys)

@@ -4,7 +4,7 @@ One cluster for the module (``fhe_server.cluster.Cluster``: Redis on a free loop
 persistence off, three single-worker ``uvicorn server:app`` replicas with ``FHE_STORE_URL`` set,
 nginx hashing on the session id) and one client key set. Each test deletes its sessions, so the
 replicas' key caches are empty between tests. The tests that stop parts of the cluster come last:
-one kills two of the three replicas, the next restarts Redis.
+one kills two of the three replicas, the next restarts Redis, the last kills the third.
 
 Without redis-server or nginx the module is skipped; with ``REQUIRE_CLUSTER=1`` (set by
 ``.ci/run``, which installs both) a missing binary is an error instead, so CI never skips it.
@@ -42,7 +42,7 @@ import settings
 from backend import CreditScoringClient
 from backend import SessionNotFoundError as ClientSessionNotFoundError
 from development.reference import clear_explain, clear_verdict
-from fhe_server.cluster import Cluster, find_binary, free_port
+from fhe_server.cluster import MAX_BODY_BYTES, Cluster, find_binary, free_port
 from fhe_server.errors import SessionNotFoundError, StepOutOfOrderError
 from fhe_server.protocol import bearer
 from fhe_server.redis_store import RedisSessionStore, blob_key, meta_key
@@ -267,7 +267,7 @@ def test_a_predict_racing_an_upload_never_yields_a_verdict_for_old_inputs(
         upload(first, session_id, auth, encrypted[id(old)])
         assert predict_verdict(first, session_id, auth, kit) == int(old.verdict())  # warm keys
         current = old
-        for _ in range(6):
+        for _ in range(4):
             replacement = new if current is old else old
             answers: dict[str, int] = {}
 
@@ -450,6 +450,22 @@ def test_redis_restarted_empty_is_a_404_and_the_client_starts_a_new_session(
     finally:
         plain.close()
         resuming.close()
+
+
+def test_nginx_answers_json_for_oversize_bodies_and_when_no_replica_answers(
+    cluster: Cluster,
+) -> None:
+    too_large = httpx.post(
+        f"{cluster.url}/sessions", content=bytes(MAX_BODY_BYTES + 1), headers=OCTET, timeout=TIMEOUT
+    )
+    assert too_large.status_code == 413
+    assert str(MAX_BODY_BYTES) in too_large.json()["detail"]
+    for index, replica in enumerate(cluster.replicas):  # the last use of the module's cluster
+        if replica.alive():
+            kill(cluster, index)
+    response = httpx.get(f"{cluster.url}/health", timeout=TIMEOUT)
+    assert response.status_code == 503
+    assert response.json()["detail"] and int(response.headers["Retry-After"]) >= 1
 
 
 def test_the_cluster_command_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:

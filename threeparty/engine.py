@@ -40,6 +40,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before openfhe loads: see threeparty/__init__.py
 
 import threading  # noqa: E402
+import time  # noqa: E402
 from collections.abc import Callable, Mapping, Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from functools import lru_cache  # noqa: E402
@@ -734,11 +735,12 @@ def self_test(
         SelfTestError: when the verdicts differ from the known answer or do not decrypt.
     """
     layout = layout or load_layout()
-    engine = _Engine(_make_context(multiparty_mode))
     rows = np.asarray(layout.probe["rows"], dtype=np.int64)
     expected = [int(v) for v in layout.probe["verdicts"]]
     try:
-        flow = run_flow(layout, layout.split_rows(rows), engine=engine, tamper=tamper)
+        flow = run_flow(
+            layout, layout.split_rows(rows), multiparty_mode=multiparty_mode, tamper=tamper
+        )
     except EngineError as exc:
         raise SelfTestError(f"the known-answer check did not decrypt: {exc}") from exc
     if flow["verdicts"] != expected:
@@ -751,52 +753,90 @@ def self_test(
 def run_flow(
     layout: Layout,
     party_rows: Mapping[str, np.ndarray],
-    engine: _Engine | None = None,
+    multiparty_mode: str = MULTIPARTY_MODE,
+    rotation_indices: Sequence[int] = ROTATION_INDICES,
     tamper: Callable[[bytes], bytes] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The whole three-party protocol in one process (self-test, tests and the benchmark).
 
     Args:
         layout: the slot layout.
         party_rows: {party: its quantized rows, one per block}.
-        engine: the engine (default: the deployed parameters).
+        multiparty_mode: OpenFHE's multiparty mode (the deployed one unless testing).
+        rotation_indices: the rotation keys to make and use.
         tamper: applied to the output ciphertext before decryption.
+        timings: when given, filled with each step's seconds ("round1_<party>",
+            "combine_round1", "round2_<party>", "combine_round2", "encrypt_<party>", "evaluate",
+            "partial_<party>", "fuse").
 
     Returns:
         {"verdicts", "shares" (the three PartyKeyShare), "joint" (JointRound1), "keys"
         (EvaluationKeys), "round1" (Round1Blobs per party), "round2" (bytes per party),
         "ciphertexts", "output", "partials" (per party)}.
+
+    Raises:
+        DecryptionError: when the fused slots are not verdicts.
     """
-    engine = engine or _default()
-    lead_share, lead_blobs = engine.lead_round1()
+    engine = _Engine(_make_context(multiparty_mode), rotation_indices)
+    times = timings if timings is not None else {}
+
+    def timed(step: str, func: Callable[..., Any], *args: Any) -> Any:
+        start = time.perf_counter()
+        result = func(*args)
+        times[step] = time.perf_counter() - start
+        return result
+
+    lead_share, lead_blobs = timed(f"round1_{LEAD_PARTY}", engine.lead_round1)
     shares, round1 = {LEAD_PARTY: lead_share}, {LEAD_PARTY: lead_blobs}
     previous = lead_blobs.public_key
     for party in PARTIES[1:]:
-        shares[party], round1[party] = engine.join_round1(
-            party, previous, lead_blobs.eval_mult, lead_blobs.rotation
+        shares[party], round1[party] = timed(
+            f"round1_{party}",
+            engine.join_round1,
+            party,
+            previous,
+            lead_blobs.eval_mult,
+            lead_blobs.rotation,
         )
         previous = round1[party].public_key
-    joint = engine.combine_round1([round1[p] for p in PARTIES])
+    joint = timed("combine_round1", engine.combine_round1, [round1[p] for p in PARTIES])
     round2_shares = {
-        p: engine.round2(shares[p], joint.joint_eval_mult_round1, joint.key_tag) for p in PARTIES
+        p: timed(
+            f"round2_{p}", engine.round2, shares[p], joint.joint_eval_mult_round1, joint.key_tag
+        )
+        for p in PARTIES
     }
     keys = EvaluationKeys(
         key_tag=joint.key_tag,
-        relinearization=engine.combine_round2([round2_shares[p] for p in PARTIES], joint.key_tag),
+        relinearization=timed(
+            "combine_round2",
+            engine.combine_round2,
+            [round2_shares[p] for p in PARTIES],
+            joint.key_tag,
+        ),
         rotation=joint.joint_rotation,
         rotation_indices=tuple(engine.rotation_indices),
     )
     blocks = np.atleast_2d(next(iter(party_rows.values()))).shape[0]
     ciphertexts = {
-        p: engine.encrypt(joint.joint_public_key, layout.encode_party(p, party_rows[p]))
+        p: timed(
+            f"encrypt_{p}",
+            lambda p: engine.encrypt(joint.joint_public_key, layout.encode_party(p, party_rows[p])),
+            p,
+        )
         for p in PARTIES
     }
-    output = engine.evaluate(keys, ciphertexts, blocks, layout)
+    output = timed("evaluate", engine.evaluate, keys, ciphertexts, blocks, layout)
     if tamper is not None:
         output = tamper(output)
-    partials = {p: engine.partial_decrypt(shares[p], output, joint.key_tag) for p in PARTIES}
+    partials = {
+        p: timed(f"partial_{p}", engine.partial_decrypt, shares[p], output, joint.key_tag)
+        for p in PARTIES
+    }
+    slots = timed("fuse", engine.fuse_slots, [partials[p] for p in PARTIES])
     return {
-        "verdicts": _verdicts(engine.fuse_slots([partials[p] for p in PARTIES]), blocks, layout),
+        "verdicts": _verdicts(slots, blocks, layout),
         "shares": shares,
         "joint": joint,
         "keys": keys,

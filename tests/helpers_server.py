@@ -64,26 +64,30 @@ def _stop(process: subprocess.Popen) -> None:
 
 @contextmanager
 def running_server(
-    store_dir: Path,
+    store_dir: Path | None,
     env: dict[str, str] | None = None,
     timeout: float = STARTUP_TIMEOUT_SECONDS,
+    app: str = "server:app",
 ) -> Iterator[str]:
-    """Run ``uvicorn server:app`` on a free port; yield its base URL (``http://127.0.0.1:PORT``).
+    """Run ``uvicorn <app>`` on a free port; yield its base URL (``http://127.0.0.1:PORT``).
 
     Args:
-        store_dir: the server's session directory (FHE_STORE_DIR).
+        store_dir: the server's session directory (FHE_STORE_DIR), None for a server without.
         env: extra environment variables for the server (e.g. FHE_MAX_CONCURRENT_FHE).
         timeout: seconds to wait for /health.
+        app: the ASGI app (``threeparty.server:app`` for the three-party server).
 
     Raises:
         ServerStartError: if the server exits or does not answer /health within ``timeout``.
     """
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", "FHE_STORE_DIR": str(store_dir)}
+    child_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if store_dir is not None:
+        child_env["FHE_STORE_DIR"] = str(store_dir)
     child_env.update(env or {})
     command = [
-        sys.executable, "-m", "uvicorn", "server:app",
+        sys.executable, "-m", "uvicorn", app,
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "info",
     ]  # fmt: skip
     with tempfile.TemporaryFile(mode="w+b") as log:

@@ -27,10 +27,10 @@ from typing import Any
 
 import httpx
 import numpy as np
-from fhe_client.preprocessing import InvalidFieldError, PartyPreprocessor
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 
+from fhe_client.preprocessing import InvalidFieldError, PartyPreprocessor
 from threeparty import engine, protocol
 from threeparty.layout import Layout, load_layout
 

@@ -63,6 +63,7 @@ class ErrorCode(str, Enum):
 
     unauthorized = "unauthorized"  # 401: missing or wrong bearer token
     unknown_session = "unknown_session"  # 404: unknown, expired or deleted session
+    not_found = "not_found"  # 404 / 405: no such route or method
     out_of_order = "out_of_order"  # 409: a step before its prerequisites, or done twice
     too_large = "too_large"  # 413: a body over its limit
     invalid_blob = "invalid_blob"  # 422: bytes that are not what the route expects
@@ -79,6 +80,7 @@ class ErrorCode(str, Enum):
 _STATUS = {
     ErrorCode.unauthorized: 401,
     ErrorCode.unknown_session: 404,
+    ErrorCode.not_found: 404,
     ErrorCode.out_of_order: 409,
     ErrorCode.too_large: 413,
     ErrorCode.invalid_blob: 422,

@@ -29,6 +29,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -40,9 +41,10 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from threeparty import engine, protocol
-from threeparty.layout import load_layout
+from threeparty.layout import LAYOUT_PATH, Layout, load_layout
 from threeparty.protocol import ErrorCode
 
 logger = logging.getLogger("threeparty.server")
@@ -65,6 +67,8 @@ class ThreePartySettings(BaseSettings):
     max_concurrent_evaluations: int = 1
     max_waiting_evaluations: int = 4
     max_status_wait_seconds: float = 20.0
+    # The public slot layout the server evaluates and checks its known answer on.
+    layout_path: Path = LAYOUT_PATH
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,10 +283,10 @@ class SessionStore:
 class ThreePartyService:
     """What the routes do: order checks, engine calls in worker threads, storage."""
 
-    def __init__(self, config: ThreePartySettings):
+    def __init__(self, config: ThreePartySettings, layout: Layout):
         """Create the store and the worker limits (inside the event loop)."""
         self.config = config
-        self.layout = load_layout()
+        self.layout = layout
         self.store = SessionStore(config)
         # Every engine call goes through one limiter: OpenFHE's key caches are process-global.
         self.crypto = anyio.CapacityLimiter(max(1, config.max_concurrent_evaluations))
@@ -578,12 +582,13 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         start = time.perf_counter()
         try:
-            await anyio.to_thread.run_sync(engine.self_test)
+            layout = load_layout(config.layout_path)
+            await anyio.to_thread.run_sync(engine.self_test, layout)
         except Exception as error:
             logger.error("known-answer self-test FAILED, refusing to serve: %s", error)
             raise RuntimeError(f"three-party self-test failed: {error}") from error
         logger.info("known-answer self-test passed in %.1f s", time.perf_counter() - start)
-        app.state.service = ThreePartyService(config)
+        app.state.service = ThreePartyService(config, layout)
         period = min(30.0, max(0.5, config.session_ttl_seconds / 4))
         async with anyio.create_task_group() as tasks:
 
@@ -631,6 +636,12 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
             for item in error.errors()
         ]
         return ServiceError(ErrorCode.invalid_request, "; ".join(parts)).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        answer = ServiceError(ErrorCode.not_found, str(error.detail)).response()
+        answer.status_code = error.status_code if 400 <= error.status_code < 500 else 404
+        return answer
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, _error: Exception) -> JSONResponse:

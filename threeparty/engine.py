@@ -141,6 +141,30 @@ def _unpack(kind: str, data: bytes, key_tag: str | None = None) -> Any:
     return obj
 
 
+BLOB_KINDS: tuple[str, ...] = tuple(_KINDS)
+"""The kinds of engine blobs (``check_blob``'s ``kind``)."""
+
+
+def check_blob(kind: str, data: bytes, key_tag: str | None = None) -> None:
+    """Check that ``data`` is a well-formed engine blob of ``kind`` (of the key set ``key_tag``).
+
+    A server calls it on every upload before storing it. A rotation-key map carries no single
+    key tag: for it ``key_tag`` is not checked (adding it to the others' shares checks it).
+
+    Args:
+        kind: one of ``BLOB_KINDS``.
+        data: the bytes received.
+        key_tag: when given, the joint key tag the blob must carry.
+
+    Raises:
+        InvalidBlobError: bytes that do not deserialize as ``kind``, or an unknown kind.
+        KeyTagError: a blob of another key set.
+    """
+    if kind not in _KINDS:
+        raise InvalidBlobError(f"unknown blob kind {kind!r}")
+    _unpack(kind, data, key_tag)
+
+
 def blob_kind(data: bytes) -> str | None:
     """The kind of an engine blob from its header (no parsing), or None if it is not one."""
     if len(data) < 5 or data[:2] != _MAGIC:

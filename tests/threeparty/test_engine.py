@@ -198,6 +198,8 @@ def test_key_tag_check_rejects_material_of_another_key_set(flow, layout, other_k
     )
     with pytest.raises(engine.KeyTagError):
         engine.evaluate(flow["keys"], {**own, "applicant": foreign}, 1, layout)
+    with pytest.raises(engine.KeyTagError):
+        engine.check_blob("ciphertext", foreign[0], joint.key_tag)
     other_tag = engine.key_tag_of(other_key_set.public_key)
     assert other_tag != joint.key_tag
     with pytest.raises(engine.KeyTagError):
@@ -240,6 +242,12 @@ def test_malformed_and_misplaced_bytes_raise_invalid_blob_error(flow, layout):
             engine.combine_round2([bad, bad, bad], joint.key_tag)
     with pytest.raises(engine.InvalidBlobError):
         engine.key_tag_of(b"\x00" * 64)
+    # What a server checks on upload, before storing anything.
+    engine.check_blob("ciphertext", ciphertext, joint.key_tag)
+    engine.check_blob("rotation_keys", joint.joint_rotation, joint.key_tag)
+    for kind, bad in [("ciphertext", joint.joint_public_key), ("mult_key", b"3P"), ("nope", b"")]:
+        with pytest.raises(engine.InvalidBlobError):
+            engine.check_blob(kind, bad)
 
 
 def test_structural_errors_raise_invalid_input_error(flow, layout):

@@ -70,7 +70,7 @@ def traffic(flow: dict[str, Any], layout: Layout) -> dict[str, dict[str, int]]:
             lead = r1[PARTIES[0]]
             down += len(r1[PARTIES[index - 1]].public_key)
             down += len(lead.eval_mult) + len(lead.rotation)
-        if index < len(PARTIES) - 1 and layout.party_levels(party):
+        if index < len(PARTIES) - 1 and layout.party_vectors(party):
             down += len(joint.joint_public_key)
         if party in RECIPIENTS:
             down += sum(len(partials[p]) for p in PARTIES if p != party)

@@ -55,6 +55,9 @@ from threeparty.layout import Layout, LayoutError, load_layout  # noqa: E402
 
 PLAINTEXT_MODULUS = 65537
 MULTIPLICATIVE_DEPTH = 3
+"""Declared depth (OpenFHE sizes the modulus and so the noise budget from it): up to two levels
+for the product of the owners' vectors (three owners; this tree has two, so it uses one) and one
+counted for the plaintext mask. Depth 2 and 3 give the same modulus here (5 towers)."""
 MULTIPARTY_MODE = "NOISE_FLOODING_MULTIPARTY"
 LEAD_PARTY = PARTIES[0]
 
@@ -90,7 +93,7 @@ class KeyTagError(InvalidBlobError):
 
 
 class InvalidInputError(EngineError, ValueError):
-    """Inputs of the right kind that do not fit (missing levels, too many blocks, bad rows)."""
+    """Inputs of the right kind that do not fit (missing vectors, too many blocks, bad rows)."""
 
 
 class DecryptionError(EngineError):
@@ -410,12 +413,12 @@ class _Engine:
         public_key = _unpack("public_key", joint_public_key)
         slots = int(self.cc.GetRingDimension())
         out = {}
-        for level, vector in vectors.items():
+        for index, vector in vectors.items():
             values = [int(v) for v in np.asarray(vector).reshape(-1)]
             if len(values) > slots:
-                raise InvalidInputError(f"level {level}: {len(values)} slots, at most {slots}")
+                raise InvalidInputError(f"vector {index}: {len(values)} slots, at most {slots}")
             plaintext = self.cc.MakePackedPlaintext(values)
-            out[int(level)] = _pack("ciphertext", self.cc.Encrypt(public_key, plaintext))
+            out[int(index)] = _pack("ciphertext", self.cc.Encrypt(public_key, plaintext))
         return out
 
     def _block_sum(self, ciphertext: Any, block_size: int, indices: Sequence[int]) -> Any:
@@ -443,34 +446,24 @@ class _Engine:
     ) -> bytes:
         if not 1 <= blocks <= int(self.cc.GetRingDimension()) // layout.block_size:
             raise InvalidInputError(f"blocks must be 1..{max_blocks(layout)}, got {blocks}")
-        per_level: dict[int, list[Any]] = {j: [] for j in range(layout.n_levels)}
+        factors = []
         for party in PARTIES:
-            expected = set(layout.party_levels(party))
-            given = {int(level) for level in ciphertexts.get(party, {})}
+            expected = set(layout.party_vectors(party))
+            given = {int(index) for index in ciphertexts.get(party, {})}
             if given != expected:
                 raise InvalidInputError(
-                    f"{party}: ciphertexts for levels {sorted(given)}, expected {sorted(expected)}"
+                    f"{party}: ciphertexts {sorted(given)}, expected {sorted(expected)}"
                 )
-            for level, blob in ciphertexts.get(party, {}).items():
-                per_level[int(level)].append(_unpack("ciphertext", blob, keys.key_tag))
+            for blob in ciphertexts.get(party, {}).values():
+                factors.append(_unpack("ciphertext", blob, keys.key_tag))
         relin = _unpack("mult_key", keys.relinearization, keys.key_tag)
         rotation = _unpack("rotation_keys", keys.rotation)
-        constants = layout.level_constants(blocks)
         mask = self.cc.MakePackedPlaintext([int(v) for v in layout.verdict_mask(blocks)])
         with _CACHE_LOCK:
             try:
                 self.cc.InsertEvalMultKey([relin], keys.key_tag)
                 self.cc.InsertEvalAutomorphismKey(rotation, keys.key_tag)
-                factors = []
-                for j in range(layout.n_levels):
-                    level = per_level[j][0]
-                    for other in per_level[j][1:]:
-                        level = self.cc.EvalAdd(level, other)
-                    if constants[j].any():
-                        constant = [int(v) for v in constants[j]]
-                        level = self.cc.EvalAdd(level, self.cc.MakePackedPlaintext(constant))
-                    factors.append(level)
-                while len(factors) > 1:  # a balanced product: depth ceil(log2(n_levels))
+                while len(factors) > 1:  # a balanced product: depth ceil(log2(owners))
                     paired = [
                         self.cc.EvalMult(factors[i], factors[i + 1])
                         for i in range(0, len(factors) - 1, 2)
@@ -614,7 +607,7 @@ def combine_round2(shares: Sequence[bytes], key_tag: str) -> bytes:
 def encode_party(
     layout: Layout, party: str, rows: Sequence[Sequence[int]] | np.ndarray
 ) -> dict[int, np.ndarray]:
-    """A party's literal vectors, one per level it owns a literal at (see ``Layout``).
+    """The vector a party encrypts: per leaf, the product of its own literals (``Layout``).
 
     Args:
         layout: the public slot layout.
@@ -622,7 +615,7 @@ def encode_party(
         rows: its own quantized inputs, one row per block (application or explain candidate).
 
     Returns:
-        {level: int64 vector}.
+        {0: int64 vector}, or {} for a party the tree tests no input of.
 
     Raises:
         InvalidInputError: when the rows do not fit the party's inputs or a ciphertext.
@@ -637,14 +630,14 @@ def encode_party(
 
 
 def encrypt(joint_public_key: bytes, vectors: Mapping[int, np.ndarray]) -> dict[int, bytes]:
-    """Encrypt a party's level vectors under the joint public key.
+    """Encrypt a party's vectors under the joint public key.
 
     Args:
         joint_public_key: ``JointRound1.joint_public_key``.
         vectors: ``encode_party``'s output.
 
     Returns:
-        {level: ciphertext blob}.
+        {index: ciphertext blob}.
 
     Raises:
         InvalidBlobError: when the key is not a public key.
@@ -665,7 +658,7 @@ def evaluate(
 
     Args:
         keys: the key set's public evaluation keys.
-        ciphertexts: {party: {level: ciphertext blob}} with exactly the levels each party owns.
+        ciphertexts: {party: {index: ciphertext blob}} with exactly ``layout.party_vectors``.
         blocks: blocks (applications or explain candidates) to decide, from block 0.
         layout: the slot layout (default: the deployed one).
 
@@ -675,7 +668,7 @@ def evaluate(
     Raises:
         KeyTagError: a ciphertext or key of another key set.
         InvalidBlobError: bytes that are not the expected blobs.
-        InvalidInputError: missing or extra levels, or too many blocks.
+        InvalidInputError: missing or extra vectors, or too many blocks.
     """
     layout = layout or load_layout()
     return _Engine(context(), keys.rotation_indices).evaluate(keys, ciphertexts, blocks, layout)
@@ -739,16 +732,50 @@ def fuse(partials: Sequence[bytes], blocks: int, layout: Layout | None = None) -
     return _verdicts(fuse_slots(partials), blocks, layout)
 
 
+MIN_RING_DIMENSION = 16384
+
+
+def check_parameters(layout: Layout, multiparty_mode: str = MULTIPARTY_MODE) -> None:
+    """Refuse parameters that are not the deployed, secure ones for this layout.
+
+    A known answer cannot catch every wrong setting: with this circuit (one multiplication and a
+    mask) ``FIXED_NOISE_MULTIPARTY`` decrypts correctly at ring dimension 8192, but without noise
+    flooding a partial decryption is not shown to hide its party's key share.
+
+    Args:
+        layout: the slot layout (its owners set the multiplicative depth it needs).
+        multiparty_mode: the multiparty mode the context is made with.
+
+    Raises:
+        SelfTestError: another multiparty mode than noise flooding, a ring dimension under
+            16384, or a multiplicative depth under what the layout needs.
+    """
+    if multiparty_mode != "NOISE_FLOODING_MULTIPARTY":
+        raise SelfTestError(
+            f"multiparty mode {multiparty_mode}: only NOISE_FLOODING_MULTIPARTY floods the noise "
+            "of partial decryptions, which keeps them from revealing the key shares"
+        )
+    cc = _make_context(multiparty_mode)
+    needed = (len(layout.owners()) - 1).bit_length() + 1  # the owners' product, then the mask
+    problems = []
+    if cc.GetRingDimension() < MIN_RING_DIMENSION:
+        problems.append(f"ring dimension {cc.GetRingDimension()} < {MIN_RING_DIMENSION}")
+    if cc.GetMultiplicativeDepth() < needed:
+        problems.append(f"multiplicative depth {cc.GetMultiplicativeDepth()} < {needed}")
+    if problems:
+        raise SelfTestError("wrong parameters: " + "; ".join(problems))
+
+
 def self_test(
     layout: Layout | None = None,
     multiparty_mode: str = MULTIPARTY_MODE,
     tamper: Callable[[bytes], bytes] | None = None,
 ) -> None:
-    """Known-answer check: a throwaway three-party key set decides the layout's probe rows.
+    """Parameter check and known answer: a throwaway key set decides the layout's probe rows.
 
-    Runs the whole protocol in this process (key rounds, encryption, evaluation, partial
-    decryptions, fusion) and compares with the probe's clear verdicts. A server runs it at
-    start-up and refuses to serve when it raises.
+    Checks the parameters (``check_parameters``), then runs the whole protocol in this process
+    (key rounds, encryption, evaluation, partial decryptions, fusion) and compares with the
+    probe's clear verdicts. A server runs it at start-up and refuses to serve when it raises.
 
     Args:
         layout: the slot layout (default: the deployed one).
@@ -756,9 +783,11 @@ def self_test(
         tamper: applied to the output ciphertext before decryption (tests corrupt it).
 
     Raises:
-        SelfTestError: when the verdicts differ from the known answer or do not decrypt.
+        SelfTestError: wrong parameters, or verdicts that differ from the known answer or do
+            not decrypt.
     """
     layout = layout or load_layout()
+    check_parameters(layout, multiparty_mode)
     rows = np.asarray(layout.probe["rows"], dtype=np.int64)
     expected = [int(v) for v in layout.probe["verdicts"]]
     try:

@@ -7,17 +7,17 @@ The deployed tree (the same quantized tree as the single-key mode) is laid out i
   slots past the last leaf are padding and always end at 0;
 - for each *level* ``j`` (the j-th step of a leaf's path) and leaf ``L``, the layout names the
   *literal*: ``[comparison, +1]`` (the comparison's bit, "went left") or ``[comparison, -1]``
-  (1 - bit, "went right"), or ``null`` when the path of ``L`` is shorter than ``j`` (then the
-  server adds the constant 1 in that slot);
+  (1 - bit, "went right"), or ``null`` when the path of ``L`` is shorter than ``j``;
 - each comparison is owned by exactly one party (the one whose circuit columns it reads), which
-  computes its bits in clear from its own quantized inputs and encrypts, per level, the literals
-  it owns (0 in the others' slots).
+  computes its bits in clear from its own quantized inputs.
 
-The server adds the parties' level vectors and the constants (``level_constants``), multiplies the
-levels (a leaf's product is 1 exactly when its whole path went its way), sums each block's slots
-(exactly one leaf is reached, so the sum says whether it is a leaf of ``leaf_class``) and turns the
-sum into the verdict (``leaf_class`` 0: 1 - sum). ``clear_verdicts`` does the same arithmetic in
-clear, for tests and the known-answer probe. The layout makes the tree's comparisons public to the
+Each party that owns a literal encrypts ONE vector: per leaf slot, the product of the literals it
+owns on that leaf's path (1 if none; 0 in padding slots). The server multiplies the owners'
+vectors (a leaf's product is 1 exactly when its whole path went its way: 1 multiplication for
+two owners, depth 2 for three), sums each block's slots (exactly one leaf is reached, so the sum
+says whether it is a leaf of ``leaf_class``), turns the sum into the verdict (``leaf_class`` 0:
+1 - sum) and keeps only the verdict slots. ``clear_verdicts`` does the same arithmetic in clear,
+for tests and the known-answer probe. The layout makes the tree's comparisons public to the
 parties: the model is not a secret in this product.
 
 The layout is written by ``python -m development.threeparty_layout`` to
@@ -169,13 +169,17 @@ class Layout:
         }
 
     # -- what a party encrypts ------------------------------------------------------------
-    def party_levels(self, party: str) -> list[int]:
-        """The levels at which ``party`` owns at least one literal (the vectors it encrypts)."""
-        return [
-            j
-            for j, row in enumerate(self.levels)
-            if any(lit is not None and self.comparisons[lit[0]]["party"] == party for lit in row)
-        ]
+    def owners(self) -> list[str]:
+        """The parties that own at least one literal (each encrypts one vector), in order."""
+        owning = {self.comparisons[lit[0]]["party"] for row in self.levels for lit in row if lit}
+        return [p for p in self.party_columns if p in owning]
+
+    def party_vectors(self, party: str) -> list[int]:
+        """The indices of the vectors ``party`` encrypts: [0] if it owns a literal, else []."""
+        return [0] if party in self.owners() else []
+
+    # The server of the first version asks by this name; same as ``party_vectors``.
+    party_levels = party_vectors
 
     def party_bits(self, party: str, rows: np.ndarray) -> dict[int, np.ndarray]:
         """Compute, in clear, the bits of the comparisons ``party`` owns on its own inputs.
@@ -210,40 +214,32 @@ class Layout:
     def encode_party(
         self, party: str, rows: Sequence[Sequence[int]] | np.ndarray
     ) -> dict[int, np.ndarray]:
-        """The vectors ``party`` encrypts: one per level where it owns a literal.
+        """The vector ``party`` encrypts: per leaf, the product of the literals it owns.
 
-        Slot ``a * block_size + L`` of level ``j`` holds the literal of leaf ``L`` at level ``j``
-        for application (block) ``a`` when ``party`` owns it, else 0.
+        Slot ``a * block_size + L`` holds, for application (block) ``a``, the product over the
+        levels of leaf ``L``'s path of the literals that ``party`` owns (1 when it owns none of
+        them); padding slots hold 0. A party computes it in clear from its own inputs only; the
+        product of the owners' vectors is 1 exactly at the leaf each application reaches.
 
         Args:
             party: "applicant", "bank" or "credit_bureau".
             rows: the party's quantized inputs, one row per block (application or candidate).
 
         Returns:
-            {level: int64 vector of ``len(rows) * block_size`` slots}.
+            {0: int64 vector of ``len(rows) * block_size`` slots}, or {} when ``party`` owns no
+            literal (the tree tests none of its inputs).
         """
         bits = self.party_bits(party, np.asarray(rows))
-        blocks = len(next(iter(bits.values()))) if bits else np.atleast_2d(rows).shape[0]
-        vectors = {}
-        for j in self.party_levels(party):
-            vector = np.zeros((blocks, self.block_size), dtype=np.int64)
-            for leaf, lit in enumerate(self.levels[j]):
-                if lit is not None and lit[0] in bits:
-                    vector[:, leaf] = bits[lit[0]] if lit[1] == 1 else 1 - bits[lit[0]]
-            vectors[j] = vector.reshape(-1)
-        return vectors
-
-    # -- what the server adds, and the verdicts in clear ------------------------------------
-    def level_constants(self, blocks: int) -> list[np.ndarray]:
-        """Per level, the plaintext the server adds: 1 where a real leaf's literal is null."""
-        constants = []
+        if party not in self.owners():
+            return {}
+        blocks = len(next(iter(bits.values())))
+        vector = np.zeros((blocks, self.block_size), dtype=np.int64)
+        vector[:, : self.n_leaves] = 1
         for row in self.levels:
-            block = np.array(
-                [int(lit is None and leaf < self.n_leaves) for leaf, lit in enumerate(row)],
-                dtype=np.int64,
-            )
-            constants.append(np.tile(block, blocks))
-        return constants
+            for leaf, lit in enumerate(row):
+                if lit is not None and lit[0] in bits:
+                    vector[:, leaf] *= bits[lit[0]] if lit[1] == 1 else 1 - bits[lit[0]]
+        return {0: vector.reshape(-1)}
 
     def verdict_mask(self, blocks: int) -> np.ndarray:
         """1 in the verdict slot (the first) of each of ``blocks`` blocks, 0 elsewhere."""
@@ -265,12 +261,11 @@ class Layout:
         if len(blocks) != 1:
             raise LayoutError(f"the parties sent different numbers of blocks: {sorted(blocks)}")
         n_blocks = blocks.pop()
-        levels = self.level_constants(n_blocks)
+        leaves = np.ones(n_blocks * self.block_size, dtype=np.int64)
         for party in self.party_columns:
-            for j, vector in self.encode_party(party, party_rows[party]).items():
-                levels[j] = levels[j] + vector
-        leaves = np.prod(np.stack(levels), axis=0).reshape(n_blocks, self.block_size)
-        matched = leaves.sum(axis=1)
+            for vector in self.encode_party(party, party_rows[party]).values():
+                leaves = leaves * vector
+        matched = leaves.reshape(n_blocks, self.block_size).sum(axis=1)
         return matched if self.leaf_class == 1 else 1 - matched
 
     def split_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:

@@ -163,7 +163,9 @@ def test_self_test_passes_with_the_deployed_parameters(layout):
 
 
 def test_self_test_refuses_fixed_noise_multiparty(layout):
-    with pytest.raises(engine.SelfTestError):
+    # With this circuit FIXED_NOISE decrypts the right verdicts (ring dimension 8192), so the
+    # known answer alone would pass it: the parameter check refuses it.
+    with pytest.raises(engine.SelfTestError, match="NOISE_FLOODING"):
         engine.self_test(layout, multiparty_mode="FIXED_NOISE_MULTIPARTY")
 
 
@@ -220,12 +222,12 @@ def test_malformed_and_misplaced_bytes_raise_invalid_blob_error(flow, layout):
         ciphertext[: len(ciphertext) // 2],  # truncated
         joint.joint_public_key,  # a public key where a ciphertext belongs
     ]
-    levels = {p: dict(c) for p, c in flow["ciphertexts"].items()}
+    vectors = {p: dict(c) for p, c in flow["ciphertexts"].items()}
     for bad in bad_blobs:
         with pytest.raises(engine.InvalidBlobError):
             engine.evaluate(
                 flow["keys"],
-                {**levels, "applicant": {**levels["applicant"], 0: bad}},
+                {**vectors, "applicant": {**vectors["applicant"], 0: bad}},
                 N_ROWS,
                 layout,
             )
@@ -251,12 +253,12 @@ def test_malformed_and_misplaced_bytes_raise_invalid_blob_error(flow, layout):
 
 
 def test_structural_errors_raise_invalid_input_error(flow, layout):
-    levels = {p: dict(c) for p, c in flow["ciphertexts"].items()}
-    missing = {**levels, "credit_bureau": {}}
+    vectors = {p: dict(c) for p, c in flow["ciphertexts"].items()}
+    missing = {**vectors, "credit_bureau": {}}
     with pytest.raises(engine.InvalidInputError):
         engine.evaluate(flow["keys"], missing, N_ROWS, layout)
     with pytest.raises(engine.InvalidInputError):
-        engine.evaluate(flow["keys"], levels, engine.max_blocks(layout) + 1, layout)
+        engine.evaluate(flow["keys"], vectors, engine.max_blocks(layout) + 1, layout)
     with pytest.raises(engine.InvalidInputError):
         engine.encode_party(layout, "bank", [[1, 2]])  # the bank has one input
 
@@ -271,3 +273,19 @@ def test_key_share_is_saved_owner_only_and_loads_back(flow, tmp_path):
     (tmp_path / "keys" / "bank.keyshare").write_bytes(flow["output"])
     with pytest.raises(engine.InvalidBlobError):
         engine.PartyKeyShare.load(tmp_path / "keys", "bank")
+
+
+def test_parameter_check_refuses_a_depth_too_small_for_the_owners_and_the_mask(layout):
+    # Last in the module: it makes a context with other parameters, then restores the default.
+    assert layout.owners() == ["applicant", "credit_bureau"]  # 1 multiplication + the mask
+    engine.check_parameters(layout)
+    deployed = engine.MULTIPLICATIVE_DEPTH
+    engine._make_context.cache_clear()
+    try:
+        engine.MULTIPLICATIVE_DEPTH = 1
+        with pytest.raises(engine.SelfTestError, match="multiplicative depth 1 < 2"):
+            engine.check_parameters(layout)
+    finally:
+        engine.MULTIPLICATIVE_DEPTH = deployed
+        engine._make_context.cache_clear()
+    engine.check_parameters(layout)

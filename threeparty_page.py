@@ -87,7 +87,7 @@ _EN = {
     "tp_row_verdict": "Verdict",
     "tp_row_traffic": "Traffic (up / down)",
     "tp_waiting": "waiting",
-    "tp_no_levels": "no encrypted input (the tree reads none of its fields)",
+    "tp_no_ciphertext": "no encrypted input (the tree reads none of its fields)",
     "tp_not_recipient": "not a recipient",
     "tp_explain_years": (
         "With employed = yes, the fewest years employed that would most likely be approved: "
@@ -147,7 +147,7 @@ _ZH = {
     "tp_row_verdict": "结果",
     "tp_row_traffic": "流量(上传/下载)",
     "tp_waiting": "等待中",
-    "tp_no_levels": "无加密输入(决策树不读取其字段)",
+    "tp_no_ciphertext": "无加密输入(决策树不读取其字段)",
     "tp_not_recipient": "不是接收方",
     "tp_explain_years": "在职(是)时,最有可能获批的最短工作年限:{years}。",
     "tp_explain_none": "仅靠工作年限区间(在职=是)无法获批。",
@@ -388,8 +388,8 @@ def render(state: FlowState, lang: str, translate: Callable[..., str]) -> tuple[
         if step == "round2":
             return f"{event['seconds']:.2f} s, ↑ {_megabytes(event['uploaded'])}"
         if step == "uploaded":
-            if not event["levels"]:
-                return translate(lang, "tp_no_levels")
+            if not event["ciphertexts"]:
+                return translate(lang, "tp_no_ciphertext")
             return f"↑ {_megabytes(event['uploaded'])}"
         if step == "evaluated":
             return f"{event['evaluation_seconds']:.2f} s"

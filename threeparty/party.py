@@ -358,10 +358,10 @@ class PartyClient:
         vectors = engine.encode_party(layout, self.role, rows)
         ciphertexts = engine.encrypt(joint_public_key, vectors)
         seconds = time.perf_counter() - start
-        body = protocol.pack({str(level): data for level, data in ciphertexts.items()})
+        body = protocol.pack({str(index): data for index, data in ciphertexts.items()})
         self._put(protocol.CIPHERTEXTS, body)
         self._progress(
-            "uploaded", seconds=round(seconds, 3), levels=sorted(ciphertexts), uploaded=len(body)
+            "uploaded", seconds=round(seconds, 3), ciphertexts=len(ciphertexts), uploaded=len(body)
         )
 
     def _evaluate(self) -> dict[str, Any]:

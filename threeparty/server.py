@@ -121,19 +121,10 @@ ROUND1_BLOB_KINDS = {
 }
 
 
-def check_blob(kind: str, data: bytes, key_tag: str | None = None) -> None:
-    """Refuse bytes that are not an engine blob of ``kind`` (of the key set ``key_tag``).
-
-    Raises:
-        engine.InvalidBlobError: (engine.KeyTagError for another key set).
-    """
-    engine._unpack(kind, data, key_tag)
-
-
 def check_round1(blobs: dict[str, bytes]) -> None:
     """Refuse round-1 blobs that do not deserialize as their kinds."""
     for name, data in blobs.items():
-        check_blob(ROUND1_BLOB_KINDS[name], data)
+        engine.check_blob(ROUND1_BLOB_KINDS[name], data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,7 +354,7 @@ class ThreePartyService:
         if role in session.round2:
             raise out_of_order(f"the {role}'s round-2 share is already in")
         await self._check(
-            f"the {role}'s round-2 share", check_blob, "mult_key", share, joint.key_tag
+            f"the {role}'s round-2 share", engine.check_blob, "mult_key", share, joint.key_tag
         )
         async with session.lock:
             if role in session.round2:
@@ -380,28 +371,29 @@ class ThreePartyService:
             session.touch()
 
     async def put_ciphertexts(self, session: Session, role: str, body: bytes) -> None:
-        """Store a party's level ciphertexts (made under this session's joint key)."""
+        """Store a party's ciphertexts (made under this session's joint key)."""
         joint = self._joint(session, "ciphertexts")
         if role in session.ciphertexts:
             raise out_of_order(f"the {role}'s ciphertexts are already in")
         blobs = unpack(body, None, "ciphertexts")
-        expected = [str(level) for level in self.layout.party_levels(role)]
+        expected = [str(index) for index in self.layout.party_vectors(role)]
         if sorted(blobs) != sorted(expected):
             raise ServiceError(
                 ErrorCode.invalid_blob,
-                f"the {role} encrypts levels {', '.join(expected)}; got {', '.join(sorted(blobs))}",
+                f"the {role} encrypts the vectors [{', '.join(expected)}]; "
+                f"got [{', '.join(sorted(blobs))}]",
             )
-        for level, data in blobs.items():
+        for index, data in blobs.items():
             await self._check(
-                f"the {role}'s level-{level} ciphertext",
-                check_blob,
+                f"the {role}'s ciphertext {index}",
+                engine.check_blob,
                 "ciphertext",
                 data,
                 joint.key_tag,
             )
         if role in session.ciphertexts:
             raise out_of_order(f"the {role}'s ciphertexts are already in")
-        session.ciphertexts[role] = {int(level): data for level, data in blobs.items()}
+        session.ciphertexts[role] = {int(index): data for index, data in blobs.items()}
         session.touch()
 
     async def evaluate(self, session: Session) -> float:
@@ -741,8 +733,8 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
     )
     upload(
         protocol.CIPHERTEXTS,
-        "Upload the caller's level ciphertexts",
-        "A frame of {level: ciphertext} under the joint public key (the levels it owns).",
+        "Upload the caller's ciphertexts",
+        "A frame of {index: ciphertext} under the joint public key (the vectors it owns).",
         lambda config: config.max_ciphertexts_bytes,
         "ciphertexts",
         ThreePartyService.put_ciphertexts,

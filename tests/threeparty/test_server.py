@@ -213,17 +213,17 @@ def test_share_or_ciphertext_from_another_session_is_422(url, session, layout):
         vectors = engine.encode_party(layout, "applicant", rows)
         other_public = other_parties["applicant"].call("GET", protocol.JOINT, kind="public_key")
         replayed = engine.encrypt(other_public.content, vectors)
-        body = protocol.pack({str(level): data for level, data in replayed.items()})
+        body = protocol.pack({str(index): data for index, data in replayed.items()})
         _refused(applicant.call("PUT", protocol.CIPHERTEXTS, body), 422, "other_session")
         # The session's own share and ciphertexts are still taken.
         mult = applicant.call("GET", protocol.JOINT, kind="eval_mult").content
         own = engine.round2(shares["applicant"], mult, status["key_tag"])
         assert applicant.call("PUT", protocol.ROUND2, own).status_code == 204
         public = applicant.call("GET", protocol.JOINT, kind="public_key").content
-        levels = engine.encrypt(public, vectors)
-        body = protocol.pack({str(level): data for level, data in levels.items()})
-        wrong_levels = protocol.pack({"9": next(iter(levels.values()))})
-        _refused(applicant.call("PUT", protocol.CIPHERTEXTS, wrong_levels), 422, "invalid_blob")
+        own_ciphertexts = engine.encrypt(public, vectors)
+        body = protocol.pack({str(i): data for i, data in own_ciphertexts.items()})
+        wrong_index = protocol.pack({"9": next(iter(own_ciphertexts.values()))})
+        _refused(applicant.call("PUT", protocol.CIPHERTEXTS, wrong_index), 422, "invalid_blob")
         assert applicant.call("PUT", protocol.CIPHERTEXTS, body).status_code == 204
         _refused(applicant.call("PUT", protocol.CIPHERTEXTS, body), 409, "out_of_order")
     finally:

@@ -120,8 +120,12 @@ _DESERIALIZERS: dict[str, Callable[[bytes, Any], Any]] = {
 }
 
 
-def _unpack(kind: str, data: bytes, key_tag: str | None = None) -> Any:
-    """Deserialize a blob of ``kind``; check its key tag when one is given."""
+def _unpack(kind: str, data: bytes, key_tag: str | None = None, cc: Any = None) -> Any:
+    """Deserialize a blob of ``kind`` made in ``cc`` (default: ``context()``); check its key tag.
+
+    Public keys, secret keys and ciphertexts record their crypto context: one made with other
+    parameters is refused here rather than failing later in an operation.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidBlobError(f"{kind}: expected bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -130,13 +134,15 @@ def _unpack(kind: str, data: bytes, key_tag: str | None = None) -> Any:
     if data[2] != _KINDS[kind]:
         found = next((k for k, v in _KINDS.items() if v == data[2]), "unknown")
         raise InvalidBlobError(f"expected a {kind} blob, got a {found} blob")
-    context()
+    cc = cc if cc is not None else context()
     try:
         obj = _DESERIALIZERS[kind](data[4:], openfhe.BINARY)
     except Exception as exc:  # OpenFHE raises RuntimeError and others on bad bytes
         raise InvalidBlobError(f"{kind}: the bytes do not deserialize ({exc})") from exc
     if obj is None:
         raise InvalidBlobError(f"{kind}: the bytes do not deserialize")
+    if hasattr(obj, "GetCryptoContext") and obj.GetCryptoContext() != cc:
+        raise InvalidBlobError(f"{kind}: made with other encryption parameters")
     if key_tag is not None and kind != "rotation_keys":
         found_tag = obj.GetKeyTag()
         if found_tag != key_tag:
@@ -258,8 +264,8 @@ class PartyKeyShare:
             raise InvalidBlobError(f"{path} is not a secret key share")
         return cls(party=party, secret_key=data)
 
-    def _secret(self) -> Any:
-        return _unpack("secret_key", self.secret_key)
+    def _secret(self, cc: Any = None) -> Any:
+        return _unpack("secret_key", self.secret_key, cc=cc)
 
 
 @dataclass(frozen=True)
@@ -347,9 +353,9 @@ class _Engine:
     ) -> tuple[PartyKeyShare, Round1Blobs]:
         if party not in PARTIES or party == LEAD_PARTY:
             raise InvalidInputError(f"join_round1 is for {PARTIES[1:]}, not {party!r}")
-        previous = _unpack("public_key", previous_public_key)
-        lead_mult = _unpack("eval_key", lead_eval_mult)
-        lead_rot = _unpack("rotation_keys", lead_rotation)
+        previous = _unpack("public_key", previous_public_key, cc=self.cc)
+        lead_mult = _unpack("eval_key", lead_eval_mult, cc=self.cc)
+        lead_rot = _unpack("rotation_keys", lead_rotation, cc=self.cc)
         try:
             keys = self.cc.MultipartyKeyGen(previous)
             eval_mult = self.cc.MultiKeySwitchGen(keys.secretKey, keys.secretKey, lead_mult)
@@ -368,10 +374,10 @@ class _Engine:
     def combine_round1(self, round1: Sequence[Round1Blobs]) -> JointRound1:
         if len(round1) != len(PARTIES):
             raise InvalidInputError(f"round 1 needs {len(PARTIES)} parties, got {len(round1)}")
-        joint_pk = _unpack("public_key", round1[-1].public_key)
+        joint_pk = _unpack("public_key", round1[-1].public_key, cc=self.cc)
         tag = joint_pk.GetKeyTag()
-        mults = [_unpack("eval_key", r.eval_mult) for r in round1]
-        rotations = [_unpack("rotation_keys", r.rotation) for r in round1]
+        mults = [_unpack("eval_key", r.eval_mult, cc=self.cc) for r in round1]
+        rotations = [_unpack("rotation_keys", r.rotation, cc=self.cc) for r in round1]
         try:
             joint_mult, joint_rot = mults[0], rotations[0]
             for mult, rot in zip(mults[1:], rotations[1:], strict=True):
@@ -387,9 +393,9 @@ class _Engine:
         )
 
     def round2(self, share: PartyKeyShare, joint_eval_mult_round1: bytes, key_tag: str) -> bytes:
-        joint = _unpack("eval_key", joint_eval_mult_round1, key_tag)
+        joint = _unpack("eval_key", joint_eval_mult_round1, key_tag, cc=self.cc)
         try:
-            mult = self.cc.MultiMultEvalKey(share._secret(), joint, key_tag)
+            mult = self.cc.MultiMultEvalKey(share._secret(self.cc), joint, key_tag)
         except Exception as exc:
             raise InvalidBlobError(f"round 2 failed on this material: {exc}") from exc
         return _pack("mult_key", mult)
@@ -397,7 +403,7 @@ class _Engine:
     def combine_round2(self, shares: Sequence[bytes], key_tag: str) -> bytes:
         if len(shares) != len(PARTIES):
             raise InvalidInputError(f"round 2 needs {len(PARTIES)} shares, got {len(shares)}")
-        keys = [_unpack("mult_key", s, key_tag) for s in shares]
+        keys = [_unpack("mult_key", s, key_tag, cc=self.cc) for s in shares]
         try:
             joint = keys[0]
             for key in keys[1:]:
@@ -410,7 +416,7 @@ class _Engine:
     def encrypt(
         self, joint_public_key: bytes, vectors: Mapping[int, np.ndarray]
     ) -> dict[int, bytes]:
-        public_key = _unpack("public_key", joint_public_key)
+        public_key = _unpack("public_key", joint_public_key, cc=self.cc)
         slots = int(self.cc.GetRingDimension())
         out = {}
         for index, vector in vectors.items():
@@ -455,9 +461,9 @@ class _Engine:
                     f"{party}: ciphertexts {sorted(given)}, expected {sorted(expected)}"
                 )
             for blob in ciphertexts.get(party, {}).values():
-                factors.append(_unpack("ciphertext", blob, keys.key_tag))
-        relin = _unpack("mult_key", keys.relinearization, keys.key_tag)
-        rotation = _unpack("rotation_keys", keys.rotation)
+                factors.append(_unpack("ciphertext", blob, keys.key_tag, cc=self.cc))
+        relin = _unpack("mult_key", keys.relinearization, keys.key_tag, cc=self.cc)
+        rotation = _unpack("rotation_keys", keys.rotation, cc=self.cc)
         mask = self.cc.MakePackedPlaintext([int(v) for v in layout.verdict_mask(blocks)])
         with _CACHE_LOCK:
             try:
@@ -482,8 +488,8 @@ class _Engine:
                 _clear_caches()
 
     def partial_decrypt(self, share: PartyKeyShare, output: bytes, key_tag: str) -> bytes:
-        ciphertext = _unpack("ciphertext", output, key_tag)
-        secret = share._secret()
+        ciphertext = _unpack("ciphertext", output, key_tag, cc=self.cc)
+        secret = share._secret(self.cc)
         if share.party == LEAD_PARTY:
             partial = self.cc.MultipartyDecryptLead([ciphertext], secret)[0]
         else:
@@ -491,7 +497,7 @@ class _Engine:
         return _pack("partial", partial)
 
     def fuse_slots(self, partials: Sequence[bytes]) -> np.ndarray:
-        objs = [_unpack("partial", p) for p in partials]
+        objs = [_unpack("partial", p, cc=self.cc) for p in partials]
         if not objs:
             raise InvalidInputError("no partial decryption to fuse")
         try:

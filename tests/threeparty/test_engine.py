@@ -252,6 +252,25 @@ def test_malformed_and_misplaced_bytes_raise_invalid_blob_error(flow, layout):
             engine.check_blob(kind, bad)
 
 
+def test_a_ciphertext_of_other_parameters_is_refused_even_with_a_forged_tag(flow, layout):
+    import openfhe
+
+    other = engine._make_context("FIXED_NOISE_MULTIPARTY")  # ring dimension 8192
+    keys = other.KeyGen()
+    ciphertext = other.Encrypt(keys.publicKey, other.MakePackedPlaintext([1] * 8))
+    ciphertext.SetKeyTag(flow["joint"].key_tag)
+    blob = (
+        engine._MAGIC
+        + bytes([engine._KINDS["ciphertext"], 0])
+        + openfhe.Serialize(ciphertext, openfhe.BINARY)
+    )
+    with pytest.raises(engine.InvalidBlobError, match="other encryption parameters"):
+        engine.check_blob("ciphertext", blob, flow["joint"].key_tag)
+    vectors = {p: dict(c) for p, c in flow["ciphertexts"].items()}
+    with pytest.raises(engine.InvalidBlobError):
+        engine.evaluate(flow["keys"], {**vectors, "applicant": {0: blob}}, N_ROWS, layout)
+
+
 def test_structural_errors_raise_invalid_input_error(flow, layout):
     vectors = {p: dict(c) for p, c in flow["ciphertexts"].items()}
     missing = {**vectors, "credit_bureau": {}}

@@ -435,11 +435,6 @@ class PartyClient:
         return result
 
 
-def status_fingerprints(status: Mapping[str, Any]) -> dict[str, str]:
-    """Fingerprints of the box keys registered in a session (compare them out of band)."""
-    return {role: fingerprint(bytes.fromhex(key)) for role, key in status["box_keys"].items()}
-
-
 def create_session(server_url: str, mode: str = "predict") -> dict[str, Any]:
     """Create a session; return {"session_id", "mode", "codes": {role: code}, "expires_in"}.
 

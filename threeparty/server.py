@@ -321,7 +321,8 @@ class ThreePartyService:
                     engine.combine_round1,
                     [engine.Round1Blobs(**candidate[r]) for r in protocol.ROLES],
                 )
-            session.round1 = candidate
+            # Once combined, nobody needs the parties' round-1 blobs again: keep only who did it.
+            session.round1 = {r: {} for r in candidate} if session.joint else candidate
             session.touch()
 
     @staticmethod
@@ -335,6 +336,10 @@ class ThreePartyService:
         """One party's round-1 blob (409 before it is there)."""
         if role not in session.round1:
             raise out_of_order(f"the {role} has not done round 1 yet")
+        if kind not in session.round1[role]:
+            raise out_of_order(
+                "round 1 is combined: its blobs are no longer kept (use the joint keys)"
+            )
         return session.round1[role][kind]
 
     def joint_blob(self, session: Session, kind: str) -> bytes:
@@ -367,7 +372,9 @@ class ThreePartyService:
                     [candidate[r] for r in protocol.ROLES],
                     joint.key_tag,
                 )
-            session.round2 = candidate
+            session.round2 = (
+                {r: b"" for r in candidate} if session.relinearization_key else candidate
+            )
             session.touch()
 
     async def put_ciphertexts(self, session: Session, role: str, body: bytes) -> None:

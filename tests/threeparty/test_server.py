@@ -170,6 +170,9 @@ def test_rounds_out_of_order_are_409_and_nothing_is_lost(session):
     assert status["round1"] == list(protocol.ROLES) and status["joint_keys"]
     public_key = bank.call("GET", protocol.JOINT, kind="public_key").content
     assert engine.key_tag_of(public_key) == status["key_tag"]
+    # Combined: the parties' round-1 blobs are not kept any more (memory), only the joint keys.
+    gone = bank.call("GET", protocol.ROUND1_BLOB, role="applicant", kind="rotation")
+    _refused(gone, 409, "out_of_order")
     _refused(bank.call("PUT", protocol.PARTIAL_TO, b"x", recipient="bank"), 422, "invalid_request")
 
 

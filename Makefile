@@ -15,8 +15,9 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-# Python 3.10 for the three-party engine: pyenv's 3.10.13 when present, else python3.10 on PATH.
-PYTHON_THREEPARTY ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.10.13/bin/python3.10) $(shell command -v python3.10 2>/dev/null))
+# Python 3.10 for the three-party engine: pyenv's 3.10.13 when present (found through `pyenv root`
+# or in ~/.pyenv), else python3.10 on PATH.
+PYTHON_THREEPARTY ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.10.13/bin/python3.10 $(HOME)/.pyenv/versions/3.10.13/bin/python3.10) $(shell command -v python3.10 2>/dev/null))
 TP_VENV ?= .venv-threeparty
 TP_PY := $(TP_VENV)/bin/python
 TP_STAMP := $(TP_VENV)/.installed

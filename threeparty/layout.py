@@ -178,9 +178,6 @@ class Layout:
         """The indices of the vectors ``party`` encrypts: [0] if it owns a literal, else []."""
         return [0] if party in self.owners() else []
 
-    # The server of the first version asks by this name; same as ``party_vectors``.
-    party_levels = party_vectors
-
     def party_bits(self, party: str, rows: np.ndarray) -> dict[int, np.ndarray]:
         """Compute, in clear, the bits of the comparisons ``party`` owns on its own inputs.
 

@@ -187,14 +187,22 @@ def add_translations(table: dict[str, dict[str, str]]) -> None:
 # ---------------------------------------------------------------------------------------------
 # Availability and the server
 # ---------------------------------------------------------------------------------------------
-@lru_cache(maxsize=1)
-def unavailable_reason() -> tuple[str, str] | None:
-    """Why the mode cannot run here: (translation key, detail), or None when it can."""
-    if not TP_PYTHON.exists():
-        return "tp_missing_env", str(TP_PYTHON)
+def unavailable_reason(python: Path | None = None) -> tuple[str, str] | None:
+    """Why the mode cannot run here: (translation key, detail), or None when it can.
+
+    Args:
+        python: the engine's interpreter (default ``TP_PYTHON``); checked once per path.
+    """
+    return _unavailable_reason(python or TP_PYTHON)
+
+
+@lru_cache(maxsize=4)
+def _unavailable_reason(python: Path) -> tuple[str, str] | None:
+    if not python.exists():
+        return "tp_missing_env", str(python)
     try:
         probe = subprocess.run(
-            [str(TP_PYTHON), "-c", "import openfhe"],
+            [str(python), "-c", "import openfhe"],
             capture_output=True,
             text=True,
             timeout=60,

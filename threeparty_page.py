@@ -412,7 +412,8 @@ def render(state: FlowState, lang: str, translate: Callable[..., str]) -> tuple[
             return f"{names} ({_megabytes(event['partial_bytes'])})"
         return ""
 
-    header = [translate(lang, "tp_step")] + [translate(lang, f"party_{r}") for r in ROLES]
+    parties = [translate(lang, f"party_{r}").capitalize() for r in ROLES]
+    header = [translate(lang, "tp_step"), *parties]
     rows = [
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

@@ -90,7 +90,7 @@ def _run_three_parties(driver: PageDriver, lang: str) -> None:
     assert driver.value("tp-explain") == explanation
     progress = driver.text("tp-progress")
     for role in ("applicant", "bank", "credit_bureau"):
-        assert app.tr(lang, f"party_{role}") in progress
+        assert app.tr(lang, f"party_{role}").capitalize() in progress
     assert progress.count("MB") >= 6, progress
     assert bool(CJK.search(verdict + progress)) is (lang == "zh")
 

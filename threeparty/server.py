@@ -546,6 +546,11 @@ class Evaluated(BaseModel):
     evaluation_seconds: float
 
 
+def octets(data: bytes) -> Response:
+    """A binary answer."""
+    return Response(data, media_type="application/octet-stream")
+
+
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody} for code in codes}
 
@@ -759,9 +764,7 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
         c: Caller = caller_dep,
     ) -> Response:
         service, session, _ = c
-        return Response(
-            service.round1_blob(session, role, kind), media_type="application/octet-stream"
-        )
+        return octets(service.round1_blob(session, role, kind))
 
     @app.get(
         protocol.JOINT,
@@ -774,7 +777,7 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
         c: Caller = caller_dep,
     ) -> Response:
         service, session, _ = c
-        return Response(service.joint_blob(session, kind), media_type="application/octet-stream")
+        return octets(service.joint_blob(session, kind))
 
     @app.post(
         protocol.EVALUATE,
@@ -794,7 +797,7 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
     )
     async def get_output(c: Caller = caller_dep) -> Response:
         service, session, _ = c
-        return Response(service.output(session), media_type="application/octet-stream")
+        return octets(service.output(session))
 
     @app.put(
         protocol.PARTIAL_TO,
@@ -823,9 +826,7 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
         sender: str = PathParam(..., pattern=role_path), c: Caller = caller_dep
     ) -> Response:
         service, session, role = c
-        return Response(
-            service.partial(session, role, sender), media_type="application/octet-stream"
-        )
+        return octets(service.partial(session, role, sender))
 
     return app
 

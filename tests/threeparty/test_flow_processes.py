@@ -88,6 +88,17 @@ def finish(process: subprocess.Popen) -> tuple[int, list[dict], str]:
     return process.returncode, [json.loads(line) for line in stdout.splitlines()], stderr
 
 
+def run_three(url: str, codes: dict, fields: dict, keys) -> dict[str, list[dict]]:
+    """Run the three parties at once; each must finish (exit 0). Returns their JSON lines."""
+    processes = {r: start(url, codes, r, fields[r], keys, 120) for r in protocol.ROLES}
+    results = {}
+    for role, process in processes.items():
+        code, lines, stderr = finish(process)
+        assert code == 0, (role, lines, stderr)
+        results[role] = lines
+    return results
+
+
 def clear_verdicts(fields: dict, mode: str) -> list[int]:
     layout = load_layout()
     rows = {role: party_rows(role, fields[role], mode, layout) for role in protocol.ROLES}
@@ -101,10 +112,8 @@ def test_explain_flow_as_three_processes_gives_the_clear_verdict(url, tmp_path):
         "credit_bureau": {"employed": False, "years_employed": "0-2"},
     }
     codes = new_session(url, "explain")["codes"]
-    processes = {r: start(url, codes, r, fields[r], tmp_path, 120) for r in protocol.ROLES}
-    results = {role: finish(process) for role, process in processes.items()}
-    for role, (code, lines, stderr) in results.items():
-        assert code == 0, (role, lines, stderr)
+    results = run_three(url, codes, fields, tmp_path)
+    for lines in results.values():
         steps = [line["step"] for line in lines]
         expected = ["joined", "round1", "round2", "uploaded", "evaluated", "partial_decrypted"]
         assert steps[: len(expected)] == expected and steps[-1] == "done"
@@ -115,9 +124,9 @@ def test_explain_flow_as_three_processes_gives_the_clear_verdict(url, tmp_path):
         "approved_years_employed": [b for b, v in zip(bins, clear[1:], strict=True) if v],
     }
     for role in protocol.RECIPIENTS:
-        verdict = next(line for line in results[role][1] if line["step"] == "verdict")
+        verdict = next(line for line in results[role] if line["step"] == "verdict")
         assert {k: verdict[k] for k in want} == want
-    assert not any(line["step"] == "verdict" for line in results["credit_bureau"][1])
+    assert not any(line["step"] == "verdict" for line in results["credit_bureau"])
     # Each key folder holds its own party's share and box key only, readable by it alone.
     for role in protocol.ROLES:
         folder = tmp_path / role
@@ -145,15 +154,12 @@ def test_a_party_that_never_shows_up_times_out_and_the_flow_finishes_later(url, 
         assert lines[-1]["step"] == "error" and lines[-1]["code"] == "timeout", lines
         assert "timed out" in stderr and "run the same command again" in stderr
     # The credit bureau shows up; the two others run the same command again and go on.
-    processes = {r: start(url, codes, r, fields[r], tmp_path, 120) for r in protocol.ROLES}
-    results = {role: finish(process) for role, process in processes.items()}
-    for role, (code, lines, stderr) in results.items():
-        assert code == 0, (role, lines, stderr)
+    results = run_three(url, codes, fields, tmp_path)
     # The applicant's round 1 was kept: its second run did not make keys again.
-    assert "round1" not in [line["step"] for line in results["applicant"][1]]
+    assert "round1" not in [line["step"] for line in results["applicant"]]
     expected = bool(clear_verdicts(fields, "predict")[0])
     for role in protocol.RECIPIENTS:
-        verdict = next(line for line in results[role][1] if line["step"] == "verdict")
+        verdict = next(line for line in results[role] if line["step"] == "verdict")
         assert verdict["approved"] is expected
 
 

@@ -33,6 +33,8 @@ run: $(RUN_STAMP)
 # both always run; the target fails if either fails.
 test: $(TEST_STAMP)
 	$(PY) -m ruff check .
+	@$(MAKE) --no-print-directory threeparty-env || \
+	    echo "make test: no .venv-threeparty: the page's three-party tests will be skipped" >&2
 	@main=0; $(PY) -m pytest $(PYTEST_ARGS) || main=$$?; \
 	threeparty=0; $(MAKE) --no-print-directory test-threeparty || threeparty=$$?; \
 	if [ $$main -ne 0 ] || [ $$threeparty -ne 0 ]; then \

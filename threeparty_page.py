@@ -51,6 +51,7 @@ FLOW_TIMEOUT_SECONDS = 300.0
 YES = "yes"  # the employed radio's value for "yes" (app.YES)
 
 _server_url: str | None = None
+_server_child: subprocess.Popen[bytes] | None = None
 
 # ---------------------------------------------------------------------------------------------
 # Translations (merged into the page's table by app.py; every key in both languages)
@@ -235,7 +236,7 @@ def start_server(
         The child process, or None when there is nothing to start (a URL is given, or the mode
         is unavailable, which the section then says).
     """
-    global _server_url
+    global _server_url, _server_child
     if os.environ.get("THREEPARTY_SERVER_URL") or unavailable_reason() is not None:
         return None
     port = int(os.environ.get("THREEPARTY_SERVER_PORT", str(DEFAULT_PORT)))
@@ -248,16 +249,22 @@ def start_server(
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         preexec_fn=preexec if sys.platform.startswith("linux") else None,
     )
-    _server_url = f"http://127.0.0.1:{port}"
+    _server_url, _server_child = f"http://127.0.0.1:{port}", child
     if stop is not None:
         atexit.register(stop, child)
     return child
 
 
 def _wait_for_server(url: str, timeout: float = SERVER_START_TIMEOUT_SECONDS) -> bool:
-    """Whether /health answers 200 within ``timeout`` (the server runs its self-test first)."""
+    """Whether /health answers 200 within ``timeout`` (the server runs its self-test first).
+
+    False at once when the child server this page started has exited (e.g. its port was taken,
+    or its known-answer self-test failed).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if url == _server_url and _server_child is not None and _server_child.poll() is not None:
+            return False
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
                 return True

@@ -8,6 +8,7 @@ is unchanged. (The mode itself runs in tests/test_browser_threeparty.py.)
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from pathlib import Path
 
@@ -51,3 +52,28 @@ def test_party_fields_from_the_page_components() -> None:
     assert fields["bank"] == {"account_age": 30}
     assert fields["credit_bureau"] == {"employed": False, "years_employed": "2-5"}
     assert threeparty_page.YES == app.YES
+
+
+def test_a_server_that_cannot_start_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    if threeparty_page.unavailable_reason() is not None:
+        pytest.skip(f"three-party mode unavailable: {threeparty_page.unavailable_reason()}")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("THREEPARTY_SERVER_PORT", str(taken.getsockname()[1]))
+        monkeypatch.delenv("THREEPARTY_SERVER_URL", raising=False)
+        # start_server records its child in module globals: restored after the test.
+        monkeypatch.setattr(threeparty_page, "_server_url", None)
+        monkeypatch.setattr(threeparty_page, "_server_child", None)
+        child = threeparty_page.start_server()
+        assert child is not None
+        try:
+            url = threeparty_page.server_url()
+            # The child runs its self-test, fails to bind the taken port and exits: the page
+            # says the server did not start without waiting out the whole start-up time-out.
+            assert threeparty_page._wait_for_server(url, timeout=120) is False
+            assert child.poll() not in (None, 0)
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.wait()

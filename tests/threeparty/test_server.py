@@ -11,6 +11,7 @@ partial decryption, and that the server refuses to start when its known-answer c
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import threading
 from pathlib import Path
@@ -336,6 +337,18 @@ def test_everything_the_server_holds_cannot_decrypt_the_verdict(url, layout, tmp
         # Only the recipient's box secret opens it; the server has no box secret at all.
         with pytest.raises(CryptoError):
             SealedBox(PrivateKey.generate()).decrypt(blob)
+    # Even with the help of one party or two (their partials made again from their shares),
+    # the output gives noise; all three partials give the verdict.
+    output = next(got for route, _, got in traffic if route == protocol.OUTPUT)
+    joint_keys = [got for route, _, got in traffic if route == protocol.JOINT]
+    tag = engine.key_tag_of(next(b for b in joint_keys if engine.blob_kind(b) == "public_key"))
+    shares = {r: engine.PartyKeyShare.load(tmp_path / r, r) for r in protocol.ROLES}
+    partials = {r: engine.partial_decrypt(shares[r], output, tag) for r in protocol.ROLES}
+    for subset in ([r] for r in protocol.ROLES), itertools.combinations(protocol.ROLES, 2):
+        for roles in subset:
+            slots = engine.fuse_slots([partials[r] for r in roles])
+            assert slots[1:].any(), roles  # the output's other slots are 0: this is noise
+    assert engine.fuse([partials[r] for r in protocol.ROLES], 1, layout) == [int(expected)]
 
 
 def test_the_server_refuses_to_start_when_the_known_answer_is_wrong(tmp_path):

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from threeparty import protocol
 from threeparty.party import DEFAULT_WAIT_SECONDS, PartyClient, PartyError, create_session
+
+
+WAIT_VARIABLE = "THREEPARTY_PARTY_WAIT_SECONDS"
 
 
 def _emit(event: dict[str, Any]) -> None:
@@ -47,8 +51,9 @@ def _party_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--wait",
         type=float,
-        default=DEFAULT_WAIT_SECONDS,
-        help="seconds to wait for another party before giving up (default %(default)s)",
+        default=float(os.environ.get(WAIT_VARIABLE, DEFAULT_WAIT_SECONDS)),
+        help=f"seconds to wait for another party before giving up (default %(default)s, or "
+        f"{WAIT_VARIABLE})",
     )
     return parser
 

@@ -24,7 +24,6 @@ from typing import Any
 from threeparty import protocol
 from threeparty.party import DEFAULT_WAIT_SECONDS, PartyClient, PartyError, create_session
 
-
 WAIT_VARIABLE = "THREEPARTY_PARTY_WAIT_SECONDS"
 
 

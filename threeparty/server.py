@@ -159,6 +159,7 @@ class Session:
     ciphertexts: dict[str, dict[int, bytes]] = field(default_factory=dict)
     output: bytes | None = None
     evaluation_seconds: float | None = None
+    evaluating: bool = False
     partials: dict[tuple[str, str], bytes] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -414,39 +415,47 @@ class ThreePartyService:
             )
         if session.output is not None:
             return session.evaluation_seconds or 0.0
-        capacity = self.config.max_concurrent_evaluations + self.config.max_waiting_evaluations
-        if self.evaluations_admitted >= capacity:
-            raise ServiceError(ErrorCode.busy, "the evaluation queue is full", retry_after=2)
-        self.evaluations_admitted += 1
+        # The parties of a session all ask; only the first takes a place in the queue, the
+        # others wait for its output.
+        admitted = not session.evaluating
+        if admitted:
+            capacity = self.config.max_concurrent_evaluations + self.config.max_waiting_evaluations
+            if self.evaluations_admitted >= capacity:
+                raise ServiceError(ErrorCode.busy, "the evaluation queue is full", retry_after=2)
+            self.evaluations_admitted += 1
+            session.evaluating = True
         try:
             async with session.lock:
                 if session.output is None:
-                    joint = self._joint(session, "evaluation")
-                    keys = engine.EvaluationKeys(
-                        key_tag=joint.key_tag,
-                        relinearization=session.relinearization_key,
-                        rotation=joint.joint_rotation,
-                    )
-                    start = time.perf_counter()
-                    output = await self._check(
-                        "evaluation",
-                        engine.evaluate,
-                        keys,
-                        dict(session.ciphertexts),
-                        protocol.blocks_for(session.mode),
-                        self.layout,
-                    )
-                    session.evaluation_seconds = time.perf_counter() - start
-                    session.output = output
-                    session.touch()
-                    logger.info(
-                        "session %s evaluated in %.2f s",
-                        session.session_id[:8],
-                        session.evaluation_seconds,
-                    )
+                    await self._evaluate(session)
         finally:
-            self.evaluations_admitted -= 1
+            if admitted:
+                self.evaluations_admitted -= 1
+                session.evaluating = False
         return session.evaluation_seconds or 0.0
+
+    async def _evaluate(self, session: Session) -> None:
+        joint = self._joint(session, "evaluation")
+        keys = engine.EvaluationKeys(
+            key_tag=joint.key_tag,
+            relinearization=session.relinearization_key,
+            rotation=joint.joint_rotation,
+        )
+        start = time.perf_counter()
+        output = await self._check(
+            "evaluation",
+            engine.evaluate,
+            keys,
+            dict(session.ciphertexts),
+            protocol.blocks_for(session.mode),
+            self.layout,
+        )
+        session.evaluation_seconds = time.perf_counter() - start
+        session.output = output
+        session.touch()
+        logger.info(
+            "session %s evaluated in %.2f s", session.session_id[:8], session.evaluation_seconds
+        )
 
     def output(self, session: Session) -> bytes:
         """The encrypted (masked) output (409 before evaluation)."""

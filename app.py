@@ -43,6 +43,7 @@ import httpx
 
 import backend
 import settings
+import threeparty_page
 
 logger = logging.getLogger(__name__)
 
@@ -471,6 +472,7 @@ for _field, _values in settings.CATEGORY_DISPLAY.items():
         _EN[category_key(_field, _value)] = _names["en"]
 
 TRANSLATIONS: dict[str, dict[str, str]] = {"en": _EN, "zh": _ZH}
+threeparty_page.add_translations(TRANSLATIONS)
 
 
 def make_i18n() -> gr.I18n:
@@ -962,6 +964,9 @@ def build_demo() -> gr.Blocks:
         explain_result = gr.Textbox(
             label=i18n("label_explain"), interactive=False, elem_id="explain-result"
         )
+        applicant_fields = [assets, num_children, household_size, total_income, age]
+        threeparty_page.build_section(i18n, [*applicant_fields, *dropdowns.values()], [account_age],
+                                      [employed, years_employed], request_language, tr)  # fmt: skip
         gr.Markdown(i18n("footer"), elem_id="footer")
 
         # ---- wiring -------------------------------------------------------------------------
@@ -1166,6 +1171,7 @@ def main() -> None:
             timeout = float(
                 os.environ.get("FHE_SERVER_START_TIMEOUT", str(DEFAULT_START_TIMEOUT_SECONDS))
             )
+            threeparty_page.start_server(preexec=_die_with_parent, stop=stop_process)
             wait_for_health(url, child, timeout=timeout)
         except RuntimeError as error:  # a startup problem: say it, without a traceback
             logger.error("%s", error)

@@ -349,15 +349,16 @@ def test_an_expired_session_is_a_404_on_every_replica_which_drop_the_keys(
 
 
 def test_redis_ttl_expires_idle_sessions_and_every_call_renews_it(cluster: Cluster) -> None:
-    ttl = 1.0
+    ttl = 2.0
     short = RedisSessionStore(cluster.redis_url, ttl_seconds=ttl, max_sessions=100)
     try:
         session_id, token = short.create(b"keys")
-        for _ in range(3):  # used more often than the TTL: stays
-            time.sleep(ttl / 2)
+        for _ in range(4):  # used every quarter TTL, one TTL in all: stays
+            time.sleep(ttl / 4)
             short.authenticate(session_id, token)
+            assert short.redis.pttl(blob_key(session_id)) > ttl * 1000 / 2  # renewed
         assert short.read_evaluation_keys(session_id) == b"keys"
-        time.sleep(ttl * 2)  # idle longer than the TTL: gone
+        time.sleep(ttl * 1.5)  # idle longer than the TTL: gone
         with pytest.raises(SessionNotFoundError):
             short.authenticate(session_id, token)
         assert short.redis.exists(meta_key(session_id), blob_key(session_id)) == 0

@@ -12,6 +12,7 @@ Without redis-server or nginx the module is skipped; with ``REQUIRE_CLUSTER=1`` 
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -43,7 +44,7 @@ from backend import CreditScoringClient
 from backend import SessionNotFoundError as ClientSessionNotFoundError
 from development.reference import clear_explain, clear_verdict
 from fhe_server.cluster import MAX_BODY_BYTES, Cluster, find_binary, free_port
-from fhe_server.errors import SessionNotFoundError, StepOutOfOrderError
+from fhe_server.errors import ServerBusyError, SessionNotFoundError, StepOutOfOrderError
 from fhe_server.protocol import bearer
 from fhe_server.redis_store import RedisSessionStore, blob_key, meta_key
 
@@ -366,18 +367,20 @@ def test_redis_ttl_expires_idle_sessions_and_every_call_renews_it(cluster: Clust
         short.close()
 
 
-def test_max_sessions_evicts_the_least_recently_used(cluster: Cluster) -> None:
-    removed: list[str] = []
-    small = RedisSessionStore(
-        cluster.redis_url, ttl_seconds=3600, max_sessions=1, on_remove=removed.append
-    )
+def test_max_sessions_refuses_new_sessions_and_never_evicts_live_ones(cluster: Cluster) -> None:
+    ttl = 2.0
+    small = RedisSessionStore(cluster.redis_url, ttl_seconds=ttl, max_sessions=1)
     try:
+        assert small.session_ids() == []  # the module's other sessions were deleted
         first, token = small.create(b"first")
+        with pytest.raises(ServerBusyError) as full:
+            small.create(b"second")
+        assert full.value.status_code == 503
+        assert 1 <= full.value.retry_after <= math.ceil(ttl)  # when the live one would expire
+        small.authenticate(first, token)  # still there
+        time.sleep(ttl * 1.5)  # the live one expires: its place is free again
         second, _ = small.create(b"second")
         assert small.session_ids() == [second]
-        with pytest.raises(SessionNotFoundError):
-            small.authenticate(first, token)
-        wait_until(lambda: first in removed, "the eviction is announced to every replica")
         small.delete(second)
     finally:
         small.close()

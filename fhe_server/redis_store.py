@@ -27,7 +27,7 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
@@ -41,6 +41,7 @@ from fhe_server.errors import (
     ServerBusyError,
     SessionNotFoundError,
     StepOutOfOrderError,
+    TooManySessionsError,
 )
 from fhe_server.protocol import SESSION_ID_PATTERN
 from fhe_server.stores import short_id, token_digest
@@ -149,6 +150,19 @@ redis.call('HSET', KEYS[1], 'output', ARGV[1], 'output_version', ARGV[2])
 return 1
 """
 
+# Lua: take one of a client's session slots in its sliding window (shared by every replica).
+# KEYS: the client's slots (zset). ARGV: now (ms), window (ms), limit, slot id.
+# Returns -1 when a slot was taken, else the time (ms) of the client's oldest slot.
+QUOTA_SCRIPT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return -1
+"""
+
 # Lua: delete a session and announce it. KEYS: index, hash, blob. ARGV: id, channel.
 DELETE_SCRIPT = """
 local gone = redis.call('DEL', KEYS[2], KEYS[3])
@@ -254,6 +268,12 @@ class RedisSessionStore:
         if self._listener is not None:
             self._listener.join(timeout=5)
         self.redis.close()
+
+    def session_quota(
+        self, limit: int, window_seconds: float, exempt: Iterable[str] = ()
+    ) -> RedisSessionQuota:
+        """The per-client session quota, kept in this Redis so that every replica shares it."""
+        return RedisSessionQuota(self, limit, window_seconds, exempt)
 
     # -- the store's methods ---------------------------------------------------------------
     @_store_errors
@@ -428,3 +448,52 @@ class RedisSessionStore:
             args=[session_id, REMOVED_CHANNEL],
         )
         logger.info("session %s removed (deleted by the client)", short_id(session_id))
+
+
+class RedisSessionQuota:
+    """``runtime.SessionQuota`` kept in Redis: one sliding window per client for all replicas.
+
+    Without it each replica would count alone, and a client whose creations nginx spreads over
+    N replicas could open N times its quota.
+    """
+
+    def __init__(
+        self, store: RedisSessionStore, limit: int, window_seconds: float, exempt: Iterable[str]
+    ):
+        """Create the quota (see ``RedisSessionStore.session_quota``)."""
+        self.store = store
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self.exempt = frozenset(exempt)
+        self._window_ms = max(1, int(window_seconds * 1000))
+        self._take = store.redis.register_script(QUOTA_SCRIPT)
+
+    @_store_errors
+    def _admit(self, key: str, slot: str, now_ms: int) -> None:
+        oldest = self._take(keys=[key], args=[now_ms, self._window_ms, self.limit, slot])
+        if oldest >= 0:
+            raise TooManySessionsError(
+                f"this client opened {self.limit} sessions in the last "
+                f"{self.window_seconds:g} s; retry later",
+                retry_after=math.ceil((oldest + self._window_ms - now_ms) / 1000),
+            )
+
+    @contextlib.contextmanager
+    def admit(self, client: str) -> Iterator[None]:
+        """Take one of the client's slots for the duration of a creation; keep it on success.
+
+        Raises:
+            TooManySessionsError: with Retry-After set to when the client's oldest slot frees.
+            ServerBusyError: if Redis cannot be reached.
+        """
+        if self.limit <= 0 or client in self.exempt:
+            yield
+            return
+        key, slot = f"{PREFIX}quota:{client}", secrets.token_hex(8)
+        self._admit(key, slot, self.store._now_ms())
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(redis.exceptions.RedisError):
+                self.store.redis.zrem(key, slot)  # a failed creation gives its slot back
+            raise

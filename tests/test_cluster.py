@@ -44,7 +44,12 @@ from backend import CreditScoringClient
 from backend import SessionNotFoundError as ClientSessionNotFoundError
 from development.reference import clear_explain, clear_verdict
 from fhe_server.cluster import MAX_BODY_BYTES, Cluster, find_binary, free_port
-from fhe_server.errors import ServerBusyError, SessionNotFoundError, StepOutOfOrderError
+from fhe_server.errors import (
+    ServerBusyError,
+    SessionNotFoundError,
+    StepOutOfOrderError,
+    TooManySessionsError,
+)
 from fhe_server.protocol import bearer
 from fhe_server.redis_store import RedisSessionStore, blob_key, meta_key
 
@@ -384,6 +389,33 @@ def test_max_sessions_refuses_new_sessions_and_never_evicts_live_ones(cluster: C
         small.delete(second)
     finally:
         small.close()
+
+
+def test_the_session_quota_is_shared_by_every_replica(cluster: Cluster) -> None:
+    window = 60.0
+    inspector = RedisSessionStore(cluster.redis_url, ttl_seconds=3600, max_sessions=100)
+    try:
+        # Two replicas' quotas over the same Redis, two sessions per client and window.
+        first, second = (
+            inspector.session_quota(limit=2, window_seconds=window, exempt=["127.0.0.1"])
+            for _ in range(2)
+        )
+        with first.admit("203.0.113.7"):
+            pass
+        with pytest.raises(RuntimeError), second.admit("203.0.113.7"):
+            raise RuntimeError("the creation failed")  # gives its slot back
+        with second.admit("203.0.113.7"):
+            pass
+        for quota in (first, second):
+            with pytest.raises(TooManySessionsError) as refused, quota.admit("203.0.113.7"):
+                pass
+            assert refused.value.status_code == 429
+            assert 1 <= refused.value.retry_after <= window
+        with first.admit("198.51.100.2"), second.admit("127.0.0.1"):
+            pass  # another client, and an exempt one
+        inspector.redis.delete("fhe:quota:203.0.113.7", "fhe:quota:198.51.100.2")
+    finally:
+        inspector.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,8 +38,10 @@ from fhe_server.errors import (
     ServerBusyError,
     SessionNotFoundError,
     StepOutOfOrderError,
+    TooManySessionsError,
 )
 from fhe_server.protocol import SESSION_ID_PATTERN, Party
+from fhe_server.runtime import SessionQuota
 from fhe_server.stores import FileSessionStore
 from settings import ServerSettings
 
@@ -698,6 +700,31 @@ def test_store_expiry_refusal_when_full_compare_and_set_and_path_safety(tmp_path
         with pytest.raises(SessionNotFoundError):
             store.authenticate(bad_id, "token")
     assert not [p for p in store.root.iterdir() if p.name.startswith(".")]  # no leftovers
+
+
+def test_session_quota_sliding_window_and_failed_creations() -> None:
+    clock = FakeClock()
+    quota = SessionQuota(limit=2, window_seconds=100, exempt=["127.0.0.1"], clock=clock)
+    for _ in range(2):
+        with quota.admit("10.0.0.1"):
+            clock.now += 10
+    with pytest.raises(TooManySessionsError) as refused, quota.admit("10.0.0.1"):
+        pass
+    # The oldest creation (at +0) leaves the window at +100; it is now +20.
+    assert refused.value.retry_after == 80 and refused.value.status_code == 429
+    with quota.admit("10.0.0.2"):  # another client has its own quota
+        pass
+    for _ in range(5):  # an exempt address has none
+        with quota.admit("127.0.0.1"):
+            pass
+    # A creation that fails gives its slot back.
+    clock.now += 81  # +101: the first creation left the window
+    with pytest.raises(ServerBusyError), quota.admit("10.0.0.1"):
+        raise ServerBusyError("store full", retry_after=1)
+    with quota.admit("10.0.0.1"):
+        pass
+    with pytest.raises(TooManySessionsError), quota.admit("10.0.0.1"):
+        pass
 
 
 # ---------------------------------------------------------------------------------------------

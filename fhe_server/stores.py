@@ -210,6 +210,7 @@ class FileSessionStore:
         self.disk_budget_bytes = disk_budget_bytes
         self.on_remove = on_remove
         self.clock = clock
+        self._quota: FileSessionQuota | None = None
         self.root.mkdir(parents=True, exist_ok=True)
 
     # -- paths (only ever from checked ids) ------------------------------------------------
@@ -260,8 +261,14 @@ class FileSessionStore:
     def session_quota(
         self, limit: int, window_seconds: float, exempt: Iterable[str] = ()
     ) -> SessionQuota:
-        """The per-client session quota, kept in the store so that every worker shares it."""
-        return FileSessionQuota(self, limit=limit, window_seconds=window_seconds, exempt=exempt)
+        """The per-client session quota, kept in the store so that every worker shares it.
+
+        The store's periodic purge also drops the quota's creation times older than its window.
+        """
+        self._quota = FileSessionQuota(
+            self, limit=limit, window_seconds=window_seconds, exempt=exempt
+        )
+        return self._quota
 
     # -- metadata --------------------------------------------------------------------------
     def _read_meta(self, session_id: str) -> SessionMeta:
@@ -340,9 +347,12 @@ class FileSessionStore:
         return removed
 
     def purge_expired(self) -> list[str]:
-        """Remove every expired session; return their ids."""
+        """Remove every expired session (and the quota's old creation times); return their ids."""
         with self._store_lock():
-            return self._purge_expired()
+            removed = self._purge_expired()
+        if self._quota is not None:
+            self._quota.prune()
+        return removed
 
     def recover(self) -> None:
         """Delete what an interrupted process left and purge expired sessions (at start-up)."""
@@ -533,6 +543,12 @@ class FileSessionQuota(SessionQuota):
         super().__init__(clock=store.clock, **kwargs)
         self.store = store
         self.path = store.root / self.FILE
+
+    def prune(self) -> None:
+        """Drop the creation times older than the window (and the clients left with none)."""
+        if self.path.exists():
+            with self._windows():
+                pass
 
     @contextlib.contextmanager
     def _windows(self) -> Iterator[dict[str, deque[float]]]:

@@ -744,6 +744,12 @@ def test_two_filesystem_stores_on_one_directory_share_the_session_quota(tmp_path
             pass
     with quotas[1].admit("10.0.0.2"):
         pass
+    # The periodic purge forgets addresses whose creations all left the window.
+    quota_file = tmp_path / "store" / ".session_quota.json"
+    assert sorted(json.loads(quota_file.read_text())) == ["10.0.0.1", "10.0.0.2"]
+    stores[0].clock = quotas[0].clock = lambda: time.time() + 101
+    stores[0].purge_expired()
+    assert json.loads(quota_file.read_text()) == {}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -727,6 +727,31 @@ def test_session_quota_sliding_window_and_failed_creations() -> None:
         pass
 
 
+def test_two_filesystem_stores_on_one_directory_share_the_session_quota(tmp_path: Path) -> None:
+    # Two store objects on one directory stand for two worker processes (flock is per open file).
+    stores = [
+        FileSessionStore(root=tmp_path / "store", ttl_seconds=60, max_sessions=10,
+                         disk_budget_bytes=10**6)
+        for _ in range(2)
+    ]  # fmt: skip
+    quotas = [store.session_quota(limit=2, window_seconds=100) for store in stores]
+    with quotas[0].admit("10.0.0.1"):
+        pass
+    with quotas[1].admit("10.0.0.1"):
+        pass
+    for quota in quotas:
+        with pytest.raises(TooManySessionsError), quota.admit("10.0.0.1"):
+            pass
+    with quotas[1].admit("10.0.0.2"):
+        pass
+    # The periodic purge forgets addresses whose creations all left the window.
+    quota_file = tmp_path / "store" / ".session_quota.json"
+    assert sorted(json.loads(quota_file.read_text())) == ["10.0.0.1", "10.0.0.2"]
+    stores[0].clock = quotas[0].clock = lambda: time.time() + 101
+    stores[0].purge_expired()
+    assert json.loads(quota_file.read_text()) == {}
+
+
 # ---------------------------------------------------------------------------------------------
 # A real uvicorn process
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import sys
 
 import pytest
 
-from tests.helpers_server import REPO_DIR, running_server
+from fhe_server.launcher import REPO_DIR
+from tests.helpers_server import running_server
 from threeparty import protocol
 from threeparty.layout import load_layout
 from threeparty.party import party_rows

@@ -27,7 +27,14 @@ import httpx
 
 from fhe_server.launcher import ServerProcess, ServerStartError
 
-__all__ = ["STARTUP_TIMEOUT_SECONDS", "ScriptedServer", "ServerStartError", "running_server"]
+__all__ = [
+    "ONE_FHE_SLOT",
+    "STARTUP_TIMEOUT_SECONDS",
+    "ScriptedServer",
+    "ServerStartError",
+    "one_fhe_slot_server",
+    "running_server",
+]
 
 STARTUP_TIMEOUT_SECONDS = 90.0
 
@@ -55,10 +62,19 @@ def running_server(
     server_env = dict(env or {})
     if store_dir is not None:
         server_env.setdefault("FHE_STORE_DIR", str(store_dir))
-    with ServerProcess(
-        app, env=server_env, start_timeout=timeout, extra_args=extra_args
-    ) as server:
+    with ServerProcess(app, env=server_env, start_timeout=timeout, extra_args=extra_args) as server:
         yield server.url
+
+
+# One FHE computation at a time and no waiting room: a second one is answered 503 at once.
+ONE_FHE_SLOT = {"FHE_MAX_CONCURRENT_FHE": "1", "FHE_MAX_WAITING_FHE": "0"}
+
+
+@contextmanager
+def one_fhe_slot_server(store_dir: Path) -> Iterator[str]:
+    """A real server with a single FHE slot (``ONE_FHE_SLOT``); yield its base URL."""
+    with running_server(store_dir=store_dir, env=ONE_FHE_SLOT) as base_url:
+        yield base_url
 
 
 class ScriptedServer:

@@ -27,7 +27,7 @@ import pytest
 from concrete import fhe
 from fastapi.testclient import TestClient
 from helpers_fhe import BASE_APPLICANT, CARD, OCTET, WIRE
-from helpers_server import ServerStartError, running_server
+from helpers_server import ServerStartError, one_fhe_slot_server, running_server
 
 import settings
 from backend import PartyPreprocessor
@@ -757,9 +757,7 @@ def test_two_filesystem_stores_on_one_directory_share_the_session_quota(tmp_path
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    store_dir = tmp_path_factory.mktemp("live") / "store"
-    env = {"FHE_MAX_CONCURRENT_FHE": "1", "FHE_MAX_WAITING_FHE": "0"}
-    with running_server(store_dir=store_dir, env=env) as base_url:
+    with one_fhe_slot_server(tmp_path_factory.mktemp("live") / "store") as base_url:
         yield base_url
 
 

@@ -25,6 +25,13 @@ engine's blobs; the HTTP flow adds its framing and the sealed boxes' 48 bytes pe
   key and the output (its public key is the joint one); up its round-1 blobs, round-2 share,
   ciphertexts and its partial decryptions for the applicant and the bank.
 
+Then the whole flow as the product runs it (``--stages processes``): a real three-party server
+(``uvicorn threeparty.server:app``) and the three parties as three separate OS processes
+(``python -m threeparty``, ``OMP_NUM_THREADS=1``, each with its own key folder), started at once
+and timed from their start to the last one's exit (process start-up included), in predict and in
+explain mode, after one warm-up run; with each party's own ``seconds`` and bytes up/down from its
+``done`` line. ``--stages processes`` alone keeps the engine figures of the existing results file.
+
 Results: development/bench_threeparty_results.json and .md (the README table comes from it).
 """
 
@@ -35,15 +42,19 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
+from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from threeparty import PARTIES, engine
+from fhe_server.launcher import ServerProcess
+from threeparty import PARTIES, engine, processes, protocol
 from threeparty.layout import Layout, load_layout
+from threeparty.party import create_session, delete_session, party_rows
 
 FIXTURE_PATH = Path(__file__).resolve().parent.parent / "tests/threeparty/data/heldout_rows.json"
 OUT_DIR = Path(__file__).resolve().parent
@@ -53,6 +64,14 @@ MB = 1e6
 TARGET_FLOW_S = 6.0
 TARGET_TRAFFIC_MB = 70.0
 STRETCH_TRAFFIC_MB = 30.0
+STAGES = ("engine", "processes")
+PROCESS_WARMUPS = 1
+PARTY_WAIT_SECONDS = 120.0
+PROCESS_FIELDS: dict[str, dict[str, Any]] = {
+    "applicant": processes.EXAMPLE_APPLICANT,
+    "bank": {"account_age": 12},
+    "credit_bureau": {"employed": False, "years_employed": "0-2"},
+}
 
 
 def traffic(flow: dict[str, Any], layout: Layout) -> dict[str, dict[str, int]]:
@@ -145,6 +164,97 @@ def measure(indices: tuple[int, ...], runs: int, layout: Layout) -> dict[str, An
     }
 
 
+def _spread(values: list[float]) -> dict[str, float]:
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def measure_processes(runs: int, layout: Layout) -> dict[str, Any]:
+    """The whole flow with the three parties as three OS processes and a real server, per mode.
+
+    Each run creates a session, starts the three party processes at once (fresh key folders),
+    waits for all three to exit and deletes the session; the recipients' verdicts must equal the
+    clear tree's.
+    """
+    expected = {}
+    for mode in protocol.MODES:
+        rows = {r: party_rows(r, PROCESS_FIELDS[r], mode, layout) for r in protocol.ROLES}
+        expected[mode] = bool(layout.clear_verdicts(rows)[0])
+    result: dict[str, Any] = {"runs": runs, "warmups": PROCESS_WARMUPS, "modes": {}}
+    loads = [os.getloadavg()[0]]
+    with ServerProcess("threeparty.server:app", env={"OMP_NUM_THREADS": "1"}) as server:
+        for mode in protocol.MODES:
+            walls: list[float] = []
+            own: list[float] = []
+            moved: dict[str, dict[str, list[float]]] = {
+                r: {"up": [], "down": []} for r in protocol.ROLES
+            }
+            for index in range(PROCESS_WARMUPS + runs):
+                codes = create_session(server.url, mode)["codes"]
+                with tempfile.TemporaryDirectory() as keys_root:
+                    start = time.perf_counter()
+                    done = processes.run_parties(
+                        server.url, codes, PROCESS_FIELDS, Path(keys_root), PARTY_WAIT_SECONDS
+                    )
+                    seconds = time.perf_counter() - start
+                delete_session(server.url, codes["applicant"])  # the server holds a few only
+                for role, run in done.items():
+                    assert run.returncode == 0, (role, run.lines[-1:], run.stderr[-2000:])
+                for role in protocol.RECIPIENTS:
+                    verdict = done[role].step("verdict")
+                    assert verdict is not None and verdict["approved"] is expected[mode], role
+                if index < PROCESS_WARMUPS:
+                    continue
+                walls.append(seconds)
+                finished = {role: run.step("done") or {} for role, run in done.items()}
+                own.append(finished["applicant"]["seconds"])
+                for role, line in finished.items():
+                    moved[role]["up"].append(line["bytes_up"])
+                    moved[role]["down"].append(line["bytes_down"])
+                loads.append(os.getloadavg()[0])
+            result["modes"][mode] = {
+                "whole_flow_seconds": _spread(walls),
+                "applicant_seconds": _spread(own),
+                "traffic": {
+                    r: {way: statistics.median(v) for way, v in ways.items()}
+                    for r, ways in moved.items()
+                },
+            }
+    result["load_average_1min"] = _spread(loads)
+    result["measured"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return result
+
+
+def processes_markdown(measured: dict[str, Any]) -> list[str]:
+    """The process stage's lines of the Markdown results."""
+    load = measured["load_average_1min"]
+    lines = [
+        "",
+        f"Whole flow, three party processes over HTTP to a real server (process start-up "
+        f"included; medians of {measured['runs']} runs after {measured['warmups']} warm-up, "
+        f"min-max; measured {measured['measured']}, 1-minute load average "
+        f"{load['min']:.1f}-{load['max']:.1f})",
+        "",
+        "| mode | whole flow (s) | applicant's own seconds | traffic MB up / down: applicant, "
+        "bank, credit bureau |",
+        "|---|---:|---:|---|",
+    ]
+    for mode, figures in measured["modes"].items():
+        wall, own = figures["whole_flow_seconds"], figures["applicant_seconds"]
+        moved = ", ".join(
+            f"{t['up'] / MB:.1f} / {t['down'] / MB:.1f}" for t in figures["traffic"].values()
+        )
+        lines.append(
+            f"| {mode} | {wall['median']:.2f} ({wall['min']:.2f}-{wall['max']:.2f}; "
+            f"{'met' if wall['median'] <= TARGET_FLOW_S else 'MISSED'}) | "
+            f"{own['median']:.2f} ({own['min']:.2f}-{own['max']:.2f}) | {moved} |"
+        )
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The results as Markdown tables (the README copies them)."""
     choices = results["choices"]
@@ -177,6 +287,8 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{t['up'] / MB:.1f} / {t['down'] / MB:.1f} / {(t['up'] + t['down']) / MB:.1f}"
             )
         lines.append(f"| {party} | " + " | ".join(cells) + " |")
+    if "processes" in results:
+        lines += processes_markdown(results["processes"])
     lines += ["", "Targets: whole flow <= 6 s; traffic per party <= 70 MB (stretch 30 MB)."]
     for n in names:
         flow_s = choices[n]["seconds"]["whole flow (one application)"]
@@ -190,21 +302,33 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(runs: int = 5, out_dir: Path = OUT_DIR) -> dict[str, Any]:
-    """Measure every rotation-key choice; write the JSON and Markdown results; return them."""
+def main(
+    runs: int = 5, out_dir: Path = OUT_DIR, stages: tuple[str, ...] = STAGES
+) -> dict[str, Any]:
+    """Measure the stages asked; write the JSON and Markdown results; return them.
+
+    Without the engine stage, the engine figures of the existing results file are kept.
+    """
     layout = load_layout()
-    engine.self_test(layout)  # a warm-up that also checks the known answer
-    results = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}",
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "openfhe": version("openfhe"),
-        "ring_dimension": engine.slot_count(),
-        "runs": runs,
-        "deployed_rotation_indices": list(engine.ROTATION_INDICES),
-        "choices": {name: measure(indices, runs, layout) for name, indices in CHOICES.items()},
-    }
-    (out_dir / "bench_threeparty_results.json").write_text(json.dumps(results, indent=1) + "\n")
+    json_path = out_dir / "bench_threeparty_results.json"
+    results: dict[str, Any] = {}
+    if "engine" in stages:
+        engine.self_test(layout)  # a warm-up that also checks the known answer
+        results = {
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
+            f"{platform.python_version()}",
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "openfhe": version("openfhe"),
+            "ring_dimension": engine.slot_count(),
+            "runs": runs,
+            "deployed_rotation_indices": list(engine.ROTATION_INDICES),
+            "choices": {name: measure(indices, runs, layout) for name, indices in CHOICES.items()},
+        }
+    else:
+        results = json.loads(json_path.read_text())
+    if "processes" in stages:
+        results["processes"] = measure_processes(runs, layout)
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
     table = markdown(results)
     (out_dir / "bench_threeparty_results.md").write_text(table)
     print(table)
@@ -214,4 +338,13 @@ def main(runs: int = 5, out_dir: Path = OUT_DIR) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (median)")
-    main(runs=parser.parse_args().runs)
+    parser.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help="comma-separated stages to measure: engine, processes (default both)",
+    )
+    arguments = parser.parse_args()
+    chosen = tuple(stage.strip() for stage in arguments.stages.split(",") if stage.strip())
+    if not chosen or not set(chosen) <= set(STAGES):
+        parser.error(f"--stages takes some of: {', '.join(STAGES)}")
+    main(runs=arguments.runs, stages=chosen)

@@ -454,3 +454,29 @@ def create_session(server_url: str, mode: str = "predict") -> dict[str, Any]:
             "server_error",
         )
     return response.json()
+
+
+def delete_session(server_url: str, code: str) -> None:
+    """Delete a session with any party's code: the server forgets it and everything it holds.
+
+    Raises:
+        PartyError: if the code is malformed, the server cannot be reached or refuses.
+    """
+    try:
+        session_id, token = protocol.parse_session_code(code)
+    except ValueError as error:
+        raise PartyError(str(error), "invalid_code") from None
+    try:
+        response = httpx.delete(
+            f"{server_url.rstrip('/')}{protocol.SESSION.format(sid=session_id)}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30.0,
+        )
+    except httpx.HTTPError as error:
+        raise PartyError(f"cannot reach the three-party server: {error}", "unreachable") from None
+    if response.status_code != 204:
+        raise PartyError(
+            f"the server refused to delete the session (HTTP {response.status_code}): "
+            f"{response.text[:200]}",
+            "server_error",
+        )

@@ -10,7 +10,6 @@ again once it is there, they all finish, and nothing done before is lost.
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -19,28 +18,14 @@ import pytest
 
 from fhe_server.launcher import REPO_DIR
 from tests.helpers_server import running_server
-from threeparty import protocol
+from threeparty import processes, protocol
 from threeparty.layout import load_layout
 from threeparty.party import party_rows
 
-APPLICANT = {
-    "own_car": False,
-    "own_property": True,
-    "mobile_phone": True,
-    "num_children": 1,
-    "household_size": 3,
-    "total_income": 90000,
-    "age": 38,
-    "income_type": "Commercial associate",
-    "education_type": "Higher education",
-    "family_status": "Married",
-    "occupation_type": "Managers",
-    "housing_type": "House / apartment",
-}
+APPLICANT = processes.EXAMPLE_APPLICANT
 # Seconds a party waits for another in the time-out test: long enough for the other two to get
 # through their own first steps, short next to the test's process time-outs.
 SHORT_WAIT = 4.0
-PROCESS_TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
@@ -66,38 +51,21 @@ def new_session(url: str, mode: str) -> dict:
 
 
 def start(url: str, codes: dict, role: str, fields: dict, keys, wait: float) -> subprocess.Popen:
-    """Start one party's CLI; its fields go to stdin from a file."""
-    keys.mkdir(exist_ok=True)
-    fields_file = keys / f"{role}-fields.json"
-    fields_file.write_text(json.dumps(fields))
-    options = ["--role", role, "--server", url, "--session", codes[role]]
-    options += ["--keys", str(keys / role), "--wait", str(wait)]
-    with fields_file.open() as stdin:
-        return subprocess.Popen(
-            _cli(*options),
-            cwd=REPO_DIR,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-            stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    """Start one party's CLI (key folder ``keys``/<role>)."""
+    return processes.start_party(url, role, codes[role], fields, keys / role, wait)
 
 
 def finish(process: subprocess.Popen) -> tuple[int, list[dict], str]:
-    stdout, stderr = process.communicate(timeout=PROCESS_TIMEOUT)
-    return process.returncode, [json.loads(line) for line in stdout.splitlines()], stderr
+    run = processes.finish_party(process)
+    return run.returncode, run.lines, run.stderr
 
 
 def run_three(url: str, codes: dict, fields: dict, keys) -> dict[str, list[dict]]:
     """Run the three parties at once; each must finish (exit 0). Returns their JSON lines."""
-    processes = {r: start(url, codes, r, fields[r], keys, 120) for r in protocol.ROLES}
-    results = {}
-    for role, process in processes.items():
-        code, lines, stderr = finish(process)
-        assert code == 0, (role, lines, stderr)
-        results[role] = lines
-    return results
+    runs = processes.run_parties(url, codes, fields, keys, 120)
+    for role, run in runs.items():
+        assert run.returncode == 0, (role, run.lines, run.stderr)
+    return {role: run.lines for role, run in runs.items()}
 
 
 def clear_verdicts(fields: dict, mode: str) -> list[int]:

@@ -21,6 +21,7 @@ import atexit
 import base64
 import contextlib
 import ctypes
+import functools
 import logging
 import math
 import signal
@@ -182,7 +183,8 @@ def page_errors(lang: str, runtime: PageRuntime | None = None) -> Iterator[None]
 
 # ---------------------------------------------------------------------------------------------
 # Order checks: a click out of order is refused by a check with no outputs (so no output box is
-# marked as an error); the step itself runs only after its check succeeded.
+# marked as an error); the step itself runs only after its check succeeded. Checks are queued
+# events too (Gradio shows no message for a failed unqueued event).
 # ---------------------------------------------------------------------------------------------
 STEPS = ("send", "run", "output", "explain")
 
@@ -468,6 +470,21 @@ def _svg_img(file_name: str, alt: str, width: str) -> str:
     )
 
 
+def _plain(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A plain function calling a bound method.
+
+    Gradio deep-copies its config (and with it a State's delete callback) on every /config
+    request: a bound method would drag the runtime (worker pool pipes, sessions' keys) into the
+    copy, and the copies' destructors close the pool's pipes. Functions are copied by reference.
+    """
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return method(*args, **kwargs)
+
+    return call
+
+
 def _both_languages(key: str) -> str:
     """A text in both languages (for what Gradio does not translate, such as an image's alt)."""
     return f"{tr('en', key)} / {tr('zh', key)}"
@@ -521,7 +538,7 @@ def build_demo(runtime: PageRuntime) -> gr.Blocks:
         client_state = gr.State(
             None,
             time_to_live=limits.page_session_ttl_seconds + STATE_TTL_SLACK_SECONDS,
-            delete_callback=steps.discard_client,
+            delete_callback=_plain(steps.discard_client),
         )
         stale_state = gr.State([])
 
@@ -652,7 +669,7 @@ def build_demo(runtime: PageRuntime) -> gr.Blocks:
         ]
         private: dict[str, Any] = {"api_visibility": "private"}
         keygen_button.click(
-            steps.keygen,
+            _plain(steps.keygen),
             inputs=[client_state],
             outputs=[
                 client_state,
@@ -705,11 +722,11 @@ def build_demo(runtime: PageRuntime) -> gr.Blocks:
                 order_check(step),
                 inputs=session_inputs,
                 outputs=None,
-                queue=False,
                 show_progress="hidden",
+                concurrency_limit=None,
                 **private,
             ).success(
-                handler,
+                _plain(handler),
                 inputs=[*session_inputs, *inputs],
                 outputs=outputs,
                 concurrency_limit=limits.page_step_concurrency,
@@ -733,7 +750,7 @@ def build_demo(runtime: PageRuntime) -> gr.Blocks:
                     queue=False,
                 )
 
-        demo.unload(steps.end_session)
+        demo.unload(_plain(steps.end_session))
     return demo
 
 
@@ -773,12 +790,13 @@ def serve_page(demo: gr.Blocks, runtime: PageRuntime, *, block: bool = True) -> 
         PageGuard,
         allowed_fn_ids=page_fn_ids(demo),
         on_heartbeat=runtime.registry.heartbeat_opened,
+        head_html=strings.LANGUAGE_HEAD_SCRIPT,
     )
     return demo.launch(
         server_name=page_settings.page_host,
         server_port=page_settings.page_port,
         i18n=make_i18n(),
-        head=strings.LANGUAGE_HEAD_SCRIPT,
+        css=strings.page_css(),
         footer_links=[],
         enable_monitoring=False,
         run_history=False,

@@ -8,7 +8,9 @@ routes, and Gradio's development routes. Calls of event handlers (``/gradio_api/
 ``/gradio_api/run/predict``) must name one of the page's own events by ``fn_index`` (internal
 handlers, such as the unload handler, are not callable) and have a small JSON body.
 
-The guard also tells the session registry when a page opens its heartbeat connection.
+The guard also tells the session registry when a page opens its heartbeat connection, and puts
+``head_html`` at the very start of the page's ``<head>`` (Gradio's own ``head`` option is applied
+by its scripts, after they chose the page's language: too late for the language script).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class PageGuard:
         app: the Gradio app.
         allowed_fn_ids: the page's own event handlers (``fn_index`` values) callable by a page.
         on_heartbeat: called with the session hash when a page opens its heartbeat connection.
+        head_html: HTML put first in the ``<head>`` of the page (GET /).
     """
 
     def __init__(
@@ -76,10 +79,12 @@ class PageGuard:
         app: Any,
         allowed_fn_ids: Collection[int],
         on_heartbeat: Callable[[str], None],
+        head_html: str = "",
     ) -> None:
         self.app = app
         self.allowed_fn_ids = frozenset(allowed_fn_ids)
         self.on_heartbeat = on_heartbeat
+        self.head_html = head_html.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection."""
@@ -108,6 +113,9 @@ class PageGuard:
                 return
             await self.app(scope, _replay(body, receive), send)
             return
+        if path == "/" and scope.get("method") == "GET" and self.head_html:
+            await self.app(scope, receive, _HeadInjector(send, self.head_html))
+            return
         await self.app(scope, receive, send)
 
     def _allowed(self, body: bytes) -> bool:
@@ -116,6 +124,44 @@ class PageGuard:
         except (ValueError, AttributeError):
             return False
         return isinstance(fn_index, int) and fn_index in self.allowed_fn_ids
+
+
+class _HeadInjector:
+    """A ``send`` that puts HTML right after ``<head>`` in an HTML response (body buffered)."""
+
+    def __init__(self, send: Send, head_html: bytes) -> None:
+        self.send = send
+        self.head_html = head_html
+        self.start: dict[str, Any] | None = None
+        self.chunks: list[bytes] = []
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = dict(message.get("headers", []))
+            if b"text/html" in headers.get(b"content-type", b"") and not headers.get(
+                b"content-encoding"
+            ):
+                self.start = message
+                return
+        elif message["type"] == "http.response.body" and self.start is not None:
+            self.chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = b"".join(self.chunks)
+            at = body.lower().find(b"<head>")
+            if at >= 0:
+                at += len(b"<head>")
+                body = body[:at] + self.head_html + body[at:]
+            headers = [
+                (name, value)
+                for name, value in self.start.get("headers", [])
+                if name.lower() != b"content-length"
+            ]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await self.send({**self.start, "headers": headers})
+            await self.send({"type": "http.response.body", "body": body})
+            return
+        await self.send(message)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

@@ -112,3 +112,15 @@ LANGUAGE_SWITCH_HTML = (
     '<p id="language-links" style="text-align:right">'
     '<a href="?lang=zh" id="lang-zh">中文</a> · <a href="?lang=en" id="lang-en">English</a></p>'
 )
+
+# Gradio's toast shows its type ("Error") as the title, whatever title the handler gives and in
+# English only: on a Chinese page the stylesheet writes the Chinese word in its place.
+TOAST_TITLE_CSS = (
+    'html[lang^="zh"] .toast-title.error { font-size: 0; }\n'
+    'html[lang^="zh"] .toast-title.error::before { content: "%s"; font-size: var(--text-lg); }\n'
+)
+
+
+def page_css() -> str:
+    """The page's stylesheet (the Chinese toast title)."""
+    return TOAST_TITLE_CSS % tr("zh", "error_title")

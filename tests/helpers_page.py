@@ -3,18 +3,28 @@
 ``PageScript(url)`` reads the page's ``/config``, finds an event by the ``elem_id`` of the button
 that triggers it, and runs it like the browser does: ``POST /gradio_api/queue/join`` with the
 event's ``fn_index`` and a session hash, then reads ``/gradio_api/queue/data`` (server-sent
-events) until the event completes. Checks triggered by the same click (``queue=False``) are
-called through ``/gradio_api/run/predict``.
+events) until the event completes. ``running_app`` starts ``python app.py`` (with its own FHE
+server) on free loopback ports for a test.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+from conftest import free_port
+
+REPO_DIR = Path(__file__).resolve().parent.parent
 
 EVENT_TIMEOUT_SECONDS = 300.0
 
@@ -112,3 +122,124 @@ class PageScript:
         """Run the step a button triggers (skipping its order check, as a script may)."""
         dep = self.queued_event(elem_id)
         return self.run(dep["id"], data if data is not None else [None] * len(dep["inputs"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# ``python app.py`` in a child process
+# ---------------------------------------------------------------------------------------------
+APP_START_TIMEOUT_SECONDS = 180.0
+
+
+@dataclass(frozen=True)
+class RunningApp:
+    """``python app.py`` serving the page (with its own FHE server child).
+
+    Attributes:
+        url: the page's base URL.
+        log: the app's combined stdout/stderr.
+        keys_dir: the app's FHE_CLIENT_KEYS_DIR.
+        store_dir: the FHE server's FHE_STORE_DIR.
+        process: the app's process.
+    """
+
+    url: str
+    log: Path
+    keys_dir: Path
+    store_dir: Path
+    process: subprocess.Popen[bytes]
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """Return the end of the app's log."""
+        try:
+            return self.log.read_text(encoding="utf-8", errors="replace")[-chars:]
+        except OSError as error:
+            return f"(no log: {error})"
+
+    def key_folders(self) -> list[Path]:
+        """The sessions' key folders (each holds a ``keys`` file) under the keys directory."""
+        return sorted(path.parent for path in self.keys_dir.glob("*/*/keys"))
+
+
+def stop_app(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the app (a clean exit that stops its FHE server), SIGKILL if it hangs."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def running_app(work: Path, env: dict[str, str] | None = None) -> Iterator[RunningApp]:
+    """Run ``python app.py`` on free loopback ports with its files in ``work``; stop it after.
+
+    Args:
+        work: folder for the log, the keys and the server's store.
+        env: extra environment variables (FHE_PAGE_* limits, ...).
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    gradio_port, fhe_port = free_port(), free_port()
+    while fhe_port == gradio_port:
+        fhe_port = free_port()
+    keys_dir = work / "client_keys"
+    store_dir = work / "fhe_store"
+    child_env = {
+        **os.environ,
+        "GRADIO_SERVER_PORT": str(gradio_port),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_TEMP_DIR": str(work / "gradio_tmp"),
+        "FHE_SERVER_PORT": str(fhe_port),
+        "FHE_STORE_DIR": str(store_dir),
+        "FHE_CLIENT_KEYS_DIR": str(keys_dir),
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    child_env.pop("FHE_SERVER_URL", None)  # app.py must start its own FHE server
+    log = work / f"app-{gradio_port}.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "app.py"],
+            cwd=REPO_DIR,
+            env=child_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        running = RunningApp(
+            url=f"http://127.0.0.1:{gradio_port}",
+            log=log,
+            keys_dir=keys_dir,
+            store_dir=store_dir,
+            process=process,
+        )
+        try:
+            _wait_until_page_answers(running)
+            yield running
+        finally:
+            stop_app(process)
+
+
+def _wait_until_page_answers(running: RunningApp) -> None:
+    deadline = time.monotonic() + APP_START_TIMEOUT_SECONDS
+    problem = "no answer yet"
+    while time.monotonic() < deadline:
+        if running.process.poll() is not None:
+            raise AssertionError(
+                f"python app.py exited with code {running.process.returncode} before serving "
+                f"the page; its log ({running.log}):\n{running.log_tail()}"
+            )
+        try:
+            response = httpx.get(running.url, timeout=2.0)
+            if response.status_code == 200:
+                return
+            problem = f"HTTP {response.status_code}"
+        except httpx.HTTPError as error:
+            problem = f"{error.__class__.__name__}: {error}"
+        time.sleep(0.25)
+    raise AssertionError(
+        f"the page at {running.url} did not answer within {APP_START_TIMEOUT_SECONDS:g} s "
+        f"({problem}); app log ({running.log}):\n{running.log_tail()}"
+    )

@@ -652,7 +652,7 @@ def test_no_handler_is_in_the_api_and_checks_have_no_outputs(
 ) -> None:
     assert all(fn.api_visibility == "private" for fn in demo.fns.values())
     checks = [fn for fn in demo.fns.values() if fn.name.startswith("check_")]
-    assert len(checks) == 6 and all(not fn.outputs and not fn.queue for fn in checks)
+    assert len(checks) == 6 and all(not fn.outputs for fn in checks)
     allowed = app.page_fn_ids(demo)
     unload = [i for i, fn in demo.fns.items() if any(t[1] == "unload" for t in fn.targets)]
     assert unload and not set(unload) & allowed

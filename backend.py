@@ -31,18 +31,33 @@ import os
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 import numpy as np
 from concrete import fhe
 
 import settings
+from fhe_server.protocol import (
+    CONTENT_TYPE_HEADER,
+    EXECUTION_TIME_HEADER,
+    EXPLAIN_PATH,
+    INPUT_PATH,
+    OCTET_STREAM,
+    OUTPUT_PATH,
+    PREDICT_PATH,
+    RETRY_AFTER_HEADER,
+    SESSION_PATH,
+    SESSIONS_PATH,
+    ErrorCode,
+    bearer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -255,13 +270,13 @@ class ServerError(ClientError):
 class AuthenticationError(ServerError):
     """401: the session token is missing or wrong."""
 
-    code = "unauthorized"
+    code = ErrorCode.unauthorized
 
 
 class SessionNotFoundError(ServerError):
     """404: the server does not know the session (never opened, deleted or expired)."""
 
-    code = "not_found"
+    code = ErrorCode.not_found
 
 
 class StepOrderError(ServerError):
@@ -271,19 +286,19 @@ class StepOrderError(ServerError):
     "order_run_first", "order_decrypt_first"; "order_server" when the server answered 409.
     """
 
-    code = "order_server"
+    code = ErrorCode.order_server
 
 
 class PayloadTooLargeError(ServerError):
     """413: a body was over the server's size limit."""
 
-    code = "too_large"
+    code = ErrorCode.too_large
 
 
 class InvalidPayloadError(ServerError):
     """422: the server could not read the bytes sent (or an unknown party)."""
 
-    code = "invalid_payload"
+    code = ErrorCode.invalid_payload
 
 
 class ServerBusyError(ServerError):
@@ -293,7 +308,7 @@ class ServerBusyError(ServerError):
         retry_after: seconds the server asks to wait before retrying (None if it did not say).
     """
 
-    code = "busy"
+    code = ErrorCode.busy
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
         super().__init__(message, retry_after=retry_after, **kwargs)
@@ -362,7 +377,7 @@ def _error_from_response(response: httpx.Response) -> ServerError:
     if error_class is ServerBusyError:
         return ServerBusyError(
             message,
-            retry_after=_parse_seconds(response.headers.get("Retry-After")),
+            retry_after=_parse_seconds(response.headers.get(RETRY_AFTER_HEADER)),
             status_code=status,
             detail=detail,
         )
@@ -442,6 +457,10 @@ class CreditScoringClient:
         server_url: the server's base URL.
         key_dir: folder holding this client's secret keys (created by generate_keys, removed by
             close).
+        resume_lost_sessions: when the server no longer knows the session (it expired, or the
+            server's store restarted empty), open a new session with the same keys, upload the
+            ciphertexts sent so far again and repeat the step, instead of raising
+            SessionNotFoundError (off by default: the page asks for new keys).
     """
 
     def __init__(
@@ -451,6 +470,7 @@ class CreditScoringClient:
         *,
         transport: httpx.BaseTransport | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        resume_lost_sessions: bool = False,
         key_generator: KeyGenerator | None = None,
     ) -> None:
         """Build a client (no key, no request yet).
@@ -460,12 +480,15 @@ class CreditScoringClient:
             key_dir: folder for this client's key set (created by generate_keys).
             transport: httpx transport (tests pass a mock server).
             timeout: HTTP time-outs.
+            resume_lost_sessions: see the class's attributes.
             key_generator: generates and saves a key set in a folder and returns the serialized
                 evaluation keys (default ``generate_key_file``, in this process).
         """
         self._key_generator = key_generator or generate_key_file
         self.server_url = server_url.rstrip("/")
         self.key_dir = Path(key_dir)
+        self.resume_lost_sessions = resume_lost_sessions
+        self._resuming = False
         self._transport = transport
         self._timeout = timeout
         self._http: httpx.Client | None = None
@@ -555,23 +578,7 @@ class CreditScoringClient:
             evaluation_keys = self._key_generator(self.key_dir)
             client = fhe.Client(client_specs())
             client.keys.load(str(self.key_dir / KEYS_FILE_NAME))
-
-            response = self._request(
-                "POST",
-                "/sessions",
-                content=evaluation_keys,
-                expected=(200, 201),
-                authenticated=False,
-            )
-            try:
-                body = response.json()
-                session_id, token = str(body["session_id"]), str(body["token"])
-            except (ValueError, KeyError, TypeError) as error:
-                raise ServerError(
-                    "the server's answer to POST /sessions has no session_id and token",
-                    code="bad_response",
-                    status_code=response.status_code,
-                ) from error
+            session_id, token = self._open_session(evaluation_keys)
             self._fhe = client
             self._session_id, self._token = session_id, token
             self._evaluation_key_preview = evaluation_keys[:EVALUATION_KEY_PREVIEW_BYTES]
@@ -639,7 +646,9 @@ class CreditScoringClient:
                     parties=missing,
                 )
             self._clear_run()
-            response = self._request("POST", f"/sessions/{session_id}/predict", expected=(200,))
+            response = self._request(
+                "POST", PREDICT_PATH.format(session_id=session_id), expected=(200,)
+            )
             try:
                 seconds = float(response.json()["fhe_execution_time"])
             except (ValueError, KeyError, TypeError) as error:
@@ -670,7 +679,9 @@ class CreditScoringClient:
                     "run FHE (predict) before fetching and decrypting the verdict",
                     code="order_run_first",
                 )
-            response = self._request("GET", f"/sessions/{session_id}/output", expected=(200,))
+            response = self._request(
+                "GET", OUTPUT_PATH.format(session_id=session_id), expected=(200,)
+            )
             data = response.content
             decrypted = self._decrypt(data, function_name="predict")
             value = int(np.asarray(decrypted).reshape(-1)[0])
@@ -718,7 +729,7 @@ class CreditScoringClient:
             encrypted = self._fhe_client().encrypt(None, None, candidates, function_name="explain")
             response = self._request(
                 "POST",
-                f"/sessions/{session_id}/explain",
+                EXPLAIN_PATH.format(session_id=session_id),
                 content=encrypted[2].serialize(),
                 expected=(200,),
             )
@@ -731,7 +742,7 @@ class CreditScoringClient:
                 )
             self._encrypted_explain_output = data
             self._explain_fhe_execution_time = _parse_seconds(
-                response.headers.get("X-FHE-Execution-Time")
+                response.headers.get(EXECUTION_TIME_HEADER)
             )
             start = bins.index(sent_bin)
             for index in range(start, len(bins)):
@@ -787,7 +798,7 @@ class CreditScoringClient:
             self._clear_run()
             self._request(
                 "PUT",
-                f"/sessions/{session_id}/inputs/{party}",
+                INPUT_PATH.format(session_id=session_id, party=party),
                 content=ciphertext,
                 expected=(200, 204),
             )
@@ -838,9 +849,9 @@ class CreditScoringClient:
         """Send one request; return the response if its status is expected, else raise."""
         headers = {}
         if content is not None:
-            headers["Content-Type"] = "application/octet-stream"
+            headers[CONTENT_TYPE_HEADER] = OCTET_STREAM
         if authenticated:
-            headers["Authorization"] = f"Bearer {self._token}"
+            headers.update(bearer(str(self._token)))
         kwargs: dict[str, Any] = {"content": content, "headers": headers}
         if timeout is not None:
             kwargs["timeout"] = timeout
@@ -867,10 +878,70 @@ class CreditScoringClient:
             return response
         error = _error_from_response(response)
         if isinstance(error, SessionNotFoundError) and authenticated:
+            if self.resume_lost_sessions and self._fhe is not None and not self._resuming:
+                return self._resume_session(
+                    method, path, content=content, expected=expected, timeout=timeout
+                )
             # The session is gone for good (deleted or expired): new keys are needed.
             self._session_id, self._token = None, None
             self._reset_inputs()
         raise error
+
+    def _open_session(self, evaluation_keys: bytes) -> tuple[str, str]:
+        """POST the evaluation keys; return the new session's id and token."""
+        response = self._request(
+            "POST", SESSIONS_PATH, content=evaluation_keys, expected=(200, 201), authenticated=False
+        )
+        try:
+            body = response.json()
+            return str(body["session_id"]), str(body["token"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ServerError(
+                "the server's answer to POST /sessions has no session_id and token",
+                code="bad_response",
+                status_code=response.status_code,
+            ) from error
+
+    def _resume_session(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None,
+        expected: tuple[int, ...],
+        timeout: httpx.Timeout | None,
+    ) -> httpx.Response:
+        """The server lost the session: open a new one with the same keys and repeat the request.
+
+        The ciphertexts sent so far are uploaded again (and predict run again before fetching a
+        verdict); nothing is encrypted again. A second loss while resuming is raised as usual.
+        """
+        lost = str(self._session_id)
+        self._resuming = True
+        try:
+            self._session_id, self._token = self._open_session(
+                self._fhe_client().evaluation_keys.serialize()
+            )
+            session_id = self._session_id
+            logger.info("the server lost session %s; resumed as %s", lost[:8], session_id[:8])
+            for party, ciphertext in self._ciphertexts.items():
+                self._request(
+                    "PUT",
+                    INPUT_PATH.format(session_id=session_id, party=party),
+                    content=ciphertext,
+                    expected=(200, 204),
+                )
+            if self._predicted and path == OUTPUT_PATH.format(session_id=lost):
+                self._request("POST", PREDICT_PATH.format(session_id=session_id), expected=(200,))
+            return self._request(
+                method,
+                path.replace(lost, session_id),
+                content=content,
+                expected=expected,
+                timeout=timeout,
+            )
+        finally:
+            self._resuming = False
 
     def _delete_server_session(self) -> None:
         """DELETE the current server session if any; failures are logged, not raised."""
@@ -880,7 +951,7 @@ class CreditScoringClient:
         try:
             self._request(
                 "DELETE",
-                f"/sessions/{session_id}",
+                SESSION_PATH.format(session_id=session_id),
                 expected=(200, 204, 404),
                 timeout=CLOSE_TIMEOUT,
             )
@@ -1003,3 +1074,36 @@ def explain_encrypt_run_decrypt(client: CreditScoringClient) -> Explanation:
         years_employed=years,
         fhe_execution_time=client.explain_fhe_execution_time,
     )
+
+
+_Result = TypeVar("_Result")
+
+
+def retry_while_busy(
+    step: Callable[[], _Result], attempts: int = 20, default_wait: float = 1.0
+) -> _Result:
+    """Call a client step; while the server answers 503 (queue full), wait and call it again.
+
+    Each wait is the server's Retry-After (``default_wait`` seconds when it gave none). For
+    programs that queue work on purpose (the benchmark's concurrent clients); the page shows the
+    busy message to the person instead.
+
+    Args:
+        step: the call, e.g. ``client.predict``.
+        attempts: calls in all before giving up.
+        default_wait: seconds to wait when the server did not say.
+
+    Returns:
+        What ``step`` returned.
+
+    Raises:
+        ServerBusyError: the server was still busy at the last attempt.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return step()
+        except ServerBusyError as error:
+            if attempt == attempts:
+                raise
+            time.sleep(error.retry_after or default_wait)
+    raise ValueError("attempts must be at least 1")

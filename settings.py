@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from fhe_server import protocol
 
 # ---------------------------------------------------------------------------------------------
 # Paths
@@ -35,7 +38,7 @@ REFERENCE_TREE_PATH = DEVELOPMENT_DIR / "artifacts" / "reference_tree.json"
 # ---------------------------------------------------------------------------------------------
 # Parties and fields
 # ---------------------------------------------------------------------------------------------
-PARTIES = ("applicant", "bank", "credit_bureau")
+PARTIES = protocol.PARTIES  # ("applicant", "bank", "credit_bureau"), named in fhe_server.protocol
 
 APPLICANT_FIELDS = (
     "own_car",
@@ -145,11 +148,33 @@ class ServerSettings(BaseSettings):
     max_waiting_fhe: int = 4
     key_cache_size: int = 2
     error_drain_seconds: float = 2.0
+    # "" keeps sessions on the filesystem (store_dir); redis://host:port/db shares them in Redis
+    # between replicas (fhe_server.redis_store).
+    store_url: str = ""
+    # The name /health reports, to tell replicas apart ("" = host name and process id).
+    replica_name: str = ""
+    # Sessions one client (IP address) may open per window; 0 turns the quota off. Addresses in
+    # session_quota_exempt (FHE_SESSION_QUOTA_EXEMPT, comma-separated) have none: by default the
+    # loopback, where the page's process (which limits its own users) is the client.
+    session_quota: int = 30
+    session_quota_window_seconds: float = 600.0
+    session_quota_exempt: Annotated[list[str], NoDecode] = ["127.0.0.1", "::1"]
+    # Host names the server answers (any port), comma-separated in FHE_ALLOWED_HOSTS:
+    # "*.example.org" matches its subdomains, "*" any host. Loopback only by default.
+    allowed_hosts: Annotated[list[str], NoDecode] = ["localhost", "127.0.0.1", "[::1]"]
+
+    @field_validator("allowed_hosts", "session_quota_exempt", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        """Read a list from its environment variable as comma-separated items."""
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> ServerSettings:
-    """Return the server settings (cached; tests override it through FastAPI's dependencies)."""
+    """Return the server settings from the FHE_* environment variables (read once)."""
     return ServerSettings()
 
 

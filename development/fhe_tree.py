@@ -27,9 +27,58 @@ from typing import Any
 import numpy as np
 from concrete import fhe
 
-# A comparison: {"column": c, "threshold": t} (a bootstrap: x[c] <= t) or
-# {"weights": [[column, weight], ...], "constant": k} (linear: k + sum(weight * x[column])).
-Comparison = dict[str, Any]
+
+@dataclass(frozen=True)
+class ThresholdComparison:
+    """``x[column] <= threshold`` on a quantized input: one bootstrap.
+
+    Attributes:
+        column: the circuit input compared.
+        threshold: the largest value that goes left.
+    """
+
+    column: int
+    threshold: int
+
+    def to_json(self) -> dict[str, Any]:
+        """Return ``{"column": c, "threshold": t}`` (the reference tree's format)."""
+        return {"column": self.column, "threshold": self.threshold}
+
+
+@dataclass(frozen=True)
+class LinearComparison:
+    """``constant + sum(weight * x[column])`` on 0/1 and one-hot inputs: 1 left, 0 right.
+
+    No bootstrap: the sum is linear in the inputs and folds into the path scores.
+
+    Attributes:
+        weights: (column, weight) pairs.
+        constant: the value when every weighted input is 0.
+    """
+
+    weights: tuple[tuple[int, int], ...]
+    constant: int
+
+    def to_json(self) -> dict[str, Any]:
+        """Return ``{"weights": [[column, weight], ...], "constant": k}``."""
+        return {"weights": [list(pair) for pair in self.weights], "constant": self.constant}
+
+
+Comparison = ThresholdComparison | LinearComparison
+
+
+def comparison_from_json(data: dict[str, Any]) -> Comparison:
+    """Read a comparison written by ``to_json``.
+
+    Raises:
+        ValueError: if the keys are those of neither kind.
+    """
+    if set(data) == {"column", "threshold"}:
+        return ThresholdComparison(column=int(data["column"]), threshold=int(data["threshold"]))
+    if set(data) == {"weights", "constant"}:
+        weights = tuple((int(column), int(weight)) for column, weight in data["weights"])
+        return LinearComparison(weights=weights, constant=int(data["constant"]))
+    raise ValueError(f"not a comparison: keys {sorted(data)}")
 
 
 @dataclass
@@ -37,7 +86,7 @@ class QuantizedTree:
     """A pruned decision tree over the circuit's integer inputs.
 
     Attributes:
-        comparisons: the distinct comparisons of the tree (see ``Comparison``).
+        comparisons: the distinct comparisons of the tree (threshold or linear).
         leaf_class: the class whose leaves are matched (the one with fewer leaves): with 1 the
             verdict is the number of matched leaves reached, with 0 it is 1 minus that number.
         leaf_paths: for each leaf of ``leaf_class``, the list of (comparison, +1 left / -1 right);
@@ -89,19 +138,19 @@ class QuantizedTree:
             return left if left is not None and left == right else None
 
         comparisons: list[Comparison] = []
-        index_of: dict[str, int] = {}
+        index_of: dict[Comparison, int] = {}
         paths: dict[int, list[list[tuple[int, int]]]] = {0: [], 1: []}
 
         def comparison(node: int) -> Comparison:
             # Inputs are integers, so x <= 2.5 is x <= 2.
             feature, threshold = features[t.feature[node]], int(np.floor(t.threshold[node]))
             if feature["encoding"] == "quantized":
-                return {"column": feature["column"], "threshold": threshold}
+                return ThresholdComparison(column=feature["column"], threshold=threshold)
             below = [v for v, q in enumerate(feature["q_levels"]) if q <= threshold]
             if feature["encoding"] == "binary":  # [x == 1] is x, [x == 0] is 1 - x
                 weight = (1 in below) - (0 in below)
-                return {"weights": [[feature["column"], weight]], "constant": int(0 in below)}
-            return {"weights": [[feature["column"] + v, 1] for v in below], "constant": 0}
+                return LinearComparison(((feature["column"], weight),), constant=int(0 in below))
+            return LinearComparison(tuple((feature["column"] + v, 1) for v in below), constant=0)
 
         def walk(node: int, path: list[tuple[int, int]]) -> None:
             leaf = subtree_class(node)
@@ -109,12 +158,11 @@ class QuantizedTree:
                 paths[leaf].append(path)
                 return
             found = comparison(node)
-            key = repr(sorted(found.items()))
-            if key not in index_of:
-                index_of[key] = len(comparisons)
+            if found not in index_of:
+                index_of[found] = len(comparisons)
                 comparisons.append(found)
-            walk(t.children_left[node], [*path, (index_of[key], 1)])
-            walk(t.children_right[node], [*path, (index_of[key], -1)])
+            walk(t.children_left[node], [*path, (index_of[found], 1)])
+            walk(t.children_right[node], [*path, (index_of[found], -1)])
 
         walk(0, [])
         # Matching the class with fewer leaves costs fewer bootstraps; the other follows.
@@ -140,7 +188,7 @@ class QuantizedTree:
     def from_json(cls, data: dict[str, Any]) -> QuantizedTree:
         """Rebuild from ``to_json``'s output."""
         return cls(
-            comparisons=data["comparisons"],
+            comparisons=[comparison_from_json(c) for c in data["comparisons"]],
             leaf_class=data["leaf_class"],
             leaf_paths=[[tuple(step) for step in path] for path in data["leaf_paths"]],
             n_columns=data["n_columns"],
@@ -152,7 +200,7 @@ class QuantizedTree:
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-serializable description."""
         return {
-            "comparisons": self.comparisons,
+            "comparisons": [c.to_json() for c in self.comparisons],
             "leaf_class": self.leaf_class,
             "leaf_paths": [[list(step) for step in path] for path in self.leaf_paths],
             "n_columns": self.n_columns,
@@ -164,7 +212,12 @@ class QuantizedTree:
     @property
     def bootstrapped(self) -> list[int]:
         """Indices of the comparisons that need a bootstrap (on quantized inputs)."""
-        return [i for i, c in enumerate(self.comparisons) if "column" in c]
+        return [i for i, c in enumerate(self.comparisons) if isinstance(c, ThresholdComparison)]
+
+    @property
+    def thresholds(self) -> list[ThresholdComparison]:
+        """The comparisons that need a bootstrap, in the order of ``bootstrapped``."""
+        return [c for c in self.comparisons if isinstance(c, ThresholdComparison)]
 
     # -- matrices ---------------------------------------------------------------------------
     def matrices(self) -> dict[str, np.ndarray]:
@@ -192,17 +245,17 @@ class QuantizedTree:
         bootstrapped = self.bootstrapped
         select = np.zeros((self.n_columns, max(len(bootstrapped), 1)), dtype=np.int64)
         thresholds = np.full(select.shape[1], 2**20, dtype=np.int64)
-        for k, i in enumerate(bootstrapped):
-            select[self.comparisons[i]["column"], k] = 1
-            thresholds[k] = self.comparisons[i]["threshold"]
+        for k, comparison in enumerate(self.thresholds):
+            select[comparison.column, k] = 1
+            thresholds[k] = comparison.threshold
         paths = np.zeros((select.shape[1], n_leaves), dtype=np.int64)
         paths[: len(bootstrapped)] = all_paths[bootstrapped]
         linear = np.zeros((self.n_columns, n_leaves), dtype=np.int64)
         for i, c in enumerate(self.comparisons):
-            if "weights" in c:
-                for column, weight in c["weights"]:
+            if isinstance(c, LinearComparison):
+                for column, weight in c.weights:
                     linear[column] += weight * all_paths[i]
-                bias += c["constant"] * all_paths[i]
+                bias += c.constant * all_paths[i]
         return {
             "select": select,
             "thresholds": thresholds,
@@ -242,7 +295,7 @@ class QuantizedTree:
         a0, _ = self.party_slices["applicant"]
         _, b1 = self.party_slices["bank"]
         c0, c1 = self.party_slices["credit_bureau"]
-        columns = [self.comparisons[i]["column"] for i in self.bootstrapped]
+        columns = [comparison.column for comparison in self.thresholds]
         on_candidate = np.array([c0 <= c < c1 for c in columns], dtype=bool)
         known_idx, cand_idx = np.flatnonzero(~on_candidate), np.flatnonzero(on_candidate)
         select_known, select_cand = select[a0:b1][:, known_idx], select[c0:c1][:, cand_idx]

@@ -6,27 +6,27 @@
   cannot turn into a green run.
 - With ``CI=true`` the session fails when no test passed at all (pytest alone exits 0 when
   everything was skipped, and 5 when nothing was collected).
+- The process exits with pytest's status even after an FHE run: concrete-python registers an
+  ``atexit`` handler that shuts its dataflow runtime down and, once a circuit has run in this
+  process, ends the process with status 0, which turned failed runs into green ones
+  (``tests/test_exit_status.py`` checks it).
 """
 
+import atexit
 import os
-import socket
+import sys
 from collections import Counter
 
 import pytest
 
+from fhe_server.launcher import free_port
+
+__all__ = ["free_port"]
+
 # Passes counted per session: "all" and "browser".
 _PASSES = pytest.StashKey[Counter]()
-
-
-def free_port() -> int:
-    """Returns a TCP port on 127.0.0.1 that was free a moment ago.
-
-    The port is released before returning, so another process could take it in between; tests
-    that start a server on it should fail loudly if the bind fails.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# The session's final exit status, kept for pytest_unconfigure.
+_EXIT_STATUS = pytest.StashKey[int]()
 
 
 def _browser_required() -> bool:
@@ -53,8 +53,19 @@ def pytest_runtest_makereport(item: pytest.Item) -> pytest.TestReport:
     return report
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fails the session in CI when nothing passed, or no browser test passed when required."""
+    """Fails the session in CI when nothing passed, or no browser test passed when required.
+
+    Runs after the other plugins and keeps the final exit status for ``pytest_unconfigure``.
+    """
+    try:
+        _check_passes(session)
+    finally:
+        session.config.stash[_EXIT_STATUS] = int(session.exitstatus)
+
+
+def _check_passes(session: pytest.Session) -> None:
     if session.config.option.collectonly:
         return
     passes = session.config.stash.get(_PASSES, Counter())
@@ -72,3 +83,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             reporter.write_sep("!", problem, red=True)
     if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _exit_now(status: int) -> None:
+    """Flushes the output and ends the process with ``status``, skipping later exit handlers."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Makes a failed session's status the process's, whatever exit handlers run after pytest.
+
+    Exit handlers run last-registered first, so this one runs before concrete-python's (which
+    was registered when the tests imported it) and ends the process with pytest's status.
+    """
+    status = config.stash.get(_EXIT_STATUS, 0)
+    if status != 0:
+        atexit.register(_exit_now, status)

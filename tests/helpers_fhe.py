@@ -6,17 +6,14 @@
   cover both outcomes.
 - ``assert_client_error``: a 4xx answer whose body is ``{"detail": <non-empty str>}``.
 - ``server_process(base_url)``: the ``psutil.Process`` of a server started by ``running_server``.
-- ``RecordingTransport`` / ``ForwardingTransport``: httpx transports for ``CreditScoringClient``
-  (record every request; send every request to the server's current address).
+- ``ForwardingTransport``: an httpx transport for ``CreditScoringClient`` that sends every
+  request to the server's current address (the recording one is ``fhe_server.launcher``'s).
 - ``tree_size(path)``: bytes of every file below a directory.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -271,47 +268,6 @@ class PeakSampler:
 # ---------------------------------------------------------------------------------------------
 # httpx transports for CreditScoringClient
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request as it left the client."""
-
-    method: str
-    url: str
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-
-    def wire_bytes(self) -> bytes:
-        """Everything the request carried: request line, headers and body."""
-        head = f"{self.method} {self.url}\r\n".encode()
-        head += b"".join(name + b": " + value + b"\r\n" for name, value in self.headers)
-        return head + b"\r\n" + self.body
-
-
-class RecordingTransport(httpx.BaseTransport):
-    """Forwards every request to ``inner`` and keeps a copy of it (body read in full)."""
-
-    def __init__(self, inner: httpx.BaseTransport):
-        self.inner = inner
-        self.requests: list[RecordedRequest] = []
-        self._lock = threading.Lock()
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        body = request.read()
-        with self._lock:
-            self.requests.append(
-                RecordedRequest(
-                    method=request.method,
-                    url=str(request.url),
-                    headers=list(request.headers.raw),
-                    body=bytes(body),
-                )
-            )
-        return self.inner.handle_request(request)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 class ForwardingTransport(httpx.BaseTransport):
     """Sends every request to the address ``target()`` returns now (a restarted server's port).
 
@@ -333,63 +289,3 @@ class ForwardingTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self.inner.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# /health latency, measured from another process
-# ---------------------------------------------------------------------------------------------
-_HEALTH_PROBE_SCRIPT = """
-import json, sys, time
-from pathlib import Path
-import httpx
-base_url, stop_file, period = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
-latencies, failures = [], []
-with httpx.Client(base_url=base_url, timeout=30) as http:
-    while not stop_file.exists():
-        start = time.perf_counter()
-        try:
-            status = http.get("/health").status_code
-        except httpx.TransportError as error:
-            failures.append(repr(error))
-        else:
-            latencies.append(time.perf_counter() - start)
-            if status != 200:
-                failures.append(f"status {status}")
-        time.sleep(period)
-print(json.dumps({"latencies": latencies, "failures": failures}))
-"""
-
-
-class HealthProbe:
-    """Calls /health every ``period_seconds`` from a child process and records the latencies.
-
-    A child process, so that the test process's own busy threads (key generation, encryption,
-    all under one GIL) cannot delay the measurement: what is measured is the server.
-    """
-
-    def __init__(self, base_url: str, period_seconds: float = 0.1):
-        self.base_url = base_url
-        self.period_seconds = period_seconds
-        self.latencies: list[float] = []
-        self.failures: list[str] = []
-        self._dir = tempfile.TemporaryDirectory()
-        self._stop_file = Path(self._dir.name) / "stop"
-        self._process: subprocess.Popen | None = None
-
-    def __enter__(self) -> HealthProbe:
-        command = [sys.executable, "-c", _HEALTH_PROBE_SCRIPT, self.base_url]
-        command += [str(self._stop_file), str(self.period_seconds)]
-        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop_file.touch()
-        assert self._process is not None
-        try:
-            output, _ = self._process.communicate(timeout=60)
-        finally:
-            if self._process.poll() is None:
-                self._process.kill()
-            self._dir.cleanup()
-        result = json.loads(output)
-        self.latencies, self.failures = result["latencies"], result["failures"]

@@ -10,56 +10,26 @@ Usage::
 The server listens on a free port of 127.0.0.1, keeps its sessions in ``store_dir`` and takes
 every other setting from ``env`` (``FHE_*`` variables, see ``settings.ServerSettings``). The
 context manager returns once ``/health`` answers 200 and stops the process on exit. If the process
-exits or does not answer in time, ``ServerStartError`` carries its log.
+exits or does not answer in time, ``ServerStartError`` carries its log. The work is done by the
+shared launcher, ``fhe_server.launcher``.
+
+``ScriptedServer`` is the opposite: no server at all, a handler for ``httpx.MockTransport`` whose
+answers the test sets.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-REPO_DIR = Path(__file__).resolve().parent.parent
+from fhe_server.launcher import ServerProcess, ServerStartError
+
+__all__ = ["STARTUP_TIMEOUT_SECONDS", "ScriptedServer", "ServerStartError", "running_server"]
+
 STARTUP_TIMEOUT_SECONDS = 90.0
-
-
-class ServerStartError(RuntimeError):
-    """The server process exited or did not answer /health in time.
-
-    Attributes:
-        log: everything the process printed.
-        returncode: its exit status, or None if it was still running (then killed).
-    """
-
-    def __init__(self, message: str, log: str, returncode: int | None):
-        super().__init__(f"{message}\n--- server log (tail) ---\n{log[-4000:]}")
-        self.log = log
-        self.returncode = returncode
-
-
-def free_port() -> int:
-    """Return a TCP port of 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
 
 
 @contextmanager
@@ -67,6 +37,7 @@ def running_server(
     store_dir: Path,
     env: dict[str, str] | None = None,
     timeout: float = STARTUP_TIMEOUT_SECONDS,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[str]:
     """Run ``uvicorn server:app`` on a free port; yield its base URL (``http://127.0.0.1:PORT``).
 
@@ -74,49 +45,45 @@ def running_server(
         store_dir: the server's session directory (FHE_STORE_DIR).
         env: extra environment variables for the server (e.g. FHE_MAX_CONCURRENT_FHE).
         timeout: seconds to wait for /health.
+        extra_args: more uvicorn options (e.g. ``("--workers", "2")``).
 
     Raises:
         ServerStartError: if the server exits or does not answer /health within ``timeout``.
     """
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", "FHE_STORE_DIR": str(store_dir)}
-    child_env.update(env or {})
-    command = [
-        sys.executable, "-m", "uvicorn", "server:app",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "info",
-    ]  # fmt: skip
-    with tempfile.TemporaryFile(mode="w+b") as log:
+    server_env = {"FHE_STORE_DIR": str(store_dir), **(env or {})}
+    with ServerProcess(env=server_env, start_timeout=timeout, extra_args=extra_args) as server:
+        yield server.url
 
-        def read_log() -> str:
-            log.flush()
-            log.seek(0)
-            return log.read().decode("utf-8", errors="replace")
 
-        process = subprocess.Popen(
-            command, cwd=REPO_DIR, env=child_env, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if process.poll() is not None:
-                    raise ServerStartError(
-                        f"server exited with status {process.returncode} before answering",
-                        log=read_log(),
-                        returncode=process.returncode,
-                    )
-                try:
-                    if httpx.get(f"{base_url}/health", timeout=2.0).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise ServerStartError(
-                        f"server did not answer /health within {timeout} s",
-                        log=read_log(),
-                        returncode=None,
-                    )
-                time.sleep(0.2)
-            yield base_url
-        finally:
-            _stop(process)
+class ScriptedServer:
+    """A mock FHE server for ``httpx.MockTransport``; the test sets its answers.
+
+    POST /sessions opens session ``s1`` (token ``t1``) and DELETE answers 204; so do the PUTs of
+    inputs when ``accept_inputs`` is set. Every other request gets ``next``: a response, or an
+    exception to raise (409 "unexpected in this test" while it is None). ``fail_once`` is raised
+    by the next request, whatever it is, and then cleared.
+
+    Attributes:
+        requests: (method, path) of every request received.
+    """
+
+    def __init__(self, accept_inputs: bool = False) -> None:
+        self.accept_inputs = accept_inputs
+        self.next: httpx.Response | Exception | None = None
+        self.fail_once: Exception | None = None
+        self.requests: list[tuple[str, str]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append((request.method, request.url.path))
+        if self.fail_once is not None:
+            error, self.fail_once = self.fail_once, None
+            raise error
+        if request.method == "POST" and request.url.path == "/sessions":
+            return httpx.Response(201, json={"session_id": "s1", "token": "t1", "expires_in": 60})
+        if request.method == "DELETE" or (request.method == "PUT" and self.accept_inputs):
+            return httpx.Response(204)
+        if isinstance(self.next, Exception):
+            raise self.next
+        if self.next is None:
+            return httpx.Response(409, json={"detail": "unexpected in this test"})
+        return self.next

@@ -18,6 +18,7 @@ from typing import Any
 import gradio as gr
 import httpx
 import pytest
+from helpers_server import ScriptedServer
 
 import app
 import backend
@@ -49,24 +50,6 @@ APPLICANT_VALUES = (
 )
 
 
-class ScriptedServer:
-    """Mock FHE server: sessions open, inputs are accepted, other answers are set by the test."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str]] = []
-        self.next: httpx.Response | None = None
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append((request.method, request.url.path))
-        if request.method == "POST" and request.url.path == "/sessions":
-            return httpx.Response(201, json={"session_id": "s1", "token": "t1", "expires_in": 60})
-        if request.method in ("PUT", "DELETE"):
-            return httpx.Response(204)
-        if self.next is not None:
-            return self.next
-        return httpx.Response(409, json={"detail": "unexpected in this test"})
-
-
 @pytest.fixture
 def runtime(tmp_path: Path) -> Iterator[app.PageRuntime]:
     """A page runtime whose keys live under tmp_path (key generation in this process)."""
@@ -81,7 +64,7 @@ def scripted(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Iterator[tuple[ScriptedServer, app.PageSteps]]:
     """The page's steps with clients on the scripted server, keys under tmp_path."""
-    server = ScriptedServer()
+    server = ScriptedServer(accept_inputs=True)
 
     def new_client(key_dir: Path) -> backend.CreditScoringClient:
         return backend.CreditScoringClient(
@@ -507,7 +490,7 @@ def test_keygen_failure_removes_the_new_client(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_keygen_limits_refuse_without_keeping_anything(tmp_path: Path) -> None:
-    server = ScriptedServer()
+    server = ScriptedServer(accept_inputs=True)
 
     def new_client(key_dir: Path) -> backend.CreditScoringClient:
         return backend.CreditScoringClient(

@@ -7,21 +7,18 @@ Verdicts and explanations are compared with the clear evaluation of the same qua
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port
+from helpers_server import ScriptedServer, running_server
 
 import backend
 import settings
 from development.reference import clear_explain, clear_verdict
+from fhe_server.launcher import RecordingTransport
 
 pytestmark = pytest.mark.slow
 
@@ -116,58 +113,10 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-class RecordingTransport(httpx.HTTPTransport):
-    """A real HTTP transport that records (method, path) of every request."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[tuple[str, str]] = []
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append((request.method, request.url.path))
-        return super().handle_request(request)
-
-
-def _wait_for_health(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the FHE server exited early:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"the FHE server did not become healthy:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    work = tmp_path_factory.mktemp("fhe_server")
-    log = work / "server.log"
-    env = {**os.environ, "FHE_STORE_DIR": str(work / "store")}
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1"]
-            + ["--port", str(port)],
-            cwd=settings.REPO_DIR,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_for_health(url, process, log)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with running_server(store_dir=tmp_path_factory.mktemp("fhe_server") / "store") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +159,7 @@ def test_generate_keys_keeps_the_secret_key_local(
     assert client.has_keys and client.session_id
     assert client.evaluation_key_size is not None and client.evaluation_key_size > 1_000_000
     # The only upload of the key generation is the evaluation keys.
-    assert transport.requests[0] == ("POST", "/sessions")
+    assert transport.calls[0] == ("POST", "/sessions")
 
 
 @pytest.mark.parametrize("name", list(PROFILES))
@@ -224,9 +173,9 @@ def test_full_flow_verdict_equals_clear_model(
         assert len(client.ciphertexts[party]) > 100
     seconds = client.predict()
     assert 0 < seconds < 120
-    start = len(transport.requests)
+    start = len(transport.calls)
     verdict = client.decrypt_verdict()
-    assert transport.requests[start:] == [("GET", f"/sessions/{client.session_id}/output")]
+    assert transport.calls[start:] == [("GET", f"/sessions/{client.session_id}/output")]
     assert verdict is _clear(profile, clear_verdict) is profile["verdict"]
     assert client.verdict is verdict
     assert client.encrypted_output
@@ -240,10 +189,10 @@ def test_explain_refused_profile_in_one_round_trip(
     _send_profile(client, profile)
     client.predict()
     assert client.decrypt_verdict() is False
-    start = len(transport.requests)
+    start = len(transport.calls)
     answer = client.explain()
     assert answer == _clear(profile, clear_explain) == profile["explain"]
-    assert transport.requests[start:] == [("POST", f"/sessions/{client.session_id}/explain")]
+    assert transport.calls[start:] == [("POST", f"/sessions/{client.session_id}/explain")]
     assert client.explain_fhe_execution_time is not None
     explanation = backend.explain_encrypt_run_decrypt(client)
     expected_outcome = "no_change" if profile["explain"] is None else "years_needed"
@@ -258,12 +207,12 @@ def test_explain_approved_profile_makes_no_server_call(
     _send_profile(client, profile)
     client.predict()
     assert client.decrypt_verdict() is True
-    start = len(transport.requests)
+    start = len(transport.calls)
     assert client.explain() == profile["credit_bureau"]["years_employed"]
     explanation = backend.explain_encrypt_run_decrypt(client)
     assert explanation.outcome == "already_approved"
     assert explanation.fhe_execution_time is None
-    assert transport.requests[start:] == []
+    assert transport.calls[start:] == []
 
 
 def test_thin_functions_return_plain_values(
@@ -319,11 +268,11 @@ def test_invalid_field_values_raise_before_any_request(
         "credit_bureau": lambda c: c.send_credit_bureau(**fields),
     }
     # A client with keys and a session: nothing is encrypted or sent.
-    start = len(transport.requests)
+    start = len(transport.calls)
     with pytest.raises(backend.InvalidFieldError) as caught:
         senders[party](client)
     assert caught.value.code == "invalid_field"
-    assert transport.requests[start:] == []
+    assert transport.calls[start:] == []
     # A fresh client: the field is checked before anything else, still without a request.
     fresh_transport = RecordingTransport()
     fresh = backend.CreditScoringClient(
@@ -331,19 +280,19 @@ def test_invalid_field_values_raise_before_any_request(
     )
     with pytest.raises(backend.InvalidFieldError):
         senders[party](fresh)
-    assert fresh_transport.requests == []
+    assert fresh_transport.calls == []
 
 
 def test_missing_and_unknown_applicant_fields_are_invalid(
     client: backend.CreditScoringClient, transport: RecordingTransport
 ) -> None:
     applicant = dict(PROFILES["approved"]["applicant"])
-    start = len(transport.requests)
+    start = len(transport.calls)
     with pytest.raises(backend.InvalidFieldError, match="missing"):
         client.send_applicant(**{k: v for k, v in applicant.items() if k != "age"})
     with pytest.raises(backend.InvalidFieldError, match="unknown"):
         client.send_applicant(**applicant, shoe_size=42)
-    assert transport.requests[start:] == []
+    assert transport.calls[start:] == []
 
 
 def test_steps_out_of_order_raise_locally(server_url: str, tmp_path: Path) -> None:
@@ -362,11 +311,11 @@ def test_steps_out_of_order_raise_locally(server_url: str, tmp_path: Path) -> No
             step()
         assert caught.value.code == "order_keys_first"
         assert caught.value.status_code is None
-    assert transport.requests == []
+    assert transport.calls == []
 
     client.generate_keys()
     client.send_bank(**profile["bank"])
-    before = len(transport.requests)
+    before = len(transport.calls)
     with pytest.raises(backend.StepOrderError) as caught:
         client.predict()
     assert caught.value.code == "order_inputs_first"
@@ -377,7 +326,7 @@ def test_steps_out_of_order_raise_locally(server_url: str, tmp_path: Path) -> No
     with pytest.raises(backend.StepOrderError) as caught:
         client.explain()
     assert caught.value.code == "order_decrypt_first"
-    assert len(transport.requests) == before
+    assert len(transport.calls) == before
     client.close()
 
 
@@ -389,7 +338,7 @@ def test_close_deletes_the_server_session_and_the_keys(server_url: str, tmp_path
     assert client.key_dir.is_dir()
     client.close()
     assert not client.key_dir.exists()
-    assert transport.requests[-1] == ("DELETE", f"/sessions/{session_id}")
+    assert transport.calls[-1] == ("DELETE", f"/sessions/{session_id}")
     assert client.session_id is None and not client.has_keys
     gone = httpx.post(
         f"{server_url}/sessions/{session_id}/predict",
@@ -413,29 +362,6 @@ def test_new_client_uses_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 # ---------------------------------------------------------------------------------------------
 # Error mapping, with a mock transport (no server)
 # ---------------------------------------------------------------------------------------------
-class ScriptedServer:
-    """A mock server: POST /sessions succeeds, the next response is set by the test."""
-
-    def __init__(self) -> None:
-        self.next: httpx.Response | Exception | None = None
-        self.fail_once: Exception | None = None
-        self.requests: list[tuple[str, str]] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append((request.method, request.url.path))
-        if self.fail_once is not None:
-            error, self.fail_once = self.fail_once, None
-            raise error
-        if request.method == "POST" and request.url.path == "/sessions":
-            return httpx.Response(201, json={"session_id": "s1", "token": "t1", "expires_in": 60})
-        if request.method == "DELETE":
-            return httpx.Response(204)
-        if isinstance(self.next, Exception):
-            raise self.next
-        assert self.next is not None
-        return self.next
-
-
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, ScriptedServer]]:
     server = ScriptedServer()

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from conftest import free_port
 from test_backend import PROFILES
@@ -33,6 +32,7 @@ from test_backend import PROFILES
 import app
 import settings
 from development.reference import clear_explain, clear_verdict
+from fhe_server.launcher import ServerStartError, stop_process, wait_for_health
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -88,17 +88,6 @@ def chromium() -> str:
     return executable
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()  # app.py turns SIGTERM into a clean exit that stops its FHE server
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def running_app(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     # Requests ``chromium`` first so that a missing browser skips before the app starts.
@@ -133,30 +122,17 @@ def running_app(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             _wait_until_page_answers(running, process)
             yield running
         finally:
-            _stop(process)
+            stop_process(process, grace=20)  # app.py stops its FHE server on SIGTERM
 
 
 def _wait_until_page_answers(running: RunningApp, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + APP_START_TIMEOUT_SECONDS
-    problem = "no answer yet"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(
-                f"python app.py exited with code {process.returncode} before serving the page; "
-                f"its log ({running.log}):\n{running.log_tail()}"
-            )
-        try:
-            response = httpx.get(running.url, timeout=2.0)
-            if response.status_code == 200:
-                return
-            problem = f"HTTP {response.status_code}"
-        except httpx.HTTPError as error:
-            problem = f"{error.__class__.__name__}: {error}"
-        time.sleep(0.25)
-    pytest.fail(
-        f"the page at {running.url} did not answer within {APP_START_TIMEOUT_SECONDS:g} s "
-        f"({problem}); app log ({running.log}):\n{running.log_tail()}"
-    )
+    try:
+        wait_for_health(
+            running.url, process, APP_START_TIMEOUT_SECONDS, running.log_tail,
+            path="/", name="python app.py",
+        )  # fmt: skip
+    except ServerStartError as error:
+        pytest.fail(f"{error}\n(app log: {running.log})")
 
 
 class PageDriver:

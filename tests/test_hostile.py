@@ -333,7 +333,9 @@ def test_ciphertexts_of_the_wrong_party_or_shape_are_refused(
         **encrypted_a,
         "predict output": live.http.get(f"/sessions/{session_id}/output", headers=auth).content,
         "explain output": live.http.post(
-            f"/sessions/{session_id}/explain", content=encrypted_a["candidates"], headers=auth
+            f"/sessions/{session_id}/explain",
+            content=encrypted_a["candidates"],
+            headers={**auth, **OCTET},
         ).content,
     }
     before = session_files(live.store_dir / session_id)
@@ -383,7 +385,9 @@ def test_ciphertexts_and_keys_of_another_key_set_leave_the_server_healthy(
     # Candidates of key set B scored against A's applicant and bank.
     session_id, auth = attack_session(live, kit_a, encrypted_a)
     response = live.http.post(
-        f"/sessions/{session_id}/explain", content=kit_b.encrypt_candidates(), headers=auth
+        f"/sessions/{session_id}/explain",
+        content=kit_b.encrypt_candidates(),
+        headers={**auth, **OCTET},
     )
     if response.status_code == 200:
         verdicts = kit_a.decrypt(response.content, "explain")
@@ -712,7 +716,7 @@ def test_steps_out_of_order_are_refused(
     session_id, auth = open_session(live.http, kit_a.evaluation_keys)
     url = f"/sessions/{session_id}"
     http = live.http
-    candidates = {"content": encrypted_a["candidates"], "headers": auth}
+    candidates = {"content": encrypted_a["candidates"], "headers": {**auth, **OCTET}}
     tried = []
 
     def refused(response: httpx.Response, mentions: str) -> None:

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from helpers_fhe import (
     BASE_PROFILE,
-    HealthProbe,
+    OCTET,
     Kit,
     PeakSampler,
     Profile,
@@ -36,6 +36,7 @@ from helpers_fhe import (
 from helpers_server import running_server
 
 from backend import CreditScoringClient, ServerBusyError
+from fhe_server.launcher import HealthProbe
 
 pytestmark = pytest.mark.slow
 
@@ -166,7 +167,9 @@ def test_busy_fhe_keeps_health_fast_and_refuses_extra_predicts(server: str) -> N
         with httpx.Client(base_url=server, timeout=120) as http:
             while not stop.is_set():
                 response = http.post(
-                    f"/sessions/{session_id}/explain", content=candidates, headers=auth
+                    f"/sessions/{session_id}/explain",
+                    content=candidates,
+                    headers={**auth, **OCTET},
                 )
                 explained.append(response.status_code)
                 if response.status_code == 503:  # an extra predict slipped in between two

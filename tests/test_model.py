@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,13 @@ from development.data_report import parties_of
 from development.fhe_tree import QuantizedTree
 from development.generate_data import generate
 from development.reference import clear_explain, clear_verdict, quantized_row
-from development.train import build, feature_slices, float_features, library_versions
+from development.train import (
+    build,
+    circuit_rows,
+    feature_slices,
+    float_features,
+    library_versions,
+)
 
 N_REAL_ROWS = 4
 
@@ -97,17 +104,70 @@ def test_invalid_values_are_refused() -> None:
             bank.transform({"account_age": bad})
 
 
+def assert_same_up_to_float_rounding(rebuilt: object, committed: object, where: str = "") -> None:
+    """Equal JSON trees, floats compared to 1e-9 relative (their last digits are machine-specific).
+
+    numpy picks CPU-specific code paths, so a float such as a quantizer's scale can differ in its
+    last digits between machines; what the model does with it (the quantized inputs, the circuit,
+    the verdicts) is compared exactly by the caller.
+    """
+    if isinstance(committed, float) or isinstance(rebuilt, float):
+        assert isinstance(rebuilt, int | float) and isinstance(committed, int | float), where
+        assert math.isclose(rebuilt, committed, rel_tol=1e-9, abs_tol=1e-12), (
+            f"{where}: {rebuilt!r} != {committed!r}"
+        )
+    elif isinstance(committed, dict):
+        assert isinstance(rebuilt, dict) and rebuilt.keys() == committed.keys(), where
+        for key in committed:
+            assert_same_up_to_float_rounding(rebuilt[key], committed[key], f"{where}/{key}")
+    elif isinstance(committed, list):
+        assert isinstance(rebuilt, list) and len(rebuilt) == len(committed), where
+        for index, (a, b) in enumerate(zip(rebuilt, committed, strict=True)):
+            assert_same_up_to_float_rounding(a, b, f"{where}[{index}]")
+    else:
+        assert rebuilt == committed, f"{where}: {rebuilt!r} != {committed!r}"
+
+
+def test_float_rounding_comparison_tolerates_last_digits_only() -> None:
+    committed = {"scale": 0.4888309526949846, "levels": [1, 2], "name": "total_income"}
+    assert_same_up_to_float_rounding({**committed, "scale": 0.48883095269498433}, committed)
+    for wrong in (
+        {**committed, "scale": 0.4889},
+        {**committed, "levels": [1, 3]},
+        {**committed, "name": "age"},
+        {"scale": 0.4888309526949846, "levels": [1, 2]},
+    ):
+        with pytest.raises(AssertionError):
+            assert_same_up_to_float_rounding(wrong, committed)
+
+
 def test_committed_artifacts_match_the_pipeline(card: dict, data: pd.DataFrame) -> None:
+    """A rebuild gives the committed model: same quantized inputs, same circuit, same verdicts.
+
+    The preprocessing's floats are compared up to rounding in their last digits, which depend on
+    the machine (numpy's CPU-specific code paths); everything the model computes from them is
+    compared exactly.
+    """
     assert card["versions"] == library_versions()
     built = build(
         data, n_bits=card["parameters"]["n_bits"], max_depth=card["parameters"]["max_depth"]
     )
-    assert built["spec"] == json.loads(settings.PREPROCESSING_PATH.read_text())
-    assert built["ranges"] == json.loads(settings.FIELD_RANGES_PATH.read_text())
+    committed_spec = json.loads(settings.PREPROCESSING_PATH.read_text())
+    assert_same_up_to_float_rounding(built["spec"], committed_spec, "preprocessing")
+    assert_same_up_to_float_rounding(
+        built["ranges"], json.loads(settings.FIELD_RANGES_PATH.read_text()), "field_ranges"
+    )
+    # The quantized inputs: the committed preprocessing and the rebuilt one give the same integers
+    # on every row of the data.
+    np.testing.assert_array_equal(circuit_rows(committed_spec, built["x"]), built["q"])
+    # The circuit: the rebuilt quantized tree is the committed one, comparison for comparison.
+    committed_tree = json.loads(settings.REFERENCE_TREE_PATH.read_text())
+    assert built["tree"].to_json() == committed_tree
+    # The verdicts on the probe set stored in the model card.
     probe = np.array(card["probe"]["rows"])
     np.testing.assert_array_equal(built["q"][built["idx_test"][: len(probe)]], probe)
     assert built["tree"].predict_clear(probe).tolist() == card["probe"]["predictions"]
-    committed = QuantizedTree.from_json(json.loads(settings.REFERENCE_TREE_PATH.read_text()))
+    committed = QuantizedTree.from_json(committed_tree)
     assert committed.predict_clear(probe).tolist() == card["probe"]["predictions"]
     assert card["metrics"]["agreement_simulated"] == 1.0
     assert card["metrics"]["agreement_real_fhe"] == 1.0

@@ -27,12 +27,13 @@ import httpx
 import numpy as np
 import pytest
 from concrete import fhe
-from helpers_fhe import BASE_PROFILE, WIRE, RecordedRequest, RecordingTransport
+from helpers_fhe import BASE_PROFILE, WIRE
 from helpers_server import running_server
 
 import settings
 from backend import KEYS_FILE_NAME, CreditScoringClient, party_preprocessor
 from development.reference import clear_explain
+from fhe_server.launcher import RecordedRequest, RecordingTransport
 
 pytestmark = pytest.mark.slow
 

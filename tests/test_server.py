@@ -1,4 +1,4 @@
-"""The FHE server's REST contract (server.py), with real keys and ciphertexts.
+"""The FHE server's REST contract (fhe_server.api), with real keys and ciphertexts.
 
 Keys are generated once for the module from the committed client specs; every verdict the server
 computes is decrypted here and compared with the clear quantized model. Each error status of the
@@ -32,16 +32,16 @@ from helpers_server import ServerStartError, running_server
 import settings
 from backend import PartyPreprocessor
 from development.reference import clear_verdict
-from server import (
-    SESSION_ID_PATTERN,
+from fhe_server.api import create_app
+from fhe_server.errors import (
     InvalidTokenError,
-    Party,
+    ServerBusyError,
     SessionNotFoundError,
-    SessionStore,
     StepOutOfOrderError,
-    app,
 )
-from settings import ServerSettings, get_settings
+from fhe_server.protocol import SESSION_ID_PATTERN, Party
+from fhe_server.stores import FileSessionStore
+from settings import ServerSettings
 
 pytestmark = pytest.mark.slow
 
@@ -116,14 +116,14 @@ def candidate_rows() -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 @contextmanager
 def app_client(store_dir: Path, **overrides: Any) -> Iterator[TestClient]:
-    """A TestClient of server.app (lifespan run) with settings overridden for the test."""
+    """A TestClient of an app created with the test's settings (lifespan run).
+
+    TestClient's requests say ``Host: testserver``, accepted here unless the test says otherwise.
+    """
+    overrides.setdefault("allowed_hosts", ["testserver"])
     config = ServerSettings(store_dir=store_dir, **overrides)
-    app.dependency_overrides[get_settings] = lambda: config
-    try:
-        with TestClient(app) as client:
-            yield client
-    finally:
-        app.dependency_overrides.pop(get_settings, None)
+    with TestClient(create_app(config)) as client:
+        yield client
 
 
 @pytest.fixture
@@ -260,10 +260,14 @@ def test_explain_needs_only_applicant_and_bank(
     session_id, auth = open_session(client, kit)
     for party in ("applicant", "bank"):
         client.put(
-            f"/sessions/{session_id}/inputs/{party}", content=ciphertexts[party], headers=auth
+            f"/sessions/{session_id}/inputs/{party}",
+            content=ciphertexts[party],
+            headers={**auth, **OCTET},
         ).raise_for_status()
     response = client.post(
-        f"/sessions/{session_id}/explain", content=ciphertexts["candidates"], headers=auth
+        f"/sessions/{session_id}/explain",
+        content=ciphertexts["candidates"],
+        headers={**auth, **OCTET},
     )
     assert response.status_code == 200, response.text
     assert len(kit.decrypt(response.content, "explain")) == len(settings.YEARS_EMPLOYED_BINS)
@@ -407,20 +411,28 @@ def test_404_after_idle_expiry_and_expired_sessions_are_purged(tmp_path: Path, k
 
 
 @pytest.mark.parametrize("limit", ["max_sessions", "disk_budget_bytes"])
-def test_404_for_the_oldest_session_evicted_beyond_a_limit(
+def test_503_beyond_a_limit_and_the_live_session_stays(
     tmp_path: Path, kit: Kit, limit: str
 ) -> None:
     one_session = WIRE["evaluation_keys"]["bytes"] + sum(WIRE[p]["bytes"] for p in settings.PARTIES)
-    overrides = {"max_sessions": 1} if limit == "max_sessions" else {}
+    overrides: dict[str, Any] = {"max_sessions": 1} if limit == "max_sessions" else {}
     if limit == "disk_budget_bytes":
         overrides["disk_budget_bytes"] = int(1.5 * one_session) + 64 * 1024
-    with app_client(store_dir=tmp_path / "store", **overrides) as test_client:
+    ttl = 3600.0
+    with app_client(
+        store_dir=tmp_path / "store", session_ttl_seconds=ttl, **overrides
+    ) as test_client:
         oldest, oldest_auth = open_session(test_client, kit)
-        newest, newest_auth = open_session(test_client, kit)
-        assert_error(test_client.get(f"/sessions/{oldest}/output", headers=oldest_auth), 404)
-        assert_error(test_client.get(f"/sessions/{newest}/output", headers=newest_auth), 409)
+        refused = test_client.post("/sessions", content=kit.evaluation_keys, headers=OCTET)
+        assert_error(refused, 503, "sessions")
+        assert 0 < int(refused.headers["Retry-After"]) <= ttl  # when the live one would expire
+        assert_error(test_client.get(f"/sessions/{oldest}/output", headers=oldest_auth), 409)
         service = service_of(test_client)
-        assert oldest not in service.key_cache
+        assert oldest in service.key_cache
+        assert service.store.session_ids() == [oldest]
+        # Once the live session is deleted, there is room again.
+        assert test_client.delete(f"/sessions/{oldest}", headers=oldest_auth).status_code == 204
+        newest, _ = open_session(test_client, kit)
         assert service.store.session_ids() == [newest]
 
 
@@ -429,12 +441,14 @@ def test_409_steps_out_of_order(client: TestClient, kit: Kit, ciphertexts: dict)
     url = f"/sessions/{session_id}"
 
     def put(party: str) -> None:
-        response = client.put(f"{url}/inputs/{party}", content=ciphertexts[party], headers=auth)
+        response = client.put(
+            f"{url}/inputs/{party}", content=ciphertexts[party], headers={**auth, **OCTET}
+        )
         assert response.status_code == 204
 
     assert_error(client.post(f"{url}/predict", headers=auth), 409, "applicant")
     assert_error(client.get(f"{url}/output", headers=auth), 409, "predict")
-    explain = {"content": ciphertexts["candidates"], "headers": auth}
+    explain = {"content": ciphertexts["candidates"], "headers": {**auth, **OCTET}}
     assert_error(client.post(f"{url}/explain", **explain), 409, "applicant")
     put("credit_bureau")
     assert_error(client.post(f"{url}/explain", **explain), 409, "applicant, bank")
@@ -460,11 +474,15 @@ def test_413_ciphertexts_over_a_lowered_limit(tmp_path: Path, kit: Kit, cipherte
         session_id, auth = open_session(http, kit)
         for party in settings.PARTIES:
             response = http.put(
-                f"/sessions/{session_id}/inputs/{party}", content=ciphertexts[party], headers=auth
+                f"/sessions/{session_id}/inputs/{party}",
+                content=ciphertexts[party],
+                headers={**auth, **OCTET},
             )
             assert_error(response, 413, "limit")
         response = http.post(
-            f"/sessions/{session_id}/explain", content=ciphertexts["candidates"], headers=auth
+            f"/sessions/{session_id}/explain",
+            content=ciphertexts["candidates"],
+            headers={**auth, **OCTET},
         )
         assert_error(response, 413, "limit")
 
@@ -509,21 +527,27 @@ def test_422_ciphertexts_of_the_wrong_party_shape_or_garbage(
             garbage(spec["bytes"], seed=2),
             garbage(spec["bytes"], spec["prefix_hex"], seed=3),
         ):
-            response = client.put(f"{url}/inputs/{party}", content=body, headers=auth)
+            response = client.put(f"{url}/inputs/{party}", content=body, headers={**auth, **OCTET})
             assert_error(response, 422, party)
     put_inputs(client, session_id, auth, ciphertexts)
     for body in (
         ciphertexts["credit_bureau"],  # one row instead of the candidates
         garbage(WIRE["candidates"]["bytes"], WIRE["candidates"]["prefix_hex"], seed=4),
     ):
-        assert_error(client.post(f"{url}/explain", content=body, headers=auth), 422, "candidates")
+        assert_error(
+            client.post(f"{url}/explain", content=body, headers={**auth, **OCTET}),
+            422,
+            "candidates",
+        )
 
 
 def test_422_unknown_party(client: TestClient, kit: Kit, ciphertexts: dict) -> None:
     session_id, auth = open_session(client, kit)
     for party in ("insurer", "APPLICANT", "applicant.bin", "%2e%2e"):
         response = client.put(
-            f"/sessions/{session_id}/inputs/{party}", content=ciphertexts["applicant"], headers=auth
+            f"/sessions/{session_id}/inputs/{party}",
+            content=ciphertexts["applicant"],
+            headers={**auth, **OCTET},
         )
         assert_error(response, 422, "party")
     assert sorted(p.name for p in (service_of(client).store.root / session_id).iterdir()) == [
@@ -535,21 +559,34 @@ def test_422_unknown_party(client: TestClient, kit: Kit, ciphertexts: dict) -> N
 def test_unexpected_errors_answer_500_without_a_trace(
     tmp_path: Path, kit: Kit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = ServerSettings(store_dir=tmp_path / "store")
-    app.dependency_overrides[get_settings] = lambda: config
-    try:
-        with TestClient(app, raise_server_exceptions=False) as http:
-            session_id, auth = open_session(http, kit)
+    app = create_app(ServerSettings(store_dir=tmp_path / "store", allowed_hosts=["testserver"]))
+    with TestClient(app, raise_server_exceptions=False) as http:
+        session_id, auth = open_session(http, kit)
 
-            def broken(*_: Any) -> bytes:
-                raise ValueError("secret internal state")
+        def broken(*_: Any) -> bytes:
+            raise ValueError("secret internal state")
 
-            monkeypatch.setattr(service_of(http).store, "read_output", broken)
-            response = http.get(f"/sessions/{session_id}/output", headers=auth)
-    finally:
-        app.dependency_overrides.pop(get_settings, None)
+        monkeypatch.setattr(service_of(http).store, "read_output", broken)
+        response = http.get(f"/sessions/{session_id}/output", headers=auth)
     assert response.status_code == 500
     assert response.json() == {"detail": "internal server error"}
+
+
+def test_only_accepted_host_names_are_answered(tmp_path: Path) -> None:
+    # Default settings: loopback names only, any port; TestClient's own "testserver" is refused.
+    with TestClient(create_app(ServerSettings(store_dir=tmp_path / "store"))) as http:
+        assert_error(http.get("/health"), 400, "host")
+        for host in ("localhost:8000", "127.0.0.1", "[::1]:8000", "LOCALHOST"):
+            assert http.get("/health", headers={"Host": host}).status_code == 200, host
+        for host in ("evil.example", "127.0.0.1.evil.example", "[::2]", "localhost.evil"):
+            assert_error(http.get("/health", headers={"Host": host}), 400, "host")
+    # A deployment's names, with a wildcard for subdomains.
+    config = ServerSettings(store_dir=tmp_path / "store", allowed_hosts=["*.example.org", "a.b"])
+    with TestClient(create_app(config)) as http:
+        for host in ("fhe.example.org:443", "a.b"):
+            assert http.get("/health", headers={"Host": host}).status_code == 200, host
+        for host in ("example.org.evil", "evilexample.org", "localhost"):
+            assert_error(http.get("/health", headers={"Host": host}), 400, "host")
 
 
 @pytest.mark.parametrize(
@@ -594,7 +631,7 @@ def test_python_patch_version_does_not_matter(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The store alone (fake clock): expiry, eviction order, path safety
+# The store alone (fake clock): expiry, refusal when full, compare-and-set, path safety
 # ---------------------------------------------------------------------------------------------
 class FakeClock:
     def __init__(self) -> None:
@@ -604,9 +641,9 @@ class FakeClock:
         return self.now
 
 
-def test_store_expiry_eviction_and_path_safety(tmp_path: Path) -> None:
+def test_store_expiry_refusal_when_full_compare_and_set_and_path_safety(tmp_path: Path) -> None:
     clock, removed = FakeClock(), []
-    store = SessionStore(
+    store = FileSessionStore(
         root=tmp_path / "store",
         ttl_seconds=60,
         max_sessions=2,
@@ -619,20 +656,42 @@ def test_store_expiry_eviction_and_path_safety(tmp_path: Path) -> None:
     second, second_token = store.create(b"k" * 1000)
     clock.now += 10
     store.authenticate(first, first_token)  # first is now the most recently used
-    third, _ = store.create(b"k" * 1000)  # evicts the least recently used: second
-    assert set(store.session_ids()) == {first, third} and removed == [second]
-    with pytest.raises(SessionNotFoundError):
-        store.authenticate(second, second_token)
+    # Full: a third session is refused, nobody is evicted; retry when second would expire.
+    with pytest.raises(ServerBusyError) as full:
+        store.create(b"k" * 1000)
+    assert full.value.retry_after == 50 and full.value.status_code == 503
+    assert set(store.session_ids()) == {first, second} and removed == []
+    clock.now += 5
+    store.authenticate(first, first_token)
     with pytest.raises(InvalidTokenError):
         store.authenticate(first, second_token)
     store.put_input(first, Party.bank, b"ciphertext")
     with pytest.raises(StepOutOfOrderError, match="applicant, credit_bureau"):
         store.read_inputs(first, list(Party))
-    clock.now += 61
+    # Compare-and-set: a verdict computed from replaced inputs is never stored.
+    _, version = store.read_inputs(first, [Party.bank])
+    store.put_input(first, Party.bank, b"ciphertext 2")
+    with pytest.raises(StepOutOfOrderError, match="changed during predict"):
+        store.store_output(first, b"stale verdict", version)
+    with pytest.raises(StepOutOfOrderError):
+        store.read_output(first)
+    store.store_output(first, b"verdict", version + 1)
+    assert store.read_output(first) == b"verdict"
+    # Expired sessions are purged to make room (second: idle since +10, first since +25).
+    clock.now += 56
+    third, _ = store.create(b"k" * 1000)
+    assert set(store.session_ids()) == {first, third} and removed == [second]
+    with pytest.raises(SessionNotFoundError):
+        store.authenticate(second, second_token)
+    clock.now += 30  # first: idle for 86 s, third for 30 s
     with pytest.raises(SessionNotFoundError):
         store.authenticate(first, first_token)
     assert first not in store.session_ids() and first in removed
-    # A big session evicts others to stay within the disk budget.
+    # A big session does not fit beside a live one (each counts as complete): refused, then
+    # accepted once the live one is deleted, within the disk budget.
+    with pytest.raises(ServerBusyError):
+        store.create(b"k" * 9_000)
+    store.delete(third)
     big, _ = store.create(b"k" * 9_000)
     assert store.session_ids() == [big] and store.disk_usage() <= 10_000
     for bad_id in ("..", "../" + big, big.upper(), big + "/", "", "x" * 32):
@@ -662,7 +721,9 @@ def test_uvicorn_full_flow(live_server: str, kit: Kit) -> None:
         output = http.get(f"/sessions/{session_id}/output", headers=auth)
         assert int(kit.decrypt(output.content, "predict")) == int(clear_verdict(*PROFILES[1]))
         candidates = kit.encrypt_candidates(candidate_rows())
-        response = http.post(f"/sessions/{session_id}/explain", content=candidates, headers=auth)
+        response = http.post(
+            f"/sessions/{session_id}/explain", content=candidates, headers={**auth, **OCTET}
+        )
         assert response.status_code == 200
         applicant, bank, _ = PROFILES[1]
         expected = [int(clear_verdict(applicant, bank, row)) for row in candidate_rows()]
@@ -684,12 +745,16 @@ def test_uvicorn_503_when_the_fhe_queue_is_full_and_health_stays_fast(
                 results["first"] = other.post(
                     f"/sessions/{session_id}/explain",
                     content=ciphertexts["candidates"],
-                    headers=auth,
+                    headers={**auth, **OCTET},
                 )
 
         worker = threading.Thread(target=explain)
         worker.start()
-        time.sleep(0.4)
+        # Wait until the explain holds the slot (however slow the machine), then ask for more.
+        deadline = time.monotonic() + 60
+        while http.get("/health").json()["fhe_queue"]["admitted"] == 0:
+            assert worker.is_alive() and time.monotonic() < deadline, "explain never started"
+            time.sleep(0.02)
         busy = http.post(f"/sessions/{session_id}/predict", headers=auth)
         health_latencies = []
         while worker.is_alive() and len(health_latencies) < 20:

@@ -1,0 +1,149 @@
+"""Stage 4, over HTTP: five-step flows, explain and the server's memory with live sessions.
+
+``backend.CreditScoringClient`` against a real ``uvicorn server:app`` (``fhe_server.launcher``),
+its requests timed by the launcher's ``RecordingTransport``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from development.benchmark.dataset import Dataset
+from development.benchmark.options import Options
+from development.benchmark.report import Report
+from development.benchmark.timing import Stopwatch, rss_bytes, timed
+from fhe_server.launcher import RecordedRequest, RecordingTransport, ServerProcess
+
+RSS_SESSIONS = 5
+FLOW_STEPS = (
+    "keygen_upload",
+    "send_applicant",
+    "send_bank",
+    "send_credit_bureau",
+    "predict",
+    "fetch_decrypt",
+)
+
+
+def route(request: RecordedRequest) -> str:
+    """'METHOD route' with the session id left out (e.g. 'PUT inputs/bank')."""
+    parts = [p for p in request.path.split("/") if p]
+    tail = "/".join(parts[2:]) if len(parts) > 2 else "/".join(parts)
+    if len(parts) == 2 and request.method == "DELETE":
+        tail = "sessions/{id}"
+    return f"{request.method} {tail}"
+
+
+def route_times(transport: RecordingTransport, name: str) -> list[float]:
+    """The recorded times (to the response's headers) of one route."""
+    return [r.seconds for r in list(transport.requests) if route(r) == name]
+
+
+def pick_profiles(data: Dataset, count: int) -> list[int]:
+    """Held-out positions of refused applications that explain can turn into approvals.
+
+    Falls back to any refused row when fewer than ``count`` such rows exist.
+    """
+    from development.reference import clear_explain
+
+    refused = [int(i) for i in np.flatnonzero(data.y_quant == 0)]
+    chosen = []
+    for position in refused:
+        parts = data.raw_parties(position)
+        if clear_explain(parts["applicant"], parts["bank"], parts["credit_bureau"]) is not None:
+            chosen.append(position)
+            if len(chosen) == count:
+                return chosen
+    return (chosen + refused)[:count] or [0]
+
+
+def full_flow(client: Any, parts: dict[str, dict[str, Any]]) -> tuple[dict[str, float], bool]:
+    """The five steps (keys, three uploads, predict, fetch + decrypt); return times and verdict.
+
+    Key generation and predict wait and try again while the server's queue is full (503).
+    """
+    from backend import retry_while_busy
+
+    steps: dict[str, float] = {}
+    steps["keygen_upload"], _ = timed(lambda: retry_while_busy(client.generate_keys))
+    steps["send_applicant"], _ = timed(lambda: client.send_applicant(**parts["applicant"]))
+    steps["send_bank"], _ = timed(lambda: client.send_bank(**parts["bank"]))
+    steps["send_credit_bureau"], _ = timed(
+        lambda: client.send_credit_bureau(**parts["credit_bureau"])
+    )
+    steps["predict"], _ = timed(lambda: retry_while_busy(client.predict))
+    steps["fetch_decrypt"], verdict = timed(client.decrypt_verdict)
+    steps["flow"] = sum(steps.values())
+    return steps, bool(verdict)
+
+
+def measure_http(
+    report: Report, options: Options, data: Dataset, server: ServerProcess, work_dir: Path
+) -> None:
+    """Five-step flows, explain and the server's RSS with live sessions, over HTTP."""
+    from backend import CreditScoringClient, retry_while_busy
+    from development.reference import clear_explain
+
+    report.stage("HTTP flows")
+    n_sessions = max(RSS_SESSIONS, options.runs + 1)
+    profiles = pick_profiles(data, n_sessions)
+    transport = RecordingTransport(keep_bodies=False)
+    clients = []
+    steps: dict[str, list[float]] = {}
+    first_predict_fhe, warm_predict_fhe, explain_wall, explain_fhe = [], [], [], []
+    explain_trips, agree = [], []
+    rss = {0: rss_bytes(server.pid)}
+    try:
+        for index in tqdm(range(n_sessions), desc="sessions (flow + explain)", leave=False):
+            position = profiles[index % len(profiles)]
+            parts = data.raw_parties(position)
+            client = CreditScoringClient(
+                server.url, key_dir=work_dir / "http_keys" / str(index), transport=transport
+            )
+            clients.append(client)
+            flow_steps, verdict = full_flow(client, parts)
+            before = len(transport)
+            with Stopwatch() as explain_watch:
+                years = retry_while_busy(client.explain)
+            trips = len(transport) - before
+            expected_years = clear_explain(**parts)
+            agree.append(verdict == bool(data.y_quant[position]) and years == expected_years)
+            # Memory after this session's full flow, with every session so far still open.
+            rss[index + 1] = rss_bytes(server.pid)
+            if index == 0:
+                continue  # warm-up: the server's very first FHE runs
+            for name, seconds in flow_steps.items():
+                steps.setdefault(name, []).append(seconds)
+            first_predict_fhe.append(float(client.fhe_execution_time))
+            explain_wall.append(explain_watch.seconds)
+            explain_trips.append(trips)
+            if client.explain_fhe_execution_time is not None:
+                explain_fhe.append(float(client.explain_fhe_execution_time))
+            warm_predict_fhe.append(float(retry_while_busy(client.predict)))
+        report.record("http_sessions", n_sessions)
+        report.median("flow_s", steps["flow"])
+        for name in FLOW_STEPS:
+            report.median(f"flow_{name}_s", steps[name])
+        report.median("http_upload_keys_s", route_times(transport, "POST sessions")[1:])
+        report.median("http_first_predict_fhe_s", first_predict_fhe)
+        report.median("http_warm_predict_fhe_s", warm_predict_fhe)
+        report.median("explain_http_s", explain_wall)
+        if explain_fhe:
+            report.median("explain_server_fhe_s", explain_fhe)
+        report.record("explain_round_trips", max(explain_trips))
+        report.record("http_agreement", round(float(np.mean(agree)), 4))
+        report.record("server_rss_0_sessions_bytes", rss[0])
+        report.record("server_rss_1_session_bytes", rss[1])
+        report.record("server_rss_5_sessions_bytes", rss[RSS_SESSIONS])
+        report.facts(server_rss_by_sessions_bytes={str(k): v for k, v in rss.items()})
+    finally:
+        for client in clients:
+            client.close()
+        transport.close()
+    time.sleep(0.5)
+    report.record("server_rss_after_close_bytes", rss_bytes(server.pid))

@@ -1,0 +1,133 @@
+"""Stage 3, the naive port: Concrete ML's own tree, default compilation, single-function deploy.
+
+``DecisionTreeClassifier(n_bits=6)`` of the same depth on the same training split, compiled with
+the default configuration (no compression) and deployed with FHEModelDev / FHEModelClient /
+FHEModelServer. Its times are compared with ours (stage 2) in ratios.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from concrete import fhe
+from sklearn.metrics import f1_score
+from tqdm import tqdm
+
+import settings
+from development.benchmark.dataset import Dataset
+from development.benchmark.options import Options
+from development.benchmark.report import Report
+from development.benchmark.timing import Stopwatch, timed
+
+NAIVE_N_BITS = 6
+NAIVE_SLOW_RUN_SECONDS = 30.0
+NAIVE_SLOW_CAP = 3
+
+
+def measure_naive(
+    report: Report, options: Options, data: Dataset, card: dict[str, Any], work_dir: Path
+) -> None:
+    """Concrete ML's own tree (n_bits 6, same depth), default compile, single-function deploy."""
+    from concrete.ml.deployment import FHEModelClient, FHEModelDev, FHEModelServer
+    from concrete.ml.sklearn import DecisionTreeClassifier
+
+    report.stage("naive port")
+    max_depth = int(card["parameters"]["max_depth"])
+    x, y = data.built["x"], data.built["y"]
+    idx_train, idx_test = data.built["idx_train"], data.built["idx_test"]
+    model = DecisionTreeClassifier(
+        n_bits=NAIVE_N_BITS, max_depth=max_depth, random_state=settings.SEED
+    )
+    fit_s, _ = timed(lambda: model.fit(x[idx_train], y[idx_train]))
+    compile_s, _ = timed(lambda: model.compile(x[idx_train]))
+    report.record("naive_n_bits", NAIVE_N_BITS)
+    report.record("naive_max_depth", max_depth)
+    report.record("naive_compile_s", round(compile_s + fit_s, 3))
+    y_naive = model.predict(x[idx_test])
+    naive_f1 = report.record("naive_f1", round(float(f1_score(y[idx_test], y_naive)), 4))
+    f1_gap = round(abs(float(report.values["f1_quantized"]) - naive_f1) * 100, 2)
+    report.record("f1_gap_vs_naive_points", f1_gap)
+    report.record("naive_bootstraps", int(model.fhe_circuit.programmable_bootstrap_count))
+
+    model_dir = work_dir / "naive_model"
+    FHEModelDev(str(model_dir), model).save()
+    # No key directory (a key-set cache): with one, every keygen would reload the same keys.
+    client = FHEModelClient(str(model_dir), key_dir=None)
+    server = FHEModelServer(str(model_dir))
+    x_test = x[idx_test]
+
+    runs = options.naive_runs
+    warmup = 0 if options.quick else 1
+    keygen, fresh, deserialize, encrypt_times, decrypt_times = [], [], [], [], []
+    ek_size, ct_size = 0, 0
+    agreement: list[bool] = []
+    evaluation_keys: Any = None
+    index = 0
+    bar = tqdm(total=warmup + runs, desc="naive keygen + fresh predict", leave=False)
+    while index < warmup + runs:
+        row = index % len(x_test)
+        with Stopwatch() as keygen_watch:
+            client.generate_private_and_evaluation_keys(force=True)
+        ek_bytes = client.get_serialized_evaluation_keys()
+        with Stopwatch() as deserialize_watch:
+            evaluation_keys = fhe.EvaluationKeys.deserialize(ek_bytes)
+        with Stopwatch() as encrypt_watch:
+            encrypted = client.quantize_encrypt_serialize(x_test[row : row + 1])
+        with Stopwatch() as fresh_watch:
+            output = server.run(encrypted, evaluation_keys)
+        with Stopwatch() as decrypt_watch:
+            probabilities = client.deserialize_decrypt_dequantize(output)
+        agreement.append(int(np.argmax(probabilities[0])) == int(y_naive[row]))
+        ek_size, ct_size = len(ek_bytes), len(encrypted)
+        if index >= warmup:
+            keygen.append(keygen_watch.seconds)
+            fresh.append(fresh_watch.seconds)
+            deserialize.append(deserialize_watch.seconds)
+            encrypt_times.append(encrypt_watch.seconds)
+            decrypt_times.append(decrypt_watch.seconds)
+        if fresh_watch.seconds > NAIVE_SLOW_RUN_SECONDS and runs > NAIVE_SLOW_CAP:
+            report.note(
+                f"one naive FHE run took {fresh_watch.seconds:.1f} s "
+                f"(> {NAIVE_SLOW_RUN_SECONDS:.0f} s): the naive port is capped at "
+                f"{NAIVE_SLOW_CAP} runs"
+            )
+            runs = NAIVE_SLOW_CAP
+            bar.total = warmup + runs
+        index += 1
+        bar.update(1)
+    bar.close()
+    report.record("naive_runs", runs)
+    report.median("naive_keygen_s", keygen)
+    report.record("naive_evaluation_key_bytes", ek_size)
+    report.record("naive_ciphertext_bytes", ct_size)
+    report.median("naive_encrypt_s", encrypt_times)
+    report.median("naive_evaluation_key_deserialize_s", deserialize)
+    naive_fresh = report.median("naive_fresh_predict_s", fresh)
+
+    # Warm runs: the same deserialized keys again (the fresh run above warmed them up).
+    warm, row = [], 0
+    for _ in tqdm(range(runs), desc="naive warm predict", leave=False):
+        row = (row + 1) % len(x_test)
+        encrypted = client.quantize_encrypt_serialize(x_test[row : row + 1])
+        with Stopwatch() as warm_watch:
+            output = server.run(encrypted, evaluation_keys)
+        probabilities = client.deserialize_decrypt_dequantize(output)
+        agreement.append(int(np.argmax(probabilities[0])) == int(y_naive[row]))
+        warm.append(warm_watch.seconds)
+    naive_warm = report.median("naive_warm_predict_s", warm)
+    report.median("naive_decrypt_s", decrypt_times)
+    report.record("naive_fhe_agreement_real", round(float(np.mean(agreement)), 4))
+    report.record(
+        "naive_time_per_bootstrap_s",
+        round(naive_warm / max(1, report.values["naive_bootstraps"]), 6),
+    )
+    ours = float(report.values["warm_predict_s"])
+    report.record("speedup_vs_naive", round(naive_warm / ours, 2))
+    report.record("predict_time_ratio", round(ours / naive_warm, 4))
+    report.record(
+        "fresh_predict_time_ratio",
+        round(float(report.values["fresh_predict_s"]) / naive_fresh, 4),
+    )
+    report.record("upload_ratio", round(report.values["evaluation_key_bytes"] / ek_size, 4))

@@ -17,24 +17,17 @@ monitoring or named API route). Texts live in page/locales/<lang>.json (page/str
 
 from __future__ import annotations
 
-import atexit
 import base64
 import contextlib
-import ctypes
 import functools
 import logging
 import math
 import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import httpx
 
 import backend
 import settings
@@ -44,7 +37,6 @@ from page.strings import category_key, party_list, tr
 
 logger = logging.getLogger(__name__)
 
-HEALTH_POLL_INTERVAL_SECONDS = 0.25
 INCOME_STEP = 500
 ASSET_FIELDS = ("own_car", "own_property", "mobile_phone")
 YES, NO = "yes", "no"
@@ -811,101 +803,8 @@ def serve_page(demo: gr.Blocks, runtime: PageRuntime, *, block: bool = True) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# Running: the FHE server as a child process, then the page
+# Running: the FHE server as a supervised child process, then the page
 # ---------------------------------------------------------------------------------------------
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: ask the kernel to SIGTERM the child if this process dies (even by SIGKILL)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether a TCP port can be bound on host right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def start_fhe_server(port: int) -> subprocess.Popen[bytes]:
-    """Start ``uvicorn server:app`` on 127.0.0.1:port as a child process (in REPO_DIR).
-
-    Raises:
-        RuntimeError: if the port is already taken.
-    """
-    if not port_is_free(port):
-        raise RuntimeError(
-            f"cannot start the FHE server: port {port} is already in use; set FHE_SERVER_PORT "
-            "to a free port, or FHE_SERVER_URL to use a server that is already running"
-        )
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "server:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    logger.info("starting the FHE server: %s", " ".join(command))
-    preexec = _die_with_parent if sys.platform.startswith("linux") else None
-    return subprocess.Popen(command, cwd=settings.REPO_DIR, preexec_fn=preexec)
-
-
-def wait_for_health(
-    url: str,
-    process: subprocess.Popen[bytes] | None = None,
-    timeout: float = 60.0,
-) -> None:
-    """Poll ``url``/health until it answers 200.
-
-    Args:
-        url: the FHE server's base URL.
-        process: the child server process, if this program started it (its exit is an error).
-        timeout: seconds before giving up.
-
-    Raises:
-        RuntimeError: if the process exits or /health does not answer 200 in time.
-    """
-    deadline = time.monotonic() + timeout
-    last_problem = "no answer yet"
-    while True:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(
-                f"the FHE server exited with code {process.returncode} before it was ready"
-            )
-        try:
-            response = httpx.get(f"{url}/health", timeout=2.0)
-            if response.status_code == 200:
-                return
-            last_problem = f"/health answered HTTP {response.status_code}"
-        except httpx.HTTPError as error:
-            last_problem = f"{error.__class__.__name__}: {error}"
-        if time.monotonic() >= deadline:
-            raise RuntimeError(
-                f"the FHE server at {url} did not become healthy within {timeout:g} s "
-                f"({last_problem})"
-            )
-        time.sleep(HEALTH_POLL_INTERVAL_SECONDS)
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """Terminate a child process, killing it if it does not stop in time (idempotent)."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def _raise_system_exit(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
@@ -914,24 +813,37 @@ def main() -> None:
     """Start the FHE server (unless FHE_SERVER_URL is set), wait for it, serve the page."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    # SIGTERM runs the cleanup too (finally blocks and atexit), like Ctrl-C.
+    # SIGTERM runs the cleanup too (finally blocks), like Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_system_exit)
+    from fhe_server.launcher import ServerStartError, wait_for_health
     from page.keygen import KeygenPool
+    from page.supervisor import ServerSupervisor
 
     client_settings = settings.ClientSettings()
     pool = KeygenPool(client_settings.page_keygen_workers)
     runtime = PageRuntime(client_settings, key_generator=pool)
-    child: subprocess.Popen[bytes] | None = None
-    atexit.register(runtime.close)
+    supervisor: ServerSupervisor | None = None
     try:
         try:
-            url = client_settings.resolved_server_url()
-            if not client_settings.server_url:
-                child = start_fhe_server(client_settings.server_port)
-                atexit.register(stop_process, child)
-            wait_for_health(url, child, timeout=client_settings.server_start_timeout)
-        except RuntimeError as error:  # a startup problem: say it, without a traceback
-            logger.error("%s", error)
+            if client_settings.server_url:
+                url = client_settings.resolved_server_url()
+                wait_for_health(url, timeout=client_settings.server_start_timeout)
+            else:
+                supervisor = ServerSupervisor(
+                    port=client_settings.server_port,
+                    start_timeout=client_settings.server_start_timeout,
+                    restart_limit=client_settings.server_restart_limit,
+                )
+                logger.info("starting the FHE server on port %d", client_settings.server_port)
+                supervisor.start()
+                url = supervisor.url
+                runtime.server_problem = supervisor.problem
+        except ServerStartError as error:  # a startup problem: say it, without a traceback
+            logger.error(
+                "%s\nSet FHE_SERVER_PORT to a free port, or FHE_SERVER_URL to use a server "
+                "that is already running.",
+                error,
+            )
             raise SystemExit(1) from None
         logger.info("FHE server ready at %s", url)
         runtime.open()
@@ -940,8 +852,8 @@ def main() -> None:
     finally:
         runtime.close()
         pool.close()
-        if child is not None:
-            stop_process(child)
+        if supervisor is not None:
+            supervisor.stop()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ server) on free loopback ports for a test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from conftest import free_port
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -140,6 +142,7 @@ class RunningApp:
         keys_dir: the app's FHE_CLIENT_KEYS_DIR.
         store_dir: the FHE server's FHE_STORE_DIR.
         process: the app's process.
+        fhe_url: the base URL of the FHE server the app started.
     """
 
     url: str
@@ -147,6 +150,7 @@ class RunningApp:
     keys_dir: Path
     store_dir: Path
     process: subprocess.Popen[bytes]
+    fhe_url: str
 
     def log_tail(self, chars: int = 4000) -> str:
         """Return the end of the app's log."""
@@ -154,6 +158,19 @@ class RunningApp:
             return self.log.read_text(encoding="utf-8", errors="replace")[-chars:]
         except OSError as error:
             return f"(no log: {error})"
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        """The page's and the FHE server's ports."""
+        return httpx.URL(self.url).port or 0, httpx.URL(self.fhe_url).port or 0
+
+    def fhe_server(self) -> psutil.Process:
+        """The FHE server process the app started (its uvicorn child)."""
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "uvicorn" in " ".join(child.cmdline()):
+                    return child
+        raise LookupError(f"no FHE server child; app log:\n{self.log_tail()}")
 
     def key_folders(self) -> list[Path]:
         """The sessions' key folders (each holds a ``keys`` file) under the keys directory."""
@@ -173,17 +190,23 @@ def stop_app(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running_app(work: Path, env: dict[str, str] | None = None) -> Iterator[RunningApp]:
-    """Run ``python app.py`` on free loopback ports with its files in ``work``; stop it after.
+def running_app(
+    work: Path, env: dict[str, str] | None = None, ports: tuple[int, int] | None = None
+) -> Iterator[RunningApp]:
+    """Run ``python app.py`` on loopback ports with its files in ``work``; stop it after.
 
     Args:
         work: folder for the log, the keys and the server's store.
         env: extra environment variables (FHE_PAGE_* limits, ...).
+        ports: the page's and the FHE server's ports (default: free ones).
     """
     work.mkdir(parents=True, exist_ok=True)
-    gradio_port, fhe_port = free_port(), free_port()
-    while fhe_port == gradio_port:
-        fhe_port = free_port()
+    if ports is None:
+        gradio_port, fhe_port = free_port(), free_port()
+        while fhe_port == gradio_port:
+            fhe_port = free_port()
+    else:
+        gradio_port, fhe_port = ports
     keys_dir = work / "client_keys"
     store_dir = work / "fhe_store"
     child_env = {
@@ -214,6 +237,7 @@ def running_app(work: Path, env: dict[str, str] | None = None) -> Iterator[Runni
             keys_dir=keys_dir,
             store_dir=store_dir,
             process=process,
+            fhe_url=f"http://127.0.0.1:{fhe_port}",
         )
         try:
             _wait_until_page_answers(running)

@@ -193,8 +193,50 @@ def test_the_queue_has_a_maximum_size(page: RunningApp) -> None:
     assert set(answers) <= {200, 503} and 503 in answers, answers
 
 
+def test_the_page_restarts_its_fhe_server_and_the_flow_goes_on(page: RunningApp) -> None:
+    script = PageScript(page.url, headers=as_client("198.51.100.5"))
+    bank = script.queued_event("encrypt-bank-button")["id"]
+    try:
+        wait_for(lambda: script.join(bank, [None, None, 30]).status_code == 200, 120, "queue", page)
+        wait_for(lambda: not page.key_folders(), 120, "earlier sessions stayed", page)
+        assert script.click("keygen-button").success
+        assert script.run(bank, [None, None, 30]).success
+        server = page.fhe_server()
+        server.kill()
+        # A step while the server is down: the person is told, in the page's language.
+        result = script.run(bank, [None, None, 31])
+        assert not result.success
+        assert result.error == strings.tr("zh", "err_server_restarting"), result
+        # The page starts it again (and reaps the dead one: no zombie is left).
+        wait_for(
+            lambda: (
+                httpx.get(page.fhe_url + "/health", timeout=5).status_code == 200
+                if _listening(page)
+                else False
+            ),
+            180,
+            "the FHE server was not restarted",
+            page,
+        )
+        assert not psutil.pid_exists(server.pid) or server.status() != psutil.STATUS_ZOMBIE
+        assert page.fhe_server().pid != server.pid
+        # The session lives in the server's store: the flow goes on with the same keys.
+        assert script.run(bank, [None, None, 32]).success
+    finally:
+        script.close()
+
+
+def _listening(running: RunningApp) -> bool:
+    try:
+        httpx.get(running.fhe_url + "/health", timeout=5)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
 def test_keys_left_by_a_killed_page_are_removed_at_restart(page: RunningApp) -> None:
-    # Runs last: it kills the module's page (once the queue test's events have left the queue).
+    # Runs last: it kills the module's page (once the queue test's events have left the queue),
+    # then starts a new one at once on the same ports.
     script = PageScript(page.url, headers=as_client("198.51.100.4"))
     keygen = script.queued_event("keygen-button")["id"]
     try:
@@ -205,8 +247,11 @@ def test_keys_left_by_a_killed_page_are_removed_at_restart(page: RunningApp) -> 
     time.sleep(1)  # the key generation's server upload
     left = page.key_folders()
     assert left
+    server = page.fhe_server()
     os.kill(page.process.pid, signal.SIGKILL)
     page.process.wait(timeout=30)
+    server.wait(timeout=60)  # the kernel stopped the FHE server with its parent
     assert all(folder.exists() for folder in left)  # nothing ran to remove them
-    with running_app(page.log.parent) as restarted:
+    # Right away on the same ports (sockets of the old connections are in TIME_WAIT).
+    with running_app(page.log.parent, LIMITS_ENV, ports=page.ports) as restarted:
         assert not any(folder.exists() for folder in left), restarted.log_tail()

@@ -541,9 +541,9 @@ def build_demo(runtime: PageRuntime) -> gr.Blocks:
             js_on_load=None,
         )
         gr.Markdown(i18n("title"), elem_id="title")
-        with gr.Group(elem_id="privacy-notice"):
-            gr.Markdown(i18n("privacy_title"))
-            gr.Markdown(i18n("privacy_notice"))
+        with gr.Group():
+            gr.Markdown(i18n("privacy_title"), elem_id="privacy-title")
+            gr.Markdown(i18n("privacy_notice"), elem_id="privacy-notice")
 
         with gr.Accordion(i18n("acc_scoring_title"), open=False, elem_id="accordion-scoring"):
             gr.Markdown(i18n("acc_scoring_body"))

@@ -15,7 +15,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from typing import Any
 import httpx
 import psutil
 from conftest import free_port
+
+from fhe_server.launcher import stop_process, wait_for_health
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 
@@ -177,18 +178,6 @@ class RunningApp:
         return sorted(path.parent for path in self.keys_dir.glob("*/*/keys"))
 
 
-def stop_app(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the app (a clean exit that stops its FHE server), SIGKILL if it hangs."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @contextmanager
 def running_app(
     work: Path, env: dict[str, str] | None = None, ports: tuple[int, int] | None = None
@@ -240,30 +229,10 @@ def running_app(
             fhe_url=f"http://127.0.0.1:{fhe_port}",
         )
         try:
-            _wait_until_page_answers(running)
+            wait_for_health(
+                running.url, process, APP_START_TIMEOUT_SECONDS, running.log_tail,
+                path="/", name="python app.py",
+            )  # fmt: skip
             yield running
         finally:
-            stop_app(process)
-
-
-def _wait_until_page_answers(running: RunningApp) -> None:
-    deadline = time.monotonic() + APP_START_TIMEOUT_SECONDS
-    problem = "no answer yet"
-    while time.monotonic() < deadline:
-        if running.process.poll() is not None:
-            raise AssertionError(
-                f"python app.py exited with code {running.process.returncode} before serving "
-                f"the page; its log ({running.log}):\n{running.log_tail()}"
-            )
-        try:
-            response = httpx.get(running.url, timeout=2.0)
-            if response.status_code == 200:
-                return
-            problem = f"HTTP {response.status_code}"
-        except httpx.HTTPError as error:
-            problem = f"{error.__class__.__name__}: {error}"
-        time.sleep(0.25)
-    raise AssertionError(
-        f"the page at {running.url} did not answer within {APP_START_TIMEOUT_SECONDS:g} s "
-        f"({problem}); app log ({running.log}):\n{running.log_tail()}"
-    )
+            stop_process(process, grace=30)  # app.py stops its FHE server on SIGTERM

@@ -21,6 +21,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -325,61 +326,18 @@ def _toast(driver: PageDriver, expected: str) -> str:
     )
 
 
-def test_zh_tw_page_out_of_order_click_and_language_switch(
-    chromium: str, page_app: RunningApp, tmp_path: Path
-) -> None:
+@contextmanager
+def opened_page(
+    chromium: str, running: RunningApp, locale: str, screenshot: Path, *, always_shoot: bool
+) -> Iterator[PageDriver]:
+    """A fresh Chromium profile in ``locale`` showing the page; failures get the screenshot."""
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
-    screenshot = tmp_path / "page-zh-TW.png"
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=chromium,
-            args=CHROMIUM_ARGS,
-            locale="zh-TW",
-            viewport={"width": 1280, "height": 900},
-        )
-        try:
-            context.set_default_timeout(30_000)
-            page = context.pages[0] if context.pages else context.new_page()
-            driver = PageDriver(page, page_app, screenshot)
-            try:
-                page.goto(page_app.url, wait_until="load", timeout=PAGE_LOAD_TIMEOUT_MS)
-                page.locator("#keygen-button").wait_for(state="visible")
-                _assert_language(driver, "zh")
-                # A click out of order: its message, a Chinese toast title, no output marked.
-                driver.click("run-fhe-button")
-                title = _toast(driver, tr("zh", "err_order_keys_first"))
-                assert title == tr("zh", "error_title"), f"toast title {title!r}"
-                _assert_no_output_marked(driver)
-                # The switch: the page and the handlers' messages in English.
-                page.locator("#lang-en").click()
-                page.wait_for_url("**/?lang=en")
-                page.locator("#keygen-button").wait_for(state="visible")
-                _assert_language(driver, "en")
-                driver.click("explain-button")
-                assert _toast(driver, tr("en", "err_order_keys_first")) == "Error"
-                _assert_no_output_marked(driver)
-            except (AssertionError, PlaywrightError) as error:
-                driver.take_screenshot()
-                raise AssertionError(f"{error}{driver.context()}") from error
-        finally:
-            context.close()
-
-
-@pytest.mark.parametrize(("locale", "lang"), [("zh-HK", "zh"), ("en-US", "en")])
-def test_five_steps_in_a_real_browser(
-    locale: str, lang: str, chromium: str, page_app: RunningApp, tmp_path: Path
-) -> None:
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import sync_playwright
-
-    screenshot = tmp_path / f"page-{lang}.png"
     with sync_playwright() as playwright:
         # Playwright refuses --user-data-dir in args: a persistent context gets a fresh one.
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
+            str(screenshot.with_suffix(".profile")),
             executable_path=chromium,
             args=CHROMIUM_ARGS,
             locale=locale,
@@ -388,18 +346,49 @@ def test_five_steps_in_a_real_browser(
         try:
             context.set_default_timeout(30_000)
             page = context.pages[0] if context.pages else context.new_page()
-            driver = PageDriver(page, page_app, screenshot)
+            driver = PageDriver(page, running, screenshot)
             try:
-                page.goto(page_app.url, wait_until="load", timeout=PAGE_LOAD_TIMEOUT_MS)
+                page.goto(running.url, wait_until="load", timeout=PAGE_LOAD_TIMEOUT_MS)
                 page.locator("#keygen-button").wait_for(state="visible")
-                key_folders = _walk_through_the_five_steps(driver, lang)
+                yield driver
             except (AssertionError, PlaywrightError) as error:
                 driver.take_screenshot()
                 raise AssertionError(f"{error}{driver.context()}") from error
             finally:
-                driver.take_screenshot()
+                if always_shoot:
+                    driver.take_screenshot()
         finally:
             context.close()
+
+
+def test_zh_tw_page_out_of_order_click_and_language_switch(
+    chromium: str, page_app: RunningApp, tmp_path: Path
+) -> None:
+    screenshot = tmp_path / "page-zh-TW.png"
+    with opened_page(chromium, page_app, "zh-TW", screenshot, always_shoot=False) as driver:
+        _assert_language(driver, "zh")
+        # A click out of order: its message, a Chinese toast title, no output marked.
+        driver.click("run-fhe-button")
+        title = _toast(driver, tr("zh", "err_order_keys_first"))
+        assert title == tr("zh", "error_title"), f"toast title {title!r}"
+        _assert_no_output_marked(driver)
+        # The switch: the page and the handlers' messages in English.
+        driver.page.locator("#lang-en").click()
+        driver.page.wait_for_url("**/?lang=en")
+        driver.page.locator("#keygen-button").wait_for(state="visible")
+        _assert_language(driver, "en")
+        driver.click("explain-button")
+        assert _toast(driver, tr("en", "err_order_keys_first")) == "Error"
+        _assert_no_output_marked(driver)
+
+
+@pytest.mark.parametrize(("locale", "lang"), [("zh-HK", "zh"), ("en-US", "en")])
+def test_five_steps_in_a_real_browser(
+    locale: str, lang: str, chromium: str, page_app: RunningApp, tmp_path: Path
+) -> None:
+    screenshot = tmp_path / f"page-{lang}.png"
+    with opened_page(chromium, page_app, locale, screenshot, always_shoot=True) as driver:
+        key_folders = _walk_through_the_five_steps(driver, lang)
     assert screenshot.stat().st_size > 0, f"no screenshot at {screenshot}"
     # Closing the tab ends the session (demo.unload): its secret key folder is deleted.
     deadline = time.monotonic() + 15

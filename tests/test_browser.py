@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_page import RunningApp, running_app
 from test_backend import PROFILES
 
 import app
 import settings
+from development.page_script import RunningApp, running_app
 from development.reference import clear_explain, clear_verdict
 from page.strings import display_name, tr
 

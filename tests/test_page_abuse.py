@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from helpers_page import PageScript, RunningApp, running_app
 
+from development.page_script import PageScript, RunningApp, running_app
 from page import strings
 
 pytestmark = pytest.mark.slow
@@ -52,19 +52,6 @@ def as_client(address: str, language: str = "zh-HK") -> dict[str, str]:
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     with running_app(tmp_path_factory.mktemp("abuse"), LIMITS_ENV) as running:
         yield running
-
-
-def page_memory(running: RunningApp) -> int:
-    """RSS of the page process and its key generation workers (not the FHE server)."""
-    process = psutil.Process(running.process.pid)
-    total = process.memory_info().rss
-    for child in process.children(recursive=True):
-        try:
-            if "uvicorn" not in " ".join(child.cmdline()):
-                total += child.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total
 
 
 def server_sessions(running: RunningApp) -> int:
@@ -103,7 +90,7 @@ def test_keys_of_a_session_that_never_opened_a_page_expire(page: RunningApp) -> 
 
 def test_scripted_key_generations_past_the_limits_are_refused(page: RunningApp) -> None:
     wait_for(lambda: not page.key_folders(), 60, "earlier key folders stayed", page)
-    before = page_memory(page)
+    before = page.page_memory()
     accepted, refusals = 0, []
     peak_folders = peak_sessions = 0
     for _ in range(FLOOD):
@@ -118,7 +105,7 @@ def test_scripted_key_generations_past_the_limits_are_refused(page: RunningApp) 
             refusals.append(result.error or "")
         peak_folders = max(peak_folders, len(page.key_folders()))
         peak_sessions = max(peak_sessions, server_sessions(page))
-    after = page_memory(page)
+    after = page.page_memory()
     # At most the rate limit's worth were accepted, never more live sessions than the cap.
     assert 1 <= accepted <= KEYGEN_PER_CLIENT, (accepted, refusals)
     assert peak_folders <= MAX_SESSIONS and peak_sessions <= MAX_SESSIONS

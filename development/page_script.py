@@ -1,10 +1,11 @@
-"""A scripted client of the Gradio page over raw HTTP, as an attacker's script would call it.
+"""A scripted client of the Gradio page over raw HTTP, as a script (or an attacker's) calls it.
 
 ``PageScript(url)`` reads the page's ``/config``, finds an event by the ``elem_id`` of the button
 that triggers it, and runs it like the browser does: ``POST /gradio_api/queue/join`` with the
 event's ``fn_index`` and a session hash, then reads ``/gradio_api/queue/data`` (server-sent
 events) until the event completes. ``running_app`` starts ``python app.py`` (with its own FHE
-server) on free loopback ports for a test.
+server) on loopback ports. Used by tests/test_page_abuse.py, tests/test_browser.py and
+development/bench_page.py.
 """
 
 from __future__ import annotations
@@ -23,11 +24,8 @@ from typing import Any
 
 import httpx
 import psutil
-from conftest import free_port
 
-from fhe_server.launcher import stop_process, wait_for_health
-
-REPO_DIR = Path(__file__).resolve().parent.parent
+from fhe_server.launcher import REPO_DIR, free_port, stop_process, wait_for_health
 
 EVENT_TIMEOUT_SECONDS = 300.0
 
@@ -172,6 +170,16 @@ class RunningApp:
                 if "uvicorn" in " ".join(child.cmdline()):
                     return child
         raise LookupError(f"no FHE server child; app log:\n{self.log_tail()}")
+
+    def page_memory(self) -> int:
+        """RSS in bytes of the page process and its key generation workers (not the FHE server)."""
+        process = psutil.Process(self.process.pid)
+        total = process.memory_info().rss
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "uvicorn" not in " ".join(child.cmdline()):
+                    total += child.memory_info().rss
+        return total
 
     def key_folders(self) -> list[Path]:
         """The sessions' key folders (each holds a ``keys`` file) under the keys directory."""

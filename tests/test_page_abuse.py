@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -106,14 +107,15 @@ def test_scripted_key_generations_past_the_limits_are_refused(page: RunningApp) 
         peak_folders = max(peak_folders, len(page.key_folders()))
         peak_sessions = max(peak_sessions, server_sessions(page))
     after = page.page_memory()
-    # At most the rate limit's worth were accepted, never more live sessions than the cap.
+    # At most the rate limit's worth were accepted, never more live sessions than the cap; every
+    # other attempt was refused by one of the two, in the client's language. (Which one refuses
+    # depends on when earlier sessions expire; test_app.py checks each limit's exact message.)
     assert 1 <= accepted <= KEYGEN_PER_CLIENT, (accepted, refusals)
     assert peak_folders <= MAX_SESSIONS and peak_sessions <= MAX_SESSIONS
     full = strings.tr("zh", "err_page_full", limit=MAX_SESSIONS)
     rate = strings.tr("zh", "err_rate_keygen", seconds=0).split("0")[0]
     assert len(refusals) == FLOOD - accepted
     assert all(r == full or r.startswith(rate) for r in refusals), refusals
-    assert any(r.startswith(rate) for r in refusals)
     print(f"page memory {before / 2**20:.0f} MB -> {after / 2**20:.0f} MB, {accepted} accepted")
     assert after - before < MEMORY_GROWTH_BOUND_BYTES, (before, after)
 
@@ -168,16 +170,20 @@ def test_no_handler_is_listed_and_internal_handlers_are_not_callable(page: Runni
 
 
 def test_the_queue_has_a_maximum_size(page: RunningApp) -> None:
+    # Key generations that really run (a free slot, an address with its quota) take about a
+    # second each, one at a time: joins sent at once find the queue full after QUEUE_SIZE.
+    wait_for(lambda: not page.key_folders(), 120, "earlier sessions stayed", page)
     scripts = [
         PageScript(page.url, headers=as_client("198.51.100.3")) for _ in range(QUEUE_SIZE + 6)
     ]
+    keygen = scripts[0].queued_event("keygen-button")["id"]
     try:
-        keygen = scripts[0].queued_event("keygen-button")["id"]
-        answers = [script.join(keygen, [None]).status_code for script in scripts]
+        with ThreadPoolExecutor(len(scripts)) as pool:
+            answers = list(pool.map(lambda s: s.join(keygen, [None]).status_code, scripts))
     finally:
         for script in scripts:
             script.close()
-    assert set(answers) <= {200, 503} and 503 in answers, answers
+    assert set(answers) <= {200, 503} and answers.count(503) >= 1, answers
 
 
 def test_the_page_restarts_its_fhe_server_and_the_flow_goes_on(page: RunningApp) -> None:

@@ -92,6 +92,7 @@ class PageRuntime:
 
     def close(self) -> None:
         """Close every session and remove this process's key folder."""
+        logger.info("closing %d session(s) and removing their keys", len(self.registry))
         self.registry.stop_reaper()
         self.registry.close_all()
         self.key_folders.close()
@@ -813,8 +814,11 @@ def main() -> None:
     """Start the FHE server (unless FHE_SERVER_URL is set), wait for it, serve the page."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    # SIGTERM runs the cleanup too (finally blocks), like Ctrl-C.
+    # Ctrl-C (SIGINT) and SIGTERM leave through the finally block below: the sessions are closed
+    # (keys deleted) and the FHE server stopped. (Gradio's own Ctrl-C handling only closes its
+    # server, and can wait there for open connections.)
     signal.signal(signal.SIGTERM, _raise_system_exit)
+    signal.signal(signal.SIGINT, _raise_system_exit)
     from fhe_server.launcher import ServerStartError, wait_for_health
     from page.keygen import KeygenPool
     from page.supervisor import ServerSupervisor

@@ -248,3 +248,13 @@ def test_keys_left_by_a_killed_page_are_removed_at_restart(page: RunningApp) -> 
     # Right away on the same ports (sockets of the old connections are in TIME_WAIT).
     with running_app(page.log.parent, LIMITS_ENV, ports=page.ports) as restarted:
         assert not any(folder.exists() for folder in left), restarted.log_tail()
+        # (The dead page's server session stays until the server's own TTL: public data only.)
+        sessions_before = server_sessions(restarted)
+        script = PageScript(restarted.url, headers=as_client("198.51.100.6"))
+        try:
+            assert script.click("keygen-button").success
+        finally:
+            script.close()
+        assert len(restarted.key_folders()) == 1
+    # Stopped (SIGTERM, as Ctrl-C): its sessions were closed, keys and server sessions deleted.
+    assert restarted.key_folders() == [] and server_sessions(restarted) == sessions_before

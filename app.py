@@ -31,9 +31,10 @@ import gradio as gr
 
 import backend
 import settings
+import threeparty_page
 from page import strings
 from page.limits import KeyFolders, LimitExceeded, RateLimiter, SessionRegistry, client_address
-from page.strings import category_key, party_list, tr
+from page.strings import category_key, party_list
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,14 @@ def _headers(request: gr.Request | None) -> dict[str, str]:
     with contextlib.suppress(Exception):
         return {str(k): str(v) for k, v in dict(headers).items()}
     return {}
+
+
+def tr(lang: str, key: str, **values: Any) -> str:
+    """Translate a key of the page or of its three-party section into "zh" or "en"."""
+    section = threeparty_page.TRANSLATIONS.get(lang if lang in strings.LANGUAGES else "en", {})
+    if key in section:
+        return section[key].format(**values) if values else section[key]
+    return strings.tr(lang, key, **values)
 
 
 def session_key(request: gr.Request | None) -> str:
@@ -451,7 +460,10 @@ def mark_credit_bureau_edited(
 # ---------------------------------------------------------------------------------------------
 def make_i18n() -> gr.I18n:
     """Return the page's gr.I18n (English, and Chinese under every zh locale name)."""
-    return gr.I18n(**strings.gradio_translations())
+    tables = strings.gradio_translations()
+    for locale, table in tables.items():
+        table.update(threeparty_page.TRANSLATIONS["zh" if locale.startswith("zh") else "en"])
+    return gr.I18n(**tables)
 
 
 def _svg_img(file_name: str, alt: str, width: str) -> str:
@@ -487,8 +499,13 @@ def _category_choices(i18n: gr.I18n, field: str) -> list[tuple[Any, str]]:
     return [(i18n(category_key(field, v)), v) for v in settings.CATEGORY_VALUES[field]]
 
 
-def build_demo(runtime: PageRuntime) -> gr.Blocks:
-    """Build the five-step page (serve it with ``serve_page``, which adds the guard and i18n)."""
+def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
+    """Build the five-step page (serve it with ``serve_page``, which adds the guard and i18n).
+
+    Args:
+        runtime: the page's runtime (default: one with the settings of the environment).
+    """
+    runtime = runtime or PageRuntime(settings.ClientSettings())
     i18n = make_i18n()
     steps = PageSteps(runtime)
     limits = runtime.settings
@@ -647,6 +664,16 @@ def build_demo(runtime: PageRuntime) -> gr.Blocks:
         explain_button = gr.Button(i18n("btn_explain"), elem_id="explain-button", variant="primary")
         explain_result = gr.Textbox(
             label=i18n("label_explain"), interactive=False, elem_id="explain-result"
+        )
+        applicant_fields = [assets, num_children, household_size, total_income, age]
+        threeparty_page.build_section(
+            i18n,
+            [*applicant_fields, *dropdowns.values()],
+            [account_age],
+            [employed, years_employed],
+            request_language,
+            tr,
+            keys_dir=limits.client_keys_dir,
         )
         gr.Markdown(i18n("footer"), elem_id="footer")
 
@@ -819,7 +846,12 @@ def main() -> None:
     # server, and can wait there for open connections.)
     signal.signal(signal.SIGTERM, _raise_system_exit)
     signal.signal(signal.SIGINT, _raise_system_exit)
-    from fhe_server.launcher import ServerStartError, wait_for_health
+    from fhe_server.launcher import (
+        ServerStartError,
+        _die_with_parent,
+        stop_process,
+        wait_for_health,
+    )
     from page.keygen import KeygenPool
     from page.supervisor import ServerSupervisor
 
@@ -850,6 +882,7 @@ def main() -> None:
             )
             raise SystemExit(1) from None
         logger.info("FHE server ready at %s", url)
+        threeparty_page.start_server(preexec=_die_with_parent, stop=stop_process)
         runtime.open()
         pool.start()
         serve_page(build_demo(runtime), runtime)

@@ -5,7 +5,8 @@
    ML DecisionTreeClassifier trained on the training split;
 3. compile the quantized tree into ONE concrete-python module (predict + explain, one key set);
 4. write the server artifact, the client specs, the preprocessing, the field ranges, the model
-   card and (development only) the clear reference tree; then measure the model report.
+   card and (development only) the clear reference tree; then measure the model report;
+5. write the three-party mode's slot layout of the tree (``development.threeparty_layout``).
 """
 
 from __future__ import annotations
@@ -411,6 +412,9 @@ def main(out_dir: Path = settings.DEPLOYMENT_DIR, real_fhe_rows: int = N_REAL_FH
     }
     (out_dir / settings.MODEL_CARD_PATH.name).write_text(json.dumps(card, indent=1) + "\n")
     print(json.dumps({k: card[k] for k in ("parameters", "bootstraps", "metrics")}, indent=1))
+    from development import threeparty_layout  # imports this module: not at the top
+
+    threeparty_layout.main(layout_path=out_dir / threeparty_layout.LAYOUT_PATH.name)
     return card
 
 

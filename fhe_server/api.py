@@ -2,7 +2,8 @@
 
 Contract (also at ``/docs``)::
 
-    GET    /health                                -> 200 {"status", "api_version", "model"}
+    GET    /health                                -> 200 {"status", "api_version", "model",
+                                                          "replica", "key_cache"}
     POST   /sessions                              body: evaluation keys (octet-stream)
                                                   -> 201 {"session_id", "token", "expires_in"}
     PUT    /sessions/{session_id}/inputs/{party}  body: that party's ciphertext -> 204

@@ -9,9 +9,23 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum
 
 API_VERSION = "1"
+
+
+class StrEnum(str, Enum):  # noqa: UP042 (enum.StrEnum is Python 3.11+)
+    """``enum.StrEnum`` that also runs on Python 3.10, the three-party engine's interpreter.
+
+    The party clients of the three-party mode import this module (through ``settings``) in
+    ``.venv-threeparty``; a member is its value as a string, in ``str()`` and in formatting.
+    """
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
 
 
 class Party(StrEnum):

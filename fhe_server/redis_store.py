@@ -6,15 +6,16 @@ Cluster would refuse)::
     fhe:session:<id>   hash    token_sha256, created, inputs_version, output_version,
                                input:<party> (ciphertexts), output (encrypted verdict)
     fhe:keys:<id>      string  the serialized evaluation keys (about 15 MB)
-    fhe:sessions       zset    session id -> last use (ms), for max_sessions and eviction
-    fhe:removed        channel ids of deleted, evicted or expired sessions
+    fhe:sessions       zset    session id -> last use (ms), for max_sessions
+    fhe:removed        channel ids of deleted or expired sessions
 
 Every change to a session is one Lua script or one command, so it is atomic across replicas:
 an upload increments ``inputs_version`` in Redis, and a verdict is stored only if the inputs
 version it was computed from is still the current one (compare-and-set). Expiry is Redis's own
-TTL on both keys, renewed by every authenticated call. Each replica subscribes to
-``fhe:removed`` and drops its prepared keys of a session as soon as any replica deletes or
-evicts it, or notices (at its periodic purge) that Redis expired it.
+TTL on both keys, renewed by every authenticated call; when ``max_sessions`` live sessions are
+stored, a new one is refused (503), never made room for by evicting one. Each replica subscribes
+to ``fhe:removed`` and drops its prepared keys of a session as soon as any replica deletes it, or
+notices (at its periodic purge) that Redis expired it.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import math
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
@@ -36,11 +38,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fhe_server.errors import (
     InvalidTokenError,
-    ServiceError,
+    ServerBusyError,
     SessionNotFoundError,
     StepOutOfOrderError,
+    TooManySessionsError,
 )
-from fhe_server.protocol import RETRY_AFTER_HEADER, SESSION_ID_PATTERN
+from fhe_server.protocol import SESSION_ID_PATTERN
 from fhe_server.stores import short_id, token_digest
 
 logger = logging.getLogger("fhe_server.redis_store")
@@ -58,16 +61,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class StoreUnavailableError(ServiceError):
-    """Redis cannot be reached, or refuses writes (out of memory): 503, retry later."""
-
-    status_code = 503
-
-    def headers(self) -> dict[str, str] | None:
-        """Tell the client when to retry."""
-        return {RETRY_AFTER_HEADER: str(STORE_RETRY_AFTER_SECONDS)}
-
-
 def meta_key(session_id: str) -> str:
     """Redis key of a session's hash (metadata, inputs and output)."""
     return f"{PREFIX}session:{session_id}"
@@ -79,7 +72,7 @@ def blob_key(session_id: str) -> str:
 
 
 def _store_errors(method: Callable[P, T]) -> Callable[P, T]:
-    """Turn Redis being down or full into a 503 instead of an unexpected 500."""
+    """Turn Redis being down or out of memory into a 503 instead of an unexpected 500."""
 
     @wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -87,12 +80,16 @@ def _store_errors(method: Callable[P, T]) -> Callable[P, T]:
             return method(*args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError) as error:
             logger.error("Redis unreachable: %r", error)
-            raise StoreUnavailableError("the session store is unreachable; retry later") from None
+            raise ServerBusyError(
+                "the session store is unreachable; retry later", STORE_RETRY_AFTER_SECONDS
+            ) from None
         except ResponseError as error:
             if "OOM" not in str(error):
                 raise
             logger.error("Redis is full: %s", error)
-            raise StoreUnavailableError("the session store is full; retry later") from None
+            raise ServerBusyError(
+                "the session store is full; retry later", STORE_RETRY_AFTER_SECONDS
+            ) from None
 
     return wrapper
 
@@ -113,18 +110,16 @@ end
 
 PRUNE_SCRIPT = _PRUNE + "return removed\n"
 
-# Lua: make room (least recently used first) and create a session, all at once.
-# KEYS: index, new hash, new keys blob.
+# Lua: create a session unless the live ones fill max_sessions (live sessions are never
+# evicted). KEYS: index, new hash, new keys blob.
 # ARGV: prefix, channel, id, token hash, now (ms), ttl (ms), max sessions, evaluation keys.
+# Returns the ids of the expired sessions it forgot, or, when full, the last use (ms) of the
+# least recently used live session (a number).
 CREATE_SCRIPT = (
     _PRUNE
     + """
-local max_sessions = tonumber(ARGV[7])
-while redis.call('ZCARD', KEYS[1]) >= max_sessions do
-  local oldest = redis.call('ZPOPMIN', KEYS[1])[1]
-  redis.call('DEL', ARGV[1] .. 'session:' .. oldest, ARGV[1] .. 'keys:' .. oldest)
-  redis.call('PUBLISH', ARGV[2], oldest)
-  table.insert(removed, oldest)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[7]) then
+  return tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
 end
 redis.call('SET', KEYS[3], ARGV[8], 'PX', ARGV[6])
 redis.call('HSET', KEYS[2], 'token_sha256', ARGV[4], 'created', ARGV[5],
@@ -155,6 +150,19 @@ redis.call('HSET', KEYS[1], 'output', ARGV[1], 'output_version', ARGV[2])
 return 1
 """
 
+# Lua: take one of a client's session slots in its sliding window (shared by every replica).
+# KEYS: the client's slots (zset). ARGV: now (ms), window (ms), limit, slot id.
+# Returns -1 when a slot was taken, else the time (ms) of the client's oldest slot.
+QUOTA_SCRIPT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return -1
+"""
+
 # Lua: delete a session and announce it. KEYS: index, hash, blob. ARGV: id, channel.
 DELETE_SCRIPT = """
 local gone = redis.call('DEL', KEYS[2], KEYS[3])
@@ -169,7 +177,7 @@ class RedisSessionStore:
 
     Attributes:
         ttl_seconds: idle time after which Redis expires a session.
-        max_sessions: most sessions kept; creating one more evicts the least recently used.
+        max_sessions: most live sessions kept; beyond, creating one is refused (503).
     """
 
     def __init__(
@@ -261,6 +269,12 @@ class RedisSessionStore:
             self._listener.join(timeout=5)
         self.redis.close()
 
+    def session_quota(
+        self, limit: int, window_seconds: float, exempt: Iterable[str] = ()
+    ) -> RedisSessionQuota:
+        """The per-client session quota, kept in this Redis so that every replica shares it."""
+        return RedisSessionQuota(self, limit, window_seconds, exempt)
+
     # -- the store's methods ---------------------------------------------------------------
     @_store_errors
     def session_ids(self) -> list[str]:
@@ -294,7 +308,7 @@ class RedisSessionStore:
     def create(self, evaluation_keys: bytes, reserve_bytes: int = 0) -> tuple[str, str]:
         """Store a new session holding the given evaluation keys.
 
-        The least recently used sessions are evicted first while ``max_sessions`` are stored.
+        Sessions Redis expired are forgotten first; live sessions are never evicted.
 
         Args:
             evaluation_keys: the serialized evaluation keys (already checked).
@@ -302,6 +316,10 @@ class RedisSessionStore:
 
         Returns:
             (session_id, token); only the token's hash is stored.
+
+        Raises:
+            ServerBusyError: if ``max_sessions`` live sessions are stored, with Retry-After set to
+                the time until the least recently used one would expire.
         """
         del reserve_bytes
         session_id, token = secrets.token_hex(16), secrets.token_urlsafe(32)
@@ -318,8 +336,14 @@ class RedisSessionStore:
                 evaluation_keys,
             ],
         )
+        if isinstance(removed, int):
+            first_expiry_ms = removed + self._ttl_ms
+            raise ServerBusyError(
+                "the server holds as many sessions as it can; retry later",
+                retry_after=math.ceil((first_expiry_ms - self._now_ms()) / 1000),
+            )
         for other in removed:
-            logger.info("session %s removed (evicted or expired)", short_id(other.decode()))
+            logger.info("session %s removed (expired)", short_id(other.decode()))
         logger.info("session %s created", short_id(session_id))
         return session_id, token
 
@@ -424,3 +448,52 @@ class RedisSessionStore:
             args=[session_id, REMOVED_CHANNEL],
         )
         logger.info("session %s removed (deleted by the client)", short_id(session_id))
+
+
+class RedisSessionQuota:
+    """``runtime.SessionQuota`` kept in Redis: one sliding window per client for all replicas.
+
+    Without it each replica would count alone, and a client whose creations nginx spreads over
+    N replicas could open N times its quota.
+    """
+
+    def __init__(
+        self, store: RedisSessionStore, limit: int, window_seconds: float, exempt: Iterable[str]
+    ):
+        """Create the quota (see ``RedisSessionStore.session_quota``)."""
+        self.store = store
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self.exempt = frozenset(exempt)
+        self._window_ms = max(1, int(window_seconds * 1000))
+        self._take = store.redis.register_script(QUOTA_SCRIPT)
+
+    @_store_errors
+    def _admit(self, key: str, slot: str, now_ms: int) -> None:
+        oldest = self._take(keys=[key], args=[now_ms, self._window_ms, self.limit, slot])
+        if oldest >= 0:
+            raise TooManySessionsError(
+                f"this client opened {self.limit} sessions in the last "
+                f"{self.window_seconds:g} s; retry later",
+                retry_after=math.ceil((oldest + self._window_ms - now_ms) / 1000),
+            )
+
+    @contextlib.contextmanager
+    def admit(self, client: str) -> Iterator[None]:
+        """Take one of the client's slots for the duration of a creation; keep it on success.
+
+        Raises:
+            TooManySessionsError: with Retry-After set to when the client's oldest slot frees.
+            ServerBusyError: if Redis cannot be reached.
+        """
+        if self.limit <= 0 or client in self.exempt:
+            yield
+            return
+        key, slot = f"{PREFIX}quota:{client}", secrets.token_hex(8)
+        self._admit(key, slot, self.store._now_ms())
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(redis.exceptions.RedisError):
+                self.store.redis.zrem(key, slot)  # a failed creation gives its slot back
+            raise

@@ -108,11 +108,11 @@ class FHEGate:
 
 
 class SessionQuota:
-    """How many sessions each client may open per sliding window (per server process).
+    """How many sessions each client may open per sliding window (this one: per server process).
 
     A creation takes a slot when it starts (``admit``) and gives it back if it fails, so
     concurrent requests of one client cannot overrun the quota, and refused or invalid uploads
-    do not use it up.
+    do not use it up. Subclasses keep the windows elsewhere by overriding ``_windows``.
     """
 
     def __init__(
@@ -137,17 +137,23 @@ class SessionQuota:
         self._opened: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
-    def _recent(self, client: str, now: float) -> deque[float]:
-        """The client's creation times within the window (older ones dropped). Hold the lock."""
-        times = self._opened.setdefault(client, deque())
+    @contextlib.contextmanager
+    def _windows(self) -> Iterator[dict[str, deque[float]]]:
+        """Hold the quota's lock; yield every client's creation times (changes are kept)."""
+        with self._lock:
+            yield self._opened
+
+    def _recent(self, windows: dict[str, deque[float]], client: str, now: float) -> deque[float]:
+        """The client's creation times within the window (older ones dropped)."""
+        times = windows.setdefault(client, deque())
         while times and times[0] <= now - self.window_seconds:
             times.popleft()
         return times
 
-    def _sweep(self, now: float) -> None:
-        """Forget clients with no creation in the window (bounds memory). Hold the lock."""
-        for client in [c for c in self._opened if not self._recent(c, now)]:
-            del self._opened[client]
+    def _sweep(self, windows: dict[str, deque[float]], now: float) -> None:
+        """Forget clients with no creation in the window (bounds memory)."""
+        for client in [c for c in windows if not self._recent(windows, c, now)]:
+            del windows[client]
 
     @contextlib.contextmanager
     def admit(self, client: str) -> Iterator[None]:
@@ -159,11 +165,11 @@ class SessionQuota:
         if self.limit <= 0 or client in self.exempt:
             yield
             return
-        with self._lock:
+        with self._windows() as windows:
             now = self.clock()
-            if len(self._opened) > SWEEP_ABOVE_CLIENTS:
-                self._sweep(now)
-            times = self._recent(client, now)
+            if len(windows) > SWEEP_ABOVE_CLIENTS:
+                self._sweep(windows, now)
+            times = self._recent(windows, client, now)
             if len(times) >= self.limit:
                 wait = times[0] + self.window_seconds - now
                 raise TooManySessionsError(
@@ -175,7 +181,6 @@ class SessionQuota:
         try:
             yield
         except BaseException:
-            with self._lock:
-                with contextlib.suppress(ValueError):
-                    self._opened.get(client, deque()).remove(now)
+            with self._windows() as windows, contextlib.suppress(ValueError):
+                windows.get(client, deque()).remove(now)
             raise

@@ -158,7 +158,9 @@ def build_service(config: ServerSettings) -> ScoringService:
     store = open_store(config, on_remove=key_cache.discard)
     store.recover()
     gate = FHEGate(max_concurrent=config.max_concurrent_fhe, max_waiting=config.max_waiting_fhe)
-    quota = SessionQuota(
+    # A shared store brings its own quota, shared by every replica (POST /sessions goes to any).
+    make_quota = getattr(store, "session_quota", SessionQuota)
+    quota = make_quota(
         limit=config.session_quota,
         window_seconds=config.session_quota_window_seconds,
         exempt=config.session_quota_exempt,

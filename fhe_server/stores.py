@@ -14,10 +14,11 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from fhe_server.errors import (
     InvalidTokenError,
@@ -26,6 +27,7 @@ from fhe_server.errors import (
     StepOutOfOrderError,
 )
 from fhe_server.protocol import SESSION_ID_PATTERN, Party
+from fhe_server.runtime import SessionQuota
 
 logger = logging.getLogger("fhe_server")
 
@@ -208,6 +210,7 @@ class FileSessionStore:
         self.disk_budget_bytes = disk_budget_bytes
         self.on_remove = on_remove
         self.clock = clock
+        self._quota: FileSessionQuota | None = None
         self.root.mkdir(parents=True, exist_ok=True)
 
     # -- paths (only ever from checked ids) ------------------------------------------------
@@ -254,6 +257,18 @@ class FileSessionStore:
             yield directory
         finally:
             os.close(fd)
+
+    def session_quota(
+        self, limit: int, window_seconds: float, exempt: Iterable[str] = ()
+    ) -> SessionQuota:
+        """The per-client session quota, kept in the store so that every worker shares it.
+
+        The store's periodic purge also drops the quota's creation times older than its window.
+        """
+        self._quota = FileSessionQuota(
+            self, limit=limit, window_seconds=window_seconds, exempt=exempt
+        )
+        return self._quota
 
     # -- metadata --------------------------------------------------------------------------
     def _read_meta(self, session_id: str) -> SessionMeta:
@@ -332,9 +347,12 @@ class FileSessionStore:
         return removed
 
     def purge_expired(self) -> list[str]:
-        """Remove every expired session; return their ids."""
+        """Remove every expired session (and the quota's old creation times); return their ids."""
         with self._store_lock():
-            return self._purge_expired()
+            removed = self._purge_expired()
+        if self._quota is not None:
+            self._quota.prune()
+        return removed
 
     def recover(self) -> None:
         """Delete what an interrupted process left and purge expired sessions (at start-up)."""
@@ -513,3 +531,38 @@ class FileSessionStore:
         """Remove a session and everything stored for it."""
         with self._session_lock(session_id):
             self._remove(session_id, reason="deleted by the client")
+
+
+class FileSessionQuota(SessionQuota):
+    """The session quota of a filesystem store, shared by the processes using that store.
+
+    The clients' creation times are one small JSON file in the store's root, read and rewritten
+    under the store's lock (written only for clients that have a quota).
+    """
+
+    FILE = ".session_quota.json"
+
+    def __init__(self, store: FileSessionStore, **kwargs: Any):
+        """Create the quota of ``store`` (``kwargs`` as for ``SessionQuota``)."""
+        super().__init__(clock=store.clock, **kwargs)
+        self.store = store
+        self.path = store.root / self.FILE
+
+    def prune(self) -> None:
+        """Drop the creation times older than the window (and the clients left with none)."""
+        if self.path.exists():
+            with self._windows():
+                pass
+
+    @contextlib.contextmanager
+    def _windows(self) -> Iterator[dict[str, deque[float]]]:
+        with self._lock, self.store._store_lock():
+            try:
+                saved = json.loads(self.path.read_text(encoding="utf-8"))
+                windows = {str(c): deque(float(t) for t in times) for c, times in saved.items()}
+            except (FileNotFoundError, ValueError, TypeError, AttributeError):
+                windows = {}
+            yield windows
+            self._sweep(windows, self.clock())
+            data = {client: list(times) for client, times in windows.items()}
+            atomic_write(self.path, json.dumps(data).encode("utf-8"))

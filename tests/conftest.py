@@ -10,6 +10,8 @@
   ``atexit`` handler that shuts its dataflow runtime down and, once a circuit has run in this
   process, ends the process with status 0, which turned failed runs into green ones
   (``tests/test_exit_status.py`` checks it).
+- ``tests/threeparty`` is not collected here: it needs OpenFHE, which imports on Python 3.10 only,
+  so ``make test`` runs it in a second pytest in ``.venv-threeparty`` (see its own conftest).
 """
 
 import atexit
@@ -22,6 +24,9 @@ import pytest
 from fhe_server.launcher import free_port
 
 __all__ = ["free_port"]
+
+# The three-party suite runs in its own Python 3.10 session (`make test-threeparty`).
+collect_ignore = ["threeparty"]
 
 # Passes counted per session: "all" and "browser".
 _PASSES = pytest.StashKey[Counter]()

@@ -28,8 +28,9 @@ from concrete import fhe
 import settings
 from backend import PartyPreprocessor
 from development.reference import clear_verdict
+from fhe_server.protocol import CONTENT_TYPE_HEADER, OCTET_STREAM, bearer
 
-OCTET = {"Content-Type": "application/octet-stream"}
+OCTET = {CONTENT_TYPE_HEADER: OCTET_STREAM}
 CARD: dict[str, Any] = json.loads(settings.MODEL_CARD_PATH.read_text(encoding="utf-8"))
 WIRE: dict[str, dict[str, Any]] = CARD["wire_format"]
 CANDIDATE_ROWS: list[dict[str, Any]] = [
@@ -160,11 +161,6 @@ class Kit:
 # ---------------------------------------------------------------------------------------------
 # Talking to the server
 # ---------------------------------------------------------------------------------------------
-def bearer(token: str) -> dict[str, str]:
-    """The Authorization header of a session token."""
-    return {"Authorization": f"Bearer {token}"}
-
-
 def assert_client_error(response: httpx.Response, expected: int | set[int] | None = None) -> str:
     """Assert a 4xx answer with a JSON ``{"detail": str}`` body; return the detail.
 

@@ -27,32 +27,54 @@ import httpx
 
 from fhe_server.launcher import ServerProcess, ServerStartError
 
-__all__ = ["STARTUP_TIMEOUT_SECONDS", "ScriptedServer", "ServerStartError", "running_server"]
+__all__ = [
+    "ONE_FHE_SLOT",
+    "STARTUP_TIMEOUT_SECONDS",
+    "ScriptedServer",
+    "ServerStartError",
+    "one_fhe_slot_server",
+    "running_server",
+]
 
 STARTUP_TIMEOUT_SECONDS = 90.0
 
 
 @contextmanager
 def running_server(
-    store_dir: Path,
+    store_dir: Path | None,
     env: dict[str, str] | None = None,
     timeout: float = STARTUP_TIMEOUT_SECONDS,
     extra_args: Sequence[str] = (),
+    app: str = "server:app",
 ) -> Iterator[str]:
-    """Run ``uvicorn server:app`` on a free port; yield its base URL (``http://127.0.0.1:PORT``).
+    """Run ``uvicorn <app>`` on a free port; yield its base URL (``http://127.0.0.1:PORT``).
 
     Args:
-        store_dir: the server's session directory (FHE_STORE_DIR).
+        store_dir: the server's session directory (FHE_STORE_DIR), None for a server without.
         env: extra environment variables for the server (e.g. FHE_MAX_CONCURRENT_FHE).
         timeout: seconds to wait for /health.
         extra_args: more uvicorn options (e.g. ``("--workers", "2")``).
+        app: the ASGI app (``threeparty.server:app`` for the three-party server).
 
     Raises:
         ServerStartError: if the server exits or does not answer /health within ``timeout``.
     """
-    server_env = {"FHE_STORE_DIR": str(store_dir), **(env or {})}
-    with ServerProcess(env=server_env, start_timeout=timeout, extra_args=extra_args) as server:
+    server_env = dict(env or {})
+    if store_dir is not None:
+        server_env.setdefault("FHE_STORE_DIR", str(store_dir))
+    with ServerProcess(app, env=server_env, start_timeout=timeout, extra_args=extra_args) as server:
         yield server.url
+
+
+# One FHE computation at a time and no waiting room: a second one is answered 503 at once.
+ONE_FHE_SLOT = {"FHE_MAX_CONCURRENT_FHE": "1", "FHE_MAX_WAITING_FHE": "0"}
+
+
+@contextmanager
+def one_fhe_slot_server(store_dir: Path) -> Iterator[str]:
+    """A real server with a single FHE slot (``ONE_FHE_SLOT``); yield its base URL."""
+    with running_server(store_dir=store_dir, env=ONE_FHE_SLOT) as base_url:
+        yield base_url
 
 
 class ScriptedServer:

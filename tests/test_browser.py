@@ -30,7 +30,8 @@ from test_backend import PROFILES
 
 import app
 import settings
-from development.page_script import RunningApp, running_app
+from development.page_script import RunningApp
+from development.page_script import running_app as start_app
 from development.reference import clear_explain, clear_verdict
 from page.strings import display_name, tr
 
@@ -72,9 +73,9 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def page_app(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+def running_app(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     # Requests ``chromium`` first so that a missing browser skips before the app starts.
-    with running_app(tmp_path_factory.mktemp("app")) as running:
+    with start_app(tmp_path_factory.mktemp("app")) as running:
         yield running
 
 
@@ -362,10 +363,10 @@ def opened_page(
 
 
 def test_zh_tw_page_out_of_order_click_and_language_switch(
-    chromium: str, page_app: RunningApp, tmp_path: Path
+    chromium: str, running_app: RunningApp, tmp_path: Path
 ) -> None:
     screenshot = tmp_path / "page-zh-TW.png"
-    with opened_page(chromium, page_app, "zh-TW", screenshot, always_shoot=False) as driver:
+    with opened_page(chromium, running_app, "zh-TW", screenshot, always_shoot=False) as driver:
         _assert_language(driver, "zh")
         # A click out of order: its message, a Chinese toast title, no output marked.
         driver.click("run-fhe-button")
@@ -384,10 +385,10 @@ def test_zh_tw_page_out_of_order_click_and_language_switch(
 
 @pytest.mark.parametrize(("locale", "lang"), [("zh-HK", "zh"), ("en-US", "en")])
 def test_five_steps_in_a_real_browser(
-    locale: str, lang: str, chromium: str, page_app: RunningApp, tmp_path: Path
+    locale: str, lang: str, chromium: str, running_app: RunningApp, tmp_path: Path
 ) -> None:
     screenshot = tmp_path / f"page-{lang}.png"
-    with opened_page(chromium, page_app, locale, screenshot, always_shoot=True) as driver:
+    with opened_page(chromium, running_app, locale, screenshot, always_shoot=True) as driver:
         key_folders = _walk_through_the_five_steps(driver, lang)
     assert screenshot.stat().st_size > 0, f"no screenshot at {screenshot}"
     # Closing the tab ends the session (demo.unload): its secret key folder is deleted.

@@ -12,6 +12,7 @@ Without redis-server or nginx the module is skipped; with ``REQUIRE_CLUSTER=1`` 
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -43,7 +44,12 @@ from backend import CreditScoringClient
 from backend import SessionNotFoundError as ClientSessionNotFoundError
 from development.reference import clear_explain, clear_verdict
 from fhe_server.cluster import MAX_BODY_BYTES, Cluster, find_binary, free_port
-from fhe_server.errors import SessionNotFoundError, StepOutOfOrderError
+from fhe_server.errors import (
+    ServerBusyError,
+    SessionNotFoundError,
+    StepOutOfOrderError,
+    TooManySessionsError,
+)
 from fhe_server.protocol import bearer
 from fhe_server.redis_store import RedisSessionStore, blob_key, meta_key
 
@@ -349,15 +355,16 @@ def test_an_expired_session_is_a_404_on_every_replica_which_drop_the_keys(
 
 
 def test_redis_ttl_expires_idle_sessions_and_every_call_renews_it(cluster: Cluster) -> None:
-    ttl = 1.0
+    ttl = 2.0
     short = RedisSessionStore(cluster.redis_url, ttl_seconds=ttl, max_sessions=100)
     try:
         session_id, token = short.create(b"keys")
-        for _ in range(3):  # used more often than the TTL: stays
-            time.sleep(ttl / 2)
+        for _ in range(4):  # used every quarter TTL, one TTL in all: stays
+            time.sleep(ttl / 4)
             short.authenticate(session_id, token)
+            assert short.redis.pttl(blob_key(session_id)) > ttl * 1000 / 2  # renewed
         assert short.read_evaluation_keys(session_id) == b"keys"
-        time.sleep(ttl * 2)  # idle longer than the TTL: gone
+        time.sleep(ttl * 1.5)  # idle longer than the TTL: gone
         with pytest.raises(SessionNotFoundError):
             short.authenticate(session_id, token)
         assert short.redis.exists(meta_key(session_id), blob_key(session_id)) == 0
@@ -365,21 +372,50 @@ def test_redis_ttl_expires_idle_sessions_and_every_call_renews_it(cluster: Clust
         short.close()
 
 
-def test_max_sessions_evicts_the_least_recently_used(cluster: Cluster) -> None:
-    removed: list[str] = []
-    small = RedisSessionStore(
-        cluster.redis_url, ttl_seconds=3600, max_sessions=1, on_remove=removed.append
-    )
+def test_max_sessions_refuses_new_sessions_and_never_evicts_live_ones(cluster: Cluster) -> None:
+    ttl = 2.0
+    small = RedisSessionStore(cluster.redis_url, ttl_seconds=ttl, max_sessions=1)
     try:
+        assert small.session_ids() == []  # the module's other sessions were deleted
         first, token = small.create(b"first")
+        with pytest.raises(ServerBusyError) as full:
+            small.create(b"second")
+        assert full.value.status_code == 503
+        assert 1 <= full.value.retry_after <= math.ceil(ttl)  # when the live one would expire
+        small.authenticate(first, token)  # still there
+        time.sleep(ttl * 1.5)  # the live one expires: its place is free again
         second, _ = small.create(b"second")
         assert small.session_ids() == [second]
-        with pytest.raises(SessionNotFoundError):
-            small.authenticate(first, token)
-        wait_until(lambda: first in removed, "the eviction is announced to every replica")
         small.delete(second)
     finally:
         small.close()
+
+
+def test_the_session_quota_is_shared_by_every_replica(cluster: Cluster) -> None:
+    window = 60.0
+    inspector = RedisSessionStore(cluster.redis_url, ttl_seconds=3600, max_sessions=100)
+    try:
+        # Two replicas' quotas over the same Redis, two sessions per client and window.
+        first, second = (
+            inspector.session_quota(limit=2, window_seconds=window, exempt=["127.0.0.1"])
+            for _ in range(2)
+        )
+        with first.admit("203.0.113.7"):
+            pass
+        with pytest.raises(RuntimeError), second.admit("203.0.113.7"):
+            raise RuntimeError("the creation failed")  # gives its slot back
+        with second.admit("203.0.113.7"):
+            pass
+        for quota in (first, second):
+            with pytest.raises(TooManySessionsError) as refused, quota.admit("203.0.113.7"):
+                pass
+            assert refused.value.status_code == 429
+            assert 1 <= refused.value.retry_after <= window
+        with first.admit("198.51.100.2"), second.admit("127.0.0.1"):
+            pass  # another client, and an exempt one
+        inspector.redis.delete("fhe:quota:203.0.113.7", "fhe:quota:198.51.100.2")
+    finally:
+        inspector.close()
 
 
 # ---------------------------------------------------------------------------------------------

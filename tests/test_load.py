@@ -33,7 +33,7 @@ from helpers_fhe import (
     upload,
     varied_profiles,
 )
-from helpers_server import running_server
+from helpers_server import one_fhe_slot_server
 
 from backend import CreditScoringClient, ServerBusyError
 from fhe_server.launcher import HealthProbe
@@ -54,9 +54,7 @@ BATCHES = 3  # of extra predicts (one per other session) sent while the worker e
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    store_dir = tmp_path_factory.mktemp("load") / "store"
-    env = {"FHE_MAX_CONCURRENT_FHE": "1", "FHE_MAX_WAITING_FHE": "0"}
-    with running_server(store_dir=store_dir, env=env) as base_url:
+    with one_fhe_slot_server(tmp_path_factory.mktemp("load") / "store") as base_url:
         yield base_url
 
 

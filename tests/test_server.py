@@ -27,7 +27,7 @@ import pytest
 from concrete import fhe
 from fastapi.testclient import TestClient
 from helpers_fhe import BASE_APPLICANT, CARD, OCTET, WIRE
-from helpers_server import ServerStartError, running_server
+from helpers_server import ServerStartError, one_fhe_slot_server, running_server
 
 import settings
 from backend import PartyPreprocessor
@@ -38,8 +38,10 @@ from fhe_server.errors import (
     ServerBusyError,
     SessionNotFoundError,
     StepOutOfOrderError,
+    TooManySessionsError,
 )
 from fhe_server.protocol import SESSION_ID_PATTERN, Party
+from fhe_server.runtime import SessionQuota
 from fhe_server.stores import FileSessionStore
 from settings import ServerSettings
 
@@ -700,14 +702,62 @@ def test_store_expiry_refusal_when_full_compare_and_set_and_path_safety(tmp_path
     assert not [p for p in store.root.iterdir() if p.name.startswith(".")]  # no leftovers
 
 
+def test_session_quota_sliding_window_and_failed_creations() -> None:
+    clock = FakeClock()
+    quota = SessionQuota(limit=2, window_seconds=100, exempt=["127.0.0.1"], clock=clock)
+    for _ in range(2):
+        with quota.admit("10.0.0.1"):
+            clock.now += 10
+    with pytest.raises(TooManySessionsError) as refused, quota.admit("10.0.0.1"):
+        pass
+    # The oldest creation (at +0) leaves the window at +100; it is now +20.
+    assert refused.value.retry_after == 80 and refused.value.status_code == 429
+    with quota.admit("10.0.0.2"):  # another client has its own quota
+        pass
+    for _ in range(5):  # an exempt address has none
+        with quota.admit("127.0.0.1"):
+            pass
+    # A creation that fails gives its slot back.
+    clock.now += 81  # +101: the first creation left the window
+    with pytest.raises(ServerBusyError), quota.admit("10.0.0.1"):
+        raise ServerBusyError("store full", retry_after=1)
+    with quota.admit("10.0.0.1"):
+        pass
+    with pytest.raises(TooManySessionsError), quota.admit("10.0.0.1"):
+        pass
+
+
+def test_two_filesystem_stores_on_one_directory_share_the_session_quota(tmp_path: Path) -> None:
+    # Two store objects on one directory stand for two worker processes (flock is per open file).
+    stores = [
+        FileSessionStore(root=tmp_path / "store", ttl_seconds=60, max_sessions=10,
+                         disk_budget_bytes=10**6)
+        for _ in range(2)
+    ]  # fmt: skip
+    quotas = [store.session_quota(limit=2, window_seconds=100) for store in stores]
+    with quotas[0].admit("10.0.0.1"):
+        pass
+    with quotas[1].admit("10.0.0.1"):
+        pass
+    for quota in quotas:
+        with pytest.raises(TooManySessionsError), quota.admit("10.0.0.1"):
+            pass
+    with quotas[1].admit("10.0.0.2"):
+        pass
+    # The periodic purge forgets addresses whose creations all left the window.
+    quota_file = tmp_path / "store" / ".session_quota.json"
+    assert sorted(json.loads(quota_file.read_text())) == ["10.0.0.1", "10.0.0.2"]
+    stores[0].clock = quotas[0].clock = lambda: time.time() + 101
+    stores[0].purge_expired()
+    assert json.loads(quota_file.read_text()) == {}
+
+
 # ---------------------------------------------------------------------------------------------
 # A real uvicorn process
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    store_dir = tmp_path_factory.mktemp("live") / "store"
-    env = {"FHE_MAX_CONCURRENT_FHE": "1", "FHE_MAX_WAITING_FHE": "0"}
-    with running_server(store_dir=store_dir, env=env) as base_url:
+    with one_fhe_slot_server(tmp_path_factory.mktemp("live") / "store") as base_url:
         yield base_url
 
 

@@ -8,6 +8,7 @@ every upload count and never keep a verdict computed from inputs that were repla
   ends at exactly 120, and the verdict then computed is the clear model's.
 - A predict racing an upload: whenever an upload lands while predict runs, predict is refused
   (409) and nothing is stored; the stored verdict, if any, is always that of the current inputs.
+- The per-client session quota is one count for both workers (kept in the store).
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from helpers_fhe import OCTET, Kit, Profile, open_session, server_process, upload, varied_profiles
+from helpers_fhe import (
+    OCTET,
+    Kit,
+    Profile,
+    bearer,
+    open_session,
+    server_process,
+    upload,
+    varied_profiles,
+)
 from helpers_server import running_server
 
 import settings
@@ -30,12 +40,14 @@ from development.reference import clear_verdict
 pytestmark = pytest.mark.slow
 
 UPLOADS_PER_PARTY = 40
+QUOTA = 3
 
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     store_dir = tmp_path_factory.mktemp("workers") / "store"
-    with running_server(store_dir=store_dir, extra_args=("--workers", "2")) as base_url:
+    env = {"FHE_SESSION_QUOTA": str(QUOTA)}
+    with running_server(store_dir=store_dir, env=env, extra_args=("--workers", "2")) as base_url:
         yield base_url, store_dir
 
 
@@ -160,3 +172,18 @@ def test_a_predict_racing_an_upload_never_keeps_a_verdict_for_old_inputs(
                     break
         assert races >= 1, f"no upload landed during a predict (predict, output): {outcomes}"
         assert http.delete(f"/sessions/{session_id}", headers=auth).status_code == 204
+
+
+def test_both_workers_share_one_session_quota(two_workers: tuple[str, Path], kit: Kit) -> None:
+    base_url, _ = two_workers
+    headers = {**OCTET, "X-Forwarded-For": "10.5.5.5"}
+    answers = [
+        # A new connection each time, so both workers take some.
+        httpx.post(f"{base_url}/sessions", content=kit.evaluation_keys, headers=headers, timeout=60)
+        for _ in range(QUOTA + 3)
+    ]
+    assert [r.status_code for r in answers] == [201] * QUOTA + [429] * 3, [r.text for r in answers]
+    for response in answers[:QUOTA]:
+        body = response.json()
+        url = f"{base_url}/sessions/{body['session_id']}"
+        assert httpx.delete(url, headers=bearer(body["token"]), timeout=60).status_code == 204

@@ -1,0 +1,217 @@
+"""Benchmark of the three-party (threshold BFV) engine: times, blob sizes and traffic per party.
+
+Run in the three-party environment from the repository root (``make bench-threeparty``)::
+
+    OMP_NUM_THREADS=1 .venv-threeparty/bin/python -m development.bench_threeparty [--runs 5]
+
+For each choice of rotation keys (index 1 only, and 1, 2, 4), ``--runs`` times: the whole
+protocol for one application in this process (``threeparty.engine.run_flow``: the three key
+rounds, the server's sums, each party's encryption, the evaluation, the three partial decryptions
+and the fusion, parties one after the other), then, with that run's keys, the evaluation of a
+batch of held-out rows (256, and a full ciphertext of ``max_blocks`` rows), checked against the
+clear verdicts of tests/threeparty/data/heldout_rows.json. Figures are medians over the runs.
+
+Traffic per party is what the protocol makes each party send and receive (payload bytes, the
+engine's blobs; the HTTP flow adds its framing and the sealed boxes' 48 bytes per partial):
+
+- applicant (lead): up its round-1 blobs, its round-2 share, its ciphertexts and its partial
+  decryption for the bank; down the joint round-1 key, the joint public key, the output and the
+  two others' partial decryptions;
+- bank: down the applicant's public key and round-1 shares, the joint round-1 key, the joint
+  public key if it encrypts anything, the output and two partial decryptions; up its round-1
+  blobs, round-2 share, ciphertexts (none: the tree tests none of its inputs) and its partial
+  decryption for the applicant;
+- credit bureau: down the bank's public key, the applicant's round-1 shares, the joint round-1
+  key and the output (its public key is the joint one); up its round-1 blobs, round-2 share,
+  ciphertexts and its partial decryptions for the applicant and the bank.
+
+Results: development/bench_threeparty_results.json and .md (the README table comes from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from threeparty import PARTIES, engine
+from threeparty.layout import Layout, load_layout
+
+FIXTURE_PATH = Path(__file__).resolve().parent.parent / "tests/threeparty/data/heldout_rows.json"
+OUT_DIR = Path(__file__).resolve().parent
+CHOICES: dict[str, tuple[int, ...]] = {"rotation 1": (1,), "rotations 1,2,4": (1, 2, 4)}
+RECIPIENTS = ("applicant", "bank")
+MB = 1e6
+TARGET_FLOW_S = 6.0
+TARGET_TRAFFIC_MB = 70.0
+STRETCH_TRAFFIC_MB = 30.0
+
+
+def traffic(flow: dict[str, Any], layout: Layout) -> dict[str, dict[str, int]]:
+    """Bytes each party sends ("up") and receives ("down") in one flow (see the docstring)."""
+    r1, joint, partials = flow["round1"], flow["joint"], flow["partials"]
+    output = len(flow["output"])
+    result = {}
+    for index, party in enumerate(PARTIES):
+        own = r1[party]
+        up = len(own.public_key) + len(own.eval_mult) + len(own.rotation)
+        up += len(flow["round2"][party]) + sum(len(c) for c in flow["ciphertexts"][party].values())
+        up += sum(len(partials[party]) for r in RECIPIENTS if r != party)
+        down = len(joint.joint_eval_mult_round1) + output
+        if index > 0:  # the chain: the previous public key and the lead's shares
+            lead = r1[PARTIES[0]]
+            down += len(r1[PARTIES[index - 1]].public_key)
+            down += len(lead.eval_mult) + len(lead.rotation)
+        if index < len(PARTIES) - 1 and layout.party_vectors(party):
+            down += len(joint.joint_public_key)
+        if party in RECIPIENTS:
+            down += sum(len(partials[p]) for p in PARTIES if p != party)
+        result[party] = {"up": up, "down": down}
+    return result
+
+
+def sizes(flow: dict[str, Any]) -> dict[str, int]:
+    """Bytes of each kind of blob."""
+    lead = flow["round1"]["applicant"]
+    return {
+        "public key": len(flow["joint"].joint_public_key),
+        "round-1 eval-mult share": len(lead.eval_mult),
+        "rotation-key shares": len(lead.rotation),
+        "round-2 share": len(flow["round2"]["applicant"]),
+        "relinearization key": len(flow["keys"].relinearization),
+        "joint rotation keys": len(flow["keys"].rotation),
+        "ciphertext": len(flow["output"]),
+        "partial decryption": len(flow["partials"]["bank"]),
+        "secret key share": len(flow["shares"]["bank"].secret_key),
+    }
+
+
+def evaluate_batch(
+    flow: dict[str, Any], layout: Layout, rows: np.ndarray, expected: list[int]
+) -> float:
+    """Seconds to evaluate ``rows`` in one ciphertext with the flow's keys; checks the verdicts."""
+    split = layout.split_rows(rows)
+    joint = flow["joint"]
+    ciphertexts = {
+        p: engine.encrypt(joint.joint_public_key, layout.encode_party(p, split[p])) for p in PARTIES
+    }
+    start = time.perf_counter()
+    output = engine.evaluate(flow["keys"], ciphertexts, len(rows), layout)
+    seconds = time.perf_counter() - start
+    partials = [engine.partial_decrypt(flow["shares"][p], output, joint.key_tag) for p in PARTIES]
+    verdicts = engine.fuse(partials, len(rows), layout)
+    assert verdicts == expected, "the batch's verdicts differ from the clear tree"
+    return seconds
+
+
+def measure(indices: tuple[int, ...], runs: int, layout: Layout) -> dict[str, Any]:
+    """Medians of ``runs`` flows and batch evaluations with the given rotation keys."""
+    fixture = json.loads(FIXTURE_PATH.read_text())
+    rows, verdicts = np.array(fixture["rows"]), fixture["verdicts"]
+    full = engine.max_blocks(layout)
+    repeats = -(-full // len(rows))
+    full_rows = np.tile(rows, (repeats, 1))[:full]
+    full_verdicts = (verdicts * repeats)[:full]
+    steps: dict[str, list[float]] = {}
+    flow = None
+    for _ in range(runs):
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        flow = engine.run_flow(
+            layout, layout.split_rows(rows[:1]), rotation_indices=indices, timings=timings
+        )
+        timings["whole flow (one application)"] = time.perf_counter() - start
+        assert flow["verdicts"] == verdicts[:1]
+        timings[f"evaluate batch of {len(rows)}"] = evaluate_batch(flow, layout, rows, verdicts)
+        timings[f"evaluate batch of {full} (full ciphertext)"] = evaluate_batch(
+            flow, layout, full_rows, full_verdicts
+        )
+        for step, seconds in timings.items():
+            steps.setdefault(step, []).append(seconds)
+    assert flow is not None
+    return {
+        "rotation_indices": list(indices),
+        "seconds": {step: statistics.median(values) for step, values in steps.items()},
+        "bytes": sizes(flow),
+        "traffic": traffic(flow, layout),
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as Markdown tables (the README copies them)."""
+    choices = results["choices"]
+    names = list(choices)
+    lines = [
+        f"Three-party engine benchmark ({results['machine']}, OMP_NUM_THREADS="
+        f"{results['omp_num_threads']}, medians of {results['runs']} runs, openfhe "
+        f"{results['openfhe']}, ring dimension {results['ring_dimension']})",
+        "",
+        "| step (seconds) | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for step in choices[names[0]]["seconds"]:
+        cells = [f"{choices[n]['seconds'][step]:.3f}" for n in names]
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    lines += ["", "| blob (MB) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for blob in choices[names[0]]["bytes"]:
+        cells = [f"{choices[n]['bytes'][blob] / MB:.2f}" for n in names]
+        lines.append(f"| {blob} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| traffic per party (MB up / down / total) | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for party in PARTIES:
+        cells = []
+        for n in names:
+            t = choices[n]["traffic"][party]
+            cells.append(
+                f"{t['up'] / MB:.1f} / {t['down'] / MB:.1f} / {(t['up'] + t['down']) / MB:.1f}"
+            )
+        lines.append(f"| {party} | " + " | ".join(cells) + " |")
+    lines += ["", "Targets: whole flow <= 6 s; traffic per party <= 70 MB (stretch 30 MB)."]
+    for n in names:
+        flow_s = choices[n]["seconds"]["whole flow (one application)"]
+        worst = max(t["up"] + t["down"] for t in choices[n]["traffic"].values()) / MB
+        lines.append(
+            f"- {n}: flow {flow_s:.2f} s ({'met' if flow_s <= TARGET_FLOW_S else 'MISSED'}); "
+            f"largest party traffic {worst:.1f} MB "
+            f"({'met' if worst <= TARGET_TRAFFIC_MB else 'MISSED'}; stretch "
+            f"{'met' if worst <= STRETCH_TRAFFIC_MB else 'missed'})"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(runs: int = 5, out_dir: Path = OUT_DIR) -> dict[str, Any]:
+    """Measure every rotation-key choice; write the JSON and Markdown results; return them."""
+    layout = load_layout()
+    engine.self_test(layout)  # a warm-up that also checks the known answer
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}",
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "openfhe": version("openfhe"),
+        "ring_dimension": engine.slot_count(),
+        "runs": runs,
+        "deployed_rotation_indices": list(engine.ROTATION_INDICES),
+        "choices": {name: measure(indices, runs, layout) for name, indices in CHOICES.items()},
+    }
+    (out_dir / "bench_threeparty_results.json").write_text(json.dumps(results, indent=1) + "\n")
+    table = markdown(results)
+    (out_dir / "bench_threeparty_results.md").write_text(table)
+    print(table)
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs per figure (median)")
+    main(runs=parser.parse_args().runs)

@@ -1,0 +1,132 @@
+"""The page's three-party mode in a real browser (headless Chromium, Playwright), zh and en.
+
+``python app.py`` runs as in tests/test_browser.py (its fixtures are reused) and starts its own
+three-party server (``.venv-threeparty``). The test enters a refused-but-flippable application in
+the party fields, clicks the three-party button - three separate party processes run the
+threshold flow - and checks that the verdict the applicant and the bank fused, and the
+explanation from the same evaluation, equal the clear model's (development/reference.py), in the
+browser's language, and that the three key folders are gone afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import free_port
+from test_browser import (  # noqa: F401  (fixtures)
+    CHROMIUM_ARGS,
+    CJK,
+    PAGE_LOAD_TIMEOUT_MS,
+    PROFILE,
+    PageDriver,
+    RunningApp,
+    _fill_and_send_applicant,
+    chromium,
+    running_app,
+)
+
+import app
+import settings
+import threeparty_page
+from development.reference import clear_verdict
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+# The first run waits for the three-party server's start-up self-test, then three processes
+# make keys, encrypt, evaluate and decrypt: seconds each, generous on a loaded machine.
+FLOW_TIMEOUT_SECONDS = 180.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def threeparty_server_port() -> Iterator[None]:
+    """Skip without the three-party environment; give app.py's three-party server a free port.
+
+    Autouse: it runs before ``running_app``, which copies the environment.
+    """
+    reason = threeparty_page.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"three-party mode unavailable: {reason}")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("THREEPARTY_SERVER_PORT", str(free_port()))
+        patch.delenv("THREEPARTY_SERVER_URL", raising=False)
+        yield
+
+
+def _expected(lang: str) -> tuple[str, str]:
+    applicant, bank, bureau = PROFILE["applicant"], PROFILE["bank"], PROFILE["credit_bureau"]
+    approved = clear_verdict(applicant, bank, bureau)
+    verdict = app.tr(lang, "verdict_approved" if approved else "verdict_refused")
+    approving = [
+        years
+        for years in settings.YEARS_EMPLOYED_BINS
+        if clear_verdict(applicant, bank, {"employed": True, "years_employed": years})
+    ]
+    if not approving:
+        return verdict, app.tr(lang, "tp_explain_none")
+    shown = settings.display_name("years_employed", approving[0], lang)
+    return verdict, app.tr(lang, "tp_explain_years", years=shown)
+
+
+def _run_three_parties(driver: PageDriver, lang: str) -> None:
+    page = driver.page
+    _fill_and_send_applicant(driver, lang, PROFILE["applicant"])
+    driver.set_slider("account-age", PROFILE["bank"]["account_age"])
+    choice = app.tr(lang, "choice_yes" if PROFILE["credit_bureau"]["employed"] else "choice_no")
+    page.locator("#employed label").filter(has_text=choice).click()
+    years = PROFILE["credit_bureau"]["years_employed"]
+    driver.pick("years-employed", settings.display_name("years_employed", years, lang))
+    driver.click("tp-run-button")
+    deadline = time.monotonic() + FLOW_TIMEOUT_SECONDS
+    while not driver.value("tp-verdict") and time.monotonic() < deadline:
+        errors = driver.error_toasts()
+        assert not errors, f"the page showed an error during the three-party run: {errors}"
+        page.wait_for_timeout(250)
+    verdict, explanation = _expected(lang)
+    assert driver.value("tp-verdict") == verdict, driver.text("tp-progress")
+    assert driver.value("tp-explain") == explanation
+    progress = driver.text("tp-progress")
+    for role in ("applicant", "bank", "credit_bureau"):
+        assert app.tr(lang, f"party_{role}").capitalize() in progress
+    assert progress.count("MB") >= 6, progress
+    assert bool(CJK.search(verdict + progress)) is (lang == "zh")
+
+
+@pytest.mark.parametrize(("locale", "lang"), [("zh-CN", "zh"), ("en-US", "en")])
+def test_three_party_mode_in_a_real_browser(
+    locale: str,
+    lang: str,
+    chromium: str,  # noqa: F811
+    running_app: RunningApp,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    screenshot = tmp_path / f"threeparty-{lang}.png"
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=chromium,
+            args=CHROMIUM_ARGS,
+            locale=locale,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            context.set_default_timeout(30_000)
+            page: Any = context.pages[0] if context.pages else context.new_page()
+            driver = PageDriver(page, running_app, screenshot)
+            try:
+                page.goto(running_app.url, wait_until="load", timeout=PAGE_LOAD_TIMEOUT_MS)
+                page.locator("#tp-run-button").wait_for(state="visible")
+                _run_three_parties(driver, lang)
+            except (AssertionError, PlaywrightError) as error:
+                driver.take_screenshot()
+                raise AssertionError(f"{error}{driver.context()}") from error
+        finally:
+            context.close()
+    left = [p for p in running_app.keys_dir.glob("threeparty-*") if p.exists()]
+    assert not left, f"three-party key folders left after the run: {left}"

@@ -1,0 +1,79 @@
+"""The page's three-party section without a browser: availability and the party fields.
+
+Without ``.venv-threeparty``, or with an interpreter that cannot import openfhe, the section says
+why the mode is not available (both languages) and its button is disabled; the single-key page
+is unchanged. (The mode itself runs in tests/test_browser_threeparty.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+import app
+import threeparty_page
+
+
+def test_a_missing_environment_is_named() -> None:
+    missing = Path("/nonexistent/.venv-threeparty/bin/python")
+    assert threeparty_page.unavailable_reason(missing) == ("tp_missing_env", str(missing))
+
+
+def test_an_interpreter_without_openfhe_is_named() -> None:
+    # The page's own Python 3.11 has no openfhe: the reason is the import error.
+    key, detail = threeparty_page.unavailable_reason(Path(sys.executable))
+    assert key == "tp_no_openfhe" and "openfhe" in detail
+
+
+def test_the_page_says_why_and_disables_the_button(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threeparty_page, "TP_PYTHON", Path("/nonexistent/python"))
+    config = app.build_demo().get_config_file()
+    by_id = {c["props"].get("elem_id"): c["props"] for c in config["components"]}
+    assert by_id["tp-run-button"]["interactive"] is False
+    text = json.dumps(config, ensure_ascii=False, default=str)
+    assert "tp_unavailable" in text and "tp_missing_env" in text
+    for lang in ("en", "zh"):
+        assert app.tr(lang, "tp_unavailable") and app.tr(lang, "tp_missing_env")
+    # The single-key steps are all there.
+    assert {"keygen-button", "run-fhe-button", "explain-button"} <= set(by_id)
+
+
+def test_party_fields_from_the_page_components() -> None:
+    applicant = [["own_car"], 1.0, 3.0, 57000.0, 44.0, "Working", "Higher education",
+                 "Married", "Managers", "Rented apartment"]  # fmt: skip
+    fields = threeparty_page.party_fields(applicant, [30.0], [app.NO, "2-5"])
+    assert fields["applicant"]["own_car"] is True and fields["applicant"]["mobile_phone"] is False
+    assert fields["applicant"]["num_children"] == 1 and fields["applicant"]["age"] == 44
+    assert fields["applicant"]["housing_type"] == "Rented apartment"
+    assert fields["bank"] == {"account_age": 30}
+    assert fields["credit_bureau"] == {"employed": False, "years_employed": "2-5"}
+    assert threeparty_page.YES == app.YES
+
+
+def test_a_server_that_cannot_start_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    if threeparty_page.unavailable_reason() is not None:
+        pytest.skip(f"three-party mode unavailable: {threeparty_page.unavailable_reason()}")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("THREEPARTY_SERVER_PORT", str(taken.getsockname()[1]))
+        monkeypatch.delenv("THREEPARTY_SERVER_URL", raising=False)
+        # start_server records its child in module globals: restored after the test.
+        monkeypatch.setattr(threeparty_page, "_server_url", None)
+        monkeypatch.setattr(threeparty_page, "_server_child", None)
+        child = threeparty_page.start_server()
+        assert child is not None
+        try:
+            url = threeparty_page.server_url()
+            # The child runs its self-test, fails to bind the taken port and exits: the page
+            # says the server did not start without waiting out the whole start-up time-out.
+            assert threeparty_page._wait_for_server(url, timeout=120) is False
+            assert child.poll() not in (None, 0)
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.wait()

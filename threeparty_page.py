@@ -37,6 +37,7 @@ import gradio as gr
 import httpx
 
 import settings
+from page.strings import display_name
 
 logger = logging.getLogger(__name__)
 
@@ -468,7 +469,7 @@ def render(state: FlowState, lang: str, translate: Callable[..., str]) -> tuple[
         if fewest is None:
             explanation = translate(lang, "tp_explain_none")
         else:
-            years = settings.display_name("years_employed", fewest, lang)
+            years = display_name("years_employed", fewest, lang)
             explanation = translate(lang, "tp_explain_years", years=years)
     return "\n".join(rows), verdict, explanation
 

@@ -424,6 +424,20 @@ class PageSteps:
             self.runtime.registry.forget(client)
 
 
+def three_party_admission(runtime: PageRuntime) -> Callable[[gr.Request], None]:
+    """The three-party section's gate: a run makes three key sets, so it counts as key generation.
+
+    Raises (from the returned function):
+        gr.Error: the client's key-generation rate limit is reached (nothing runs).
+    """
+
+    def admit(request: gr.Request) -> None:
+        with page_errors(request_language(request)):
+            runtime.keygen_limiter.acquire(runtime.client_of(request), "err_rate_keygen")
+
+    return admit
+
+
 def mark_edited(party: str, client: Any, stale: list[str], request: gr.Request) -> tuple[Any, ...]:
     """An input of ``party`` changed: if it had been sent, mark it "not sent" and clear the run.
 
@@ -674,6 +688,7 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
             request_language,
             tr,
             keys_dir=limits.client_keys_dir,
+            admit=three_party_admission(runtime),
         )
         gr.Markdown(i18n("footer"), elem_id="footer")
 

@@ -485,6 +485,7 @@ def build_section(
     language: Callable[[gr.Request | None], str],
     translate: Callable[..., str],
     keys_dir: Path,
+    admit: Callable[[gr.Request], None] | None = None,
 ) -> None:
     """Add the three-party section to the page being built (inside ``gr.Blocks``).
 
@@ -496,6 +497,7 @@ def build_section(
         language: the page's request -> "zh"/"en".
         translate: the page's ``tr(lang, key, **values)``.
         keys_dir: the page's keys folder (the parties' key folders go in it, one per run).
+        admit: called first in each run; raises gr.Error to refuse it (the page's rate limit).
     """
     gr.Markdown(i18n("tp_title"), elem_id="tp-title")
     gr.Markdown("<hr />")
@@ -521,6 +523,8 @@ def build_section(
     bureau_inputs = list(bureau_inputs)
 
     def run(values: dict[Any, Any], request: gr.Request) -> Iterator[tuple[str, str, str]]:
+        if admit is not None:
+            admit(request)
         lang = language(request)
         problem = unavailable_reason()
         url = server_url()

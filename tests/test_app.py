@@ -520,6 +520,17 @@ def test_keygen_limits_refuse_without_keeping_anything(tmp_path: Path) -> None:
     assert not client.key_dir.exists()
 
 
+def test_three_party_runs_count_against_the_key_generation_limit(tmp_path: Path) -> None:
+    runtime = app.PageRuntime(
+        settings.ClientSettings(client_keys_dir=tmp_path / "keys", page_keygen_per_client=2)
+    )
+    admit = app.three_party_admission(runtime)
+    request = make_request(ZH_REQUEST, session_hash="tab-3")
+    admit(request)
+    admit(request)
+    assert error_of(lambda: admit(request)).startswith("您的地址生成密钥的次数过多")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("explanation", "zh_text", "en_text"),

@@ -32,6 +32,7 @@ from typing import IO
 
 import httpx
 
+from fhe_server.launcher import free_port, stop_process
 from fhe_server.protocol import HEALTH_PATH
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -50,13 +51,6 @@ class _Template(string.Template):
     """``@{name}`` placeholders: ``$`` belongs to nginx's own variables."""
 
     delimiter = "@"
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def find_binary(name: str) -> str | None:
@@ -145,16 +139,9 @@ class Child:
             self.process.send_signal(signum)
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=timeout)
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; the process is reaped."""
+        if self.process is not None:
+            stop_process(self.process, grace=timeout)
 
 
 class Cluster:

@@ -9,7 +9,7 @@ and decrypts the verdict and runs the explain step. The functions at the end of 
 (``keygen_send``, ``pre_process_encrypt_send_applicant``, ...) are the thin wrappers the Gradio page
 calls; a batch job can use the class directly::
 
-    client = CreditScoringClient(settings.server_url(), key_dir=Path("/tmp/keys"))
+    client = new_client(settings.ClientSettings())  # FHE_SERVER_URL, FHE_CLIENT_KEYS_DIR
     try:
         client.generate_keys()
         client.send_applicant(**applicant_fields)
@@ -228,7 +228,7 @@ EVALUATION_KEY_PREVIEW_BYTES = 512
 
 
 @lru_cache(maxsize=1)
-def _client_specs() -> fhe.ClientSpecs:
+def client_specs() -> fhe.ClientSpecs:
     """The FHE module's client specs (read once from deployment_files/client_specs.json)."""
     return fhe.ClientSpecs.deserialize(settings.CLIENT_SPECS_PATH.read_bytes())
 
@@ -243,6 +243,29 @@ def _preprocessing_spec() -> dict[str, Any]:
 def party_preprocessor(party: str) -> PartyPreprocessor:
     """Return one party's preprocessor (cached), built only from that party's part of the spec."""
     return PartyPreprocessor.from_spec(party, _preprocessing_spec())
+
+
+KeyGenerator = Callable[[Path], bytes]
+
+
+def generate_key_file(key_dir: Path) -> bytes:
+    """Generate a new key set and save it, secret key included, as ``key_dir/keys`` (mode 0600).
+
+    A module-level function so that a worker process can run it (the page does, so that the
+    ~1 s of key generation, which holds the interpreter lock, never stalls other sessions).
+
+    Returns:
+        The serialized evaluation keys (what the server needs; no secret key in them).
+    """
+    client = fhe.Client(client_specs())
+    client.keygen(force=True)
+    key_dir = Path(key_dir)
+    key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    keys_path = key_dir / KEYS_FILE_NAME
+    keys_path.unlink(missing_ok=True)
+    client.keys.save(keys_path)
+    os.chmod(keys_path, 0o600)
+    return client.evaluation_keys.serialize()
 
 
 class CreditScoringClient:
@@ -273,7 +296,20 @@ class CreditScoringClient:
         transport: httpx.BaseTransport | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         resume_lost_sessions: bool = False,
+        key_generator: KeyGenerator | None = None,
     ) -> None:
+        """Build a client (no key, no request yet).
+
+        Args:
+            server_url: the server's base URL.
+            key_dir: folder for this client's key set (created by generate_keys).
+            transport: httpx transport (tests pass a mock server).
+            timeout: HTTP time-outs.
+            resume_lost_sessions: see the class's attributes.
+            key_generator: generates and saves a key set in a folder and returns the serialized
+                evaluation keys (default ``generate_key_file``, in this process).
+        """
+        self._key_generator = key_generator or generate_key_file
         self.server_url = server_url.rstrip("/")
         self.key_dir = Path(key_dir)
         self.resume_lost_sessions = resume_lost_sessions
@@ -362,14 +398,11 @@ class CreditScoringClient:
             self._evaluation_key_preview = None
             self._evaluation_key_size = None
 
-            client = fhe.Client(_client_specs())
-            client.keygen(force=True)
-            self.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            keys_path = self.key_dir / KEYS_FILE_NAME
-            keys_path.unlink(missing_ok=True)
-            client.keys.save(keys_path)
-            os.chmod(keys_path, 0o600)
-            evaluation_keys = client.evaluation_keys.serialize()
+            # The key generation may run in another process (the page's worker pool): it saves
+            # the key set in key_dir and hands back the evaluation keys to upload.
+            evaluation_keys = self._key_generator(self.key_dir)
+            client = fhe.Client(client_specs())
+            client.keys.load(str(self.key_dir / KEYS_FILE_NAME))
             session_id, token = self._open_session(evaluation_keys)
             self._fhe = client
             self._session_id, self._token = session_id, token
@@ -753,16 +786,22 @@ class CreditScoringClient:
             self._session_id, self._token = None, None
 
 
-def new_client(server_url: str | None = None, keys_root: Path | None = None) -> CreditScoringClient:
-    """Return a client with a fresh random key folder under ``keys_root``.
+def new_client(
+    client_settings: settings.ClientSettings,
+    key_dir: Path | None = None,
+    key_generator: KeyGenerator | None = None,
+) -> CreditScoringClient:
+    """Return a client of the configured server, with a fresh key folder.
 
     Args:
-        server_url: the server's URL (default settings.server_url(), i.e. env FHE_SERVER_URL).
-        keys_root: parent of the key folder (default settings.CLIENT_KEYS_DIR).
+        client_settings: the client side's settings (server URL, keys directory).
+        key_dir: the key folder (default: a new random one under ``client_keys_dir``).
+        key_generator: see CreditScoringClient (default: key generation in this process).
     """
-    root = Path(keys_root) if keys_root is not None else settings.CLIENT_KEYS_DIR
     return CreditScoringClient(
-        server_url=server_url or settings.server_url(), key_dir=root / secrets.token_hex(16)
+        server_url=client_settings.resolved_server_url(),
+        key_dir=key_dir or client_settings.client_keys_dir / secrets.token_hex(16),
+        key_generator=key_generator,
     )
 
 

@@ -8,12 +8,11 @@ the first time one of them is asked for.
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fhe_server import protocol
@@ -35,18 +34,6 @@ FIELD_RANGES_PATH = DEPLOYMENT_DIR / "field_ranges.json"
 MODEL_CARD_PATH = DEPLOYMENT_DIR / "model_card.json"
 # Development-only artifact (the quantized tree in clear): never loaded by the server or client.
 REFERENCE_TREE_PATH = DEVELOPMENT_DIR / "artifacts" / "reference_tree.json"
-
-# Where the page's process keeps each browser session's private keys (one sub-folder a session).
-CLIENT_KEYS_DIR = Path(os.environ.get("FHE_CLIENT_KEYS_DIR", str(REPO_DIR / ".keys")))
-
-# The FHE server the client library talks to.
-DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
-
-
-def server_url() -> str:
-    """Return the FHE server's base URL (environment variable FHE_SERVER_URL, or the local one)."""
-    return os.environ.get("FHE_SERVER_URL", DEFAULT_SERVER_URL).rstrip("/")
-
 
 # ---------------------------------------------------------------------------------------------
 # Parties and fields
@@ -76,109 +63,60 @@ PARTY_FIELDS = {
 }
 BOOLEAN_FIELDS = ("own_car", "own_property", "mobile_phone", "employed")
 
-# Canonical category values, each with its English and Chinese display names. The canonical value
-# is what the data, the preprocessing and the client library use; the page shows a display name.
-CATEGORY_DISPLAY: dict[str, dict[str, dict[str, str]]] = {
-    "income_type": {
-        "Working": {"en": "Working", "zh": "在职工作"},
-        "Commercial associate": {"en": "Commercial associate", "zh": "商业合伙人"},
-        "Pensioner": {"en": "Pensioner", "zh": "退休人员"},
-        "State servant": {"en": "State servant", "zh": "公务员"},
-        "Student": {"en": "Student", "zh": "学生"},
-    },
-    "education_type": {
-        "Secondary": {"en": "Secondary school", "zh": "中学"},
-        "Incomplete higher": {"en": "Incomplete higher education", "zh": "未完成高等教育"},
-        "Higher education": {"en": "Higher education", "zh": "高等教育"},
-        "Lower secondary": {"en": "Lower secondary school", "zh": "初中"},
-        "Academic degree": {"en": "Academic degree", "zh": "学位"},
-    },
-    "family_status": {
-        "Married": {"en": "Married", "zh": "已婚"},
-        "Single": {"en": "Single / not married", "zh": "单身"},
-        "Civil marriage": {"en": "Civil marriage", "zh": "事实婚姻"},
-        "Separated": {"en": "Separated", "zh": "分居"},
-        "Widow": {"en": "Widowed", "zh": "丧偶"},
-    },
-    "occupation_type": {
-        "Laborers": {"en": "Laborers", "zh": "工人"},
-        "Core staff": {"en": "Core staff", "zh": "核心员工"},
-        "Sales staff": {"en": "Sales staff", "zh": "销售人员"},
-        "Managers": {"en": "Managers", "zh": "经理"},
-        "Drivers": {"en": "Drivers", "zh": "司机"},
-        "High skill tech staff": {"en": "High-skill tech staff", "zh": "高技能技术人员"},
-        "Accountants": {"en": "Accountants", "zh": "会计"},
-        "Medicine staff": {"en": "Medical staff", "zh": "医务人员"},
-        "Cooking staff": {"en": "Cooking staff", "zh": "厨师"},
-        "Security staff": {"en": "Security staff", "zh": "安保人员"},
-        "Cleaning staff": {"en": "Cleaning staff", "zh": "保洁人员"},
-        "Private service staff": {"en": "Private service staff", "zh": "私人服务人员"},
-        "Low-skill Laborers": {"en": "Low-skill laborers", "zh": "低技能工人"},
-        "Waiters/barmen staff": {"en": "Waiters / bar staff", "zh": "服务员/酒保"},
-        "Secretaries": {"en": "Secretaries", "zh": "秘书"},
-        "Realty agents": {"en": "Real-estate agents", "zh": "房地产经纪人"},
-        "HR staff": {"en": "HR staff", "zh": "人力资源人员"},
-        "IT staff": {"en": "IT staff", "zh": "IT人员"},
-    },
-    "housing_type": {
-        "House / apartment": {"en": "House / apartment", "zh": "住宅/公寓"},
-        "With parents": {"en": "With parents", "zh": "与父母同住"},
-        "Municipal apartment": {"en": "Municipal apartment", "zh": "市政公寓"},
-        "Rented apartment": {"en": "Rented apartment", "zh": "租赁公寓"},
-        "Office apartment": {"en": "Office apartment", "zh": "单位公寓"},
-        "Co-op apartment": {"en": "Co-op apartment", "zh": "合作公寓"},
-    },
-    "years_employed": {
-        "0-2": {"en": "0-2 years", "zh": "0-2年"},
-        "2-5": {"en": "2-5 years", "zh": "2-5年"},
-        "5-8": {"en": "5-8 years", "zh": "5-8年"},
-        "8-11": {"en": "8-11 years", "zh": "8-11年"},
-        "11-18": {"en": "11-18 years", "zh": "11-18年"},
-        "18+": {"en": "18 years or more", "zh": "18年以上"},
-    },
-}
-
-INCOME_TYPES = list(CATEGORY_DISPLAY["income_type"])
-EDUCATION_TYPES = list(CATEGORY_DISPLAY["education_type"])
-FAMILY_STATUS = list(CATEGORY_DISPLAY["family_status"])
-OCCUPATION_TYPES = list(CATEGORY_DISPLAY["occupation_type"])
-HOUSING_TYPES = list(CATEGORY_DISPLAY["housing_type"])
-YEARS_EMPLOYED_BINS = list(CATEGORY_DISPLAY["years_employed"])
+# Canonical category values: what the data, the preprocessing and the client library use. The page
+# shows each one under a display name of its language (page/locales/<lang>.json, "cat_..." keys).
 CATEGORY_VALUES: dict[str, list[str]] = {
-    field: list(values) for field, values in CATEGORY_DISPLAY.items()
+    "income_type": ["Working", "Commercial associate", "Pensioner", "State servant", "Student"],
+    "education_type": [
+        "Secondary",
+        "Incomplete higher",
+        "Higher education",
+        "Lower secondary",
+        "Academic degree",
+    ],
+    "family_status": ["Married", "Single", "Civil marriage", "Separated", "Widow"],
+    "occupation_type": [
+        "Laborers",
+        "Core staff",
+        "Sales staff",
+        "Managers",
+        "Drivers",
+        "High skill tech staff",
+        "Accountants",
+        "Medicine staff",
+        "Cooking staff",
+        "Security staff",
+        "Cleaning staff",
+        "Private service staff",
+        "Low-skill Laborers",
+        "Waiters/barmen staff",
+        "Secretaries",
+        "Realty agents",
+        "HR staff",
+        "IT staff",
+    ],
+    "housing_type": [
+        "House / apartment",
+        "With parents",
+        "Municipal apartment",
+        "Rented apartment",
+        "Office apartment",
+        "Co-op apartment",
+    ],
+    "years_employed": ["0-2", "2-5", "5-8", "8-11", "11-18", "18+"],
 }
-
-
-def display_name(field: str, value: str, lang: str = "en") -> str:
-    """Return the display name of a canonical category value in a language ("en" or "zh")."""
-    return CATEGORY_DISPLAY[field][value]["zh" if lang.startswith("zh") else "en"]
-
-
-# Numeric fields whose slider range (and default) come from the data: name in settings -> field.
-_RANGE_NAMES = {
-    "ACCOUNT_MIN_MAX": "account_age",
-    "CHILDREN_MIN_MAX": "num_children",
-    "INCOME_MIN_MAX": "total_income",
-    "AGE_MIN_MAX": "age",
-    "FAMILY_MIN_MAX": "household_size",
-}
-_VALUE_NAMES = {"INCOME_VALUE": "total_income", "AGE_VALUE": "age"}
+INCOME_TYPES = CATEGORY_VALUES["income_type"]
+EDUCATION_TYPES = CATEGORY_VALUES["education_type"]
+FAMILY_STATUS = CATEGORY_VALUES["family_status"]
+OCCUPATION_TYPES = CATEGORY_VALUES["occupation_type"]
+HOUSING_TYPES = CATEGORY_VALUES["housing_type"]
+YEARS_EMPLOYED_BINS = CATEGORY_VALUES["years_employed"]
 
 
 @lru_cache(maxsize=1)
 def field_ranges() -> dict[str, dict[str, float]]:
     """Return {field: {"minimum", "maximum", "value"}} as measured on the training data."""
     return json.loads(FIELD_RANGES_PATH.read_text(encoding="utf-8"))
-
-
-def __getattr__(name: str) -> Any:
-    """Serve ACCOUNT_MIN_MAX, INCOME_VALUE, ... from the data's ranges, read on first use."""
-    if name in _RANGE_NAMES:
-        entry = field_ranges()[_RANGE_NAMES[name]]
-        return {"minimum": entry["minimum"], "maximum": entry["maximum"]}
-    if name in _VALUE_NAMES:
-        return field_ranges()[_VALUE_NAMES[name]]["value"]
-    raise AttributeError(f"module 'settings' has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,3 +176,65 @@ class ServerSettings(BaseSettings):
 def get_settings() -> ServerSettings:
     """Return the server settings from the FHE_* environment variables (read once)."""
     return ServerSettings()
+
+
+# ---------------------------------------------------------------------------------------------
+# The page and the client library: one settings object, built once by ``python app.py`` (or a
+# program using the client library) and passed in. Environment variables FHE_* as named below.
+# ---------------------------------------------------------------------------------------------
+class ClientSettings(BaseSettings):
+    """Where the client side finds its server and keeps its keys, and the page's limits.
+
+    Every field can be set by an environment variable: ``FHE_`` + the field's name in capitals
+    (``FHE_PAGE_MAX_SESSIONS=10``), except ``page_host`` / ``page_port``, which are Gradio's own
+    ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``.
+
+    Attributes:
+        server_url: the FHE server to use; empty: the page starts its own on ``server_port``.
+        server_port: port of the FHE server the page starts (127.0.0.1).
+        server_start_timeout: seconds to wait for that server's /health at start and restart.
+        server_restart_limit: restarts of a dead FHE server allowed per 10 minutes.
+        client_keys_dir: where the page keeps each session's secret key (one folder a session).
+        page_host: address the page listens on.
+        page_port: port the page listens on.
+        page_max_sessions: sessions holding keys at once; key generation beyond is refused.
+        page_keygen_workers: worker processes generating keys (one key generation each at once).
+        page_keygen_per_client: key generations one client (IP) may start per rate window.
+        page_steps_per_client: steps 2-5 one client (IP) may run per rate window.
+        page_rate_window_seconds: the window of both rate limits.
+        page_trusted_proxies: proxies in front of the page that append to X-Forwarded-For
+            (0: the header is ignored and the connection's address is the client's).
+        page_queue_size: events waiting in the page's queue; beyond, Gradio refuses new ones.
+        page_step_concurrency: FHE steps (2-5) of the page running at once.
+        page_session_ttl_seconds: a session's keys are deleted this long after its last step.
+        page_no_heartbeat_ttl_seconds: keys of a session with no open page (no heartbeat
+            connection) are deleted this long after they were generated.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FHE_", populate_by_name=True, extra="ignore")
+
+    server_url: str = ""
+    server_port: int = 8000
+    server_start_timeout: float = 60.0
+    server_restart_limit: int = 3
+    client_keys_dir: Path = REPO_DIR / ".keys"
+    page_host: str = Field(
+        default="127.0.0.1", validation_alias=AliasChoices("GRADIO_SERVER_NAME", "page_host")
+    )
+    page_port: int = Field(
+        default=7860, validation_alias=AliasChoices("GRADIO_SERVER_PORT", "page_port")
+    )
+    page_max_sessions: int = Field(default=20, ge=1)
+    page_keygen_workers: int = Field(default=1, ge=1)
+    page_keygen_per_client: int = Field(default=5, ge=1)
+    page_steps_per_client: int = Field(default=120, ge=1)
+    page_rate_window_seconds: float = Field(default=600.0, gt=0)
+    page_trusted_proxies: int = Field(default=0, ge=0)
+    page_queue_size: int = Field(default=32, ge=1)
+    page_step_concurrency: int = Field(default=2, ge=1)
+    page_session_ttl_seconds: float = Field(default=3600.0, gt=0)
+    page_no_heartbeat_ttl_seconds: float = Field(default=120.0, gt=0)
+
+    def resolved_server_url(self) -> str:
+        """The FHE server's base URL: ``server_url``, or the local one on ``server_port``."""
+        return (self.server_url or f"http://127.0.0.1:{self.server_port}").rstrip("/")

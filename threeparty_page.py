@@ -4,7 +4,7 @@ The threshold engine (OpenFHE) runs on Python 3.10 in ``.venv-threeparty``; this
 neither it nor the ``threeparty`` package. It drives the party command line
 (``python -m threeparty --role ROLE ...``) as three separate OS processes of
 ``.venv-threeparty/bin/python``, each with its own key folder under the page's keys folder
-(``settings.CLIENT_KEYS_DIR``), removed when the run ends, and shows their JSON-line progress.
+(``FHE_CLIENT_KEYS_DIR``, passed in), removed when the run ends, and shows their JSON-line progress.
 
 The three-party server (``uvicorn threeparty.server:app`` in .venv-threeparty) is started by the
 page (``start_server``) unless THREEPARTY_SERVER_URL names one; THREEPARTY_SERVER_PORT sets the
@@ -37,6 +37,7 @@ import gradio as gr
 import httpx
 
 import settings
+from page.strings import display_name
 
 logger = logging.getLogger(__name__)
 
@@ -468,7 +469,7 @@ def render(state: FlowState, lang: str, translate: Callable[..., str]) -> tuple[
         if fewest is None:
             explanation = translate(lang, "tp_explain_none")
         else:
-            years = settings.display_name("years_employed", fewest, lang)
+            years = display_name("years_employed", fewest, lang)
             explanation = translate(lang, "tp_explain_years", years=years)
     return "\n".join(rows), verdict, explanation
 
@@ -483,6 +484,8 @@ def build_section(
     bureau_inputs: Sequence[gr.components.Component],
     language: Callable[[gr.Request | None], str],
     translate: Callable[..., str],
+    keys_dir: Path,
+    admit: Callable[[gr.Request], None] | None = None,
 ) -> None:
     """Add the three-party section to the page being built (inside ``gr.Blocks``).
 
@@ -493,6 +496,8 @@ def build_section(
         bureau_inputs: employed (radio: "yes"/"no"), years employed.
         language: the page's request -> "zh"/"en".
         translate: the page's ``tr(lang, key, **values)``.
+        keys_dir: the page's keys folder (the parties' key folders go in it, one per run).
+        admit: called first in each run; raises gr.Error to refuse it (the page's rate limit).
     """
     gr.Markdown(i18n("tp_title"), elem_id="tp-title")
     gr.Markdown("<hr />")
@@ -518,6 +523,8 @@ def build_section(
     bureau_inputs = list(bureau_inputs)
 
     def run(values: dict[Any, Any], request: gr.Request) -> Iterator[tuple[str, str, str]]:
+        if admit is not None:
+            admit(request)
         lang = language(request)
         problem = unavailable_reason()
         url = server_url()
@@ -532,7 +539,7 @@ def build_section(
             [values[c] for c in bank_inputs],
             [values[c] for c in bureau_inputs],
         )
-        keys_root = settings.CLIENT_KEYS_DIR / f"threeparty-{secrets.token_hex(8)}"
+        keys_root = keys_dir / f"threeparty-{secrets.token_hex(8)}"
         state = FlowState()
         try:
             for state in run_parties(url, fields, keys_root):
@@ -560,5 +567,5 @@ def build_section(
         run,
         inputs={*applicant_inputs, *bank_inputs, *bureau_inputs},  # a set: run gets a dict
         outputs=[progress, verdict, explanation],
-        api_name="three_party_run",
+        api_visibility="private",  # only the page calls it (see page/guard.py)
     )

@@ -350,8 +350,9 @@ def test_close_deletes_the_server_session_and_the_keys(server_url: str, tmp_path
 
 def test_new_client_uses_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FHE_SERVER_URL", "http://example.invalid:1234/")
-    monkeypatch.setattr(settings, "CLIENT_KEYS_DIR", tmp_path)
-    first, second = backend.new_client(), backend.new_client()
+    monkeypatch.setenv("FHE_CLIENT_KEYS_DIR", str(tmp_path))
+    client_settings = settings.ClientSettings()
+    first, second = backend.new_client(client_settings), backend.new_client(client_settings)
     assert first.server_url == "http://example.invalid:1234"
     assert first.key_dir.parent == tmp_path
     assert first.key_dir != second.key_dir

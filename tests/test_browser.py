@@ -3,8 +3,11 @@
 ``python app.py`` runs as a subprocess on a free port (it starts its own FHE server child on
 another free port, with the server's store and the client keys in a temporary folder). The test
 clicks through all five steps as a person would - keys, the three parties' inputs and buttons,
-run, fetch and decrypt, explain - once with a Chinese and once with an English browser locale,
-and checks the verdict and the explanation against the clear model (development/reference.py).
+run, fetch and decrypt, explain - once with a Hong Kong Chinese (zh-HK) and once with an English
+browser locale, and checks the verdict and the explanation against the clear model
+(development/reference.py). A lighter test opens the page in zh-TW: the text is Chinese, a click
+out of order shows its message (with a Chinese toast title) and marks no output box, and the
+language switch turns the page and the messages English.
 
 Chromium is Debian's (``shutil.which("chromium")``); Playwright's own browser download is not
 used. Without Chromium or Playwright the test is skipped (a failure under REQUIRE_BROWSER=1, see
@@ -14,25 +17,23 @@ folder; every failure message names it.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
 from test_backend import PROFILES
 
 import app
 import settings
+from development.page_script import RunningApp
+from development.page_script import running_app as start_app
 from development.reference import clear_explain, clear_verdict
-from fhe_server.launcher import ServerStartError, stop_process, wait_for_health
+from page.strings import display_name, tr
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -49,7 +50,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-APP_START_TIMEOUT_SECONDS = 120.0
 PAGE_LOAD_TIMEOUT_MS = 60_000
 # Key generation uploads ~16 MB of evaluation keys; FHE runs take a few seconds at most.
 STEP_TIMEOUT_SECONDS = 90.0
@@ -57,22 +57,6 @@ CJK = re.compile(r"[\u4e00-\u9fff]")
 HEADING_IDS = ("step1-title", "step2-title", "step3-title", "step4-title", "step5-title")
 ENGLISH_HEADINGS = ("Step 1", "Step 2", "Step 3", "Step 4", "Step 5")
 ASSET_IDS = ("own_car", "own_property", "mobile_phone")
-
-
-@dataclass(frozen=True)
-class RunningApp:
-    """``python app.py`` serving the page."""
-
-    url: str
-    log: Path
-    keys_dir: Path
-
-    def log_tail(self, chars: int = 4000) -> str:
-        """Return the end of the app's combined stdout/stderr."""
-        try:
-            return self.log.read_text(encoding="utf-8", errors="replace")[-chars:]
-        except OSError as error:
-            return f"(no log: {error})"
 
 
 @pytest.fixture(scope="module")
@@ -91,48 +75,8 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def running_app(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     # Requests ``chromium`` first so that a missing browser skips before the app starts.
-    work = tmp_path_factory.mktemp("app")
-    log = work / "app.log"
-    keys_dir = work / "client_keys"
-    gradio_port = free_port()
-    fhe_port = free_port()
-    while fhe_port == gradio_port:
-        fhe_port = free_port()
-    env = {
-        **os.environ,
-        "GRADIO_SERVER_PORT": str(gradio_port),
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "FHE_SERVER_PORT": str(fhe_port),
-        "FHE_STORE_DIR": str(work / "fhe_store"),
-        "FHE_CLIENT_KEYS_DIR": str(keys_dir),
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("FHE_SERVER_URL", None)  # app.py must start its own FHE server
-    running = RunningApp(url=f"http://127.0.0.1:{gradio_port}", log=log, keys_dir=keys_dir)
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "app.py"],
-            cwd=settings.REPO_DIR,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            _wait_until_page_answers(running, process)
-            yield running
-        finally:
-            stop_process(process, grace=20)  # app.py stops its FHE server on SIGTERM
-
-
-def _wait_until_page_answers(running: RunningApp, process: subprocess.Popen[bytes]) -> None:
-    try:
-        wait_for_health(
-            running.url, process, APP_START_TIMEOUT_SECONDS, running.log_tail,
-            path="/", name="python app.py",
-        )  # fmt: skip
-    except ServerStartError as error:
-        pytest.fail(f"{error}\n(app log: {running.log})")
+    with start_app(tmp_path_factory.mktemp("app")) as running:
+        yield running
 
 
 class PageDriver:
@@ -228,15 +172,17 @@ def _fill_and_send_applicant(driver: PageDriver, lang: str, applicant: dict[str,
     driver.set_slider("total-income", applicant["total_income"])
     driver.set_slider("age", applicant["age"])
     for field in settings.APPLICANT_FIELDS[7:]:  # the five categories, shown by display name
-        driver.pick(field.replace("_", "-"), settings.display_name(field, applicant[field], lang))
+        driver.pick(field.replace("_", "-"), display_name(field, applicant[field], lang))
 
 
 def _assert_language(driver: PageDriver, lang: str) -> None:
     title = driver.text("title")
     headings = [driver.text(elem_id) for elem_id in HEADING_IDS]
+    notice = driver.text("privacy-notice")
     if lang == "zh":
-        for text in (title, *headings, driver.text("footer")):
-            assert CJK.search(text), f"no Chinese in {text!r} with a zh-CN browser"
+        for text in (title, *headings, notice, driver.text("footer")):
+            assert CJK.search(text), f"no Chinese in {text!r} with a Chinese browser"
+        assert "运行本页面的进程" in notice, f"the notice {notice!r} does not say where the key is"
     else:
         assert not CJK.search(title), f"Chinese in the title {title!r} with an en-US browser"
         assert "Credit-card approval" in title, f"English title missing: {title!r}"
@@ -244,6 +190,7 @@ def _assert_language(driver: PageDriver, lang: str) -> None:
             assert text.startswith(expected) and not CJK.search(text), (
                 f"heading {text!r} is not the English {expected!r}"
             )
+        assert "process serving this page" in notice and not CJK.search(notice), notice
         footer = driver.text("footer")
         assert "privacy-preserving" in footer and not CJK.search(footer), (
             f"footer {footer!r} is not English"
@@ -254,7 +201,7 @@ def _walk_through_the_five_steps(driver: PageDriver, lang: str) -> set[Path]:
     """Click through the five steps, checking each answer.
 
     Returns:
-        The key folder(s) that Step 1 created in the app's CLIENT_KEYS_DIR.
+        The key folder(s) that Step 1 created in the app's keys directory.
     """
     applicant, bank, credit_bureau = PROFILE["applicant"], PROFILE["bank"], PROFILE["credit_bureau"]
     expected_verdict = clear_verdict(applicant, bank, credit_bureau)
@@ -265,7 +212,7 @@ def _walk_through_the_five_steps(driver: PageDriver, lang: str) -> set[Path]:
         "pick another one in tests/test_backend.py"
     )
     nonempty = re.compile(r"\S")
-    sent = re.compile(r"^(?!" + re.escape(app.tr(lang, "not_sent")) + r")\S")
+    sent = re.compile(r"^(?!" + re.escape(tr(lang, "not_sent")) + r")\S")
 
     _assert_language(driver, lang)
     for elem_id in ("logo", "diagram"):
@@ -274,11 +221,11 @@ def _walk_through_the_five_steps(driver: PageDriver, lang: str) -> set[Path]:
         )
         assert loaded, f"the #{elem_id} image did not render"
 
-    # Step 1: keys (the secret key stays in the app's CLIENT_KEYS_DIR).
-    key_folders_before = set(driver.running.keys_dir.glob("*"))
+    # Step 1: keys (the secret key stays in the app's keys directory).
+    key_folders_before = set(driver.running.key_folders())
     driver.click("keygen-button")
     driver.wait_for_value("evaluation-key", nonempty)
-    new_key_folders = set(driver.running.keys_dir.glob("*")) - key_folders_before
+    new_key_folders = set(driver.running.key_folders()) - key_folders_before
     assert new_key_folders, f"no key folder appeared in {driver.running.keys_dir}"
 
     # Step 2.1: the applicant.
@@ -292,13 +239,13 @@ def _walk_through_the_five_steps(driver: PageDriver, lang: str) -> set[Path]:
     driver.wait_for_value("encrypted-bank", sent)
 
     # Step 2.3: the credit bureau.
-    choice = app.tr(lang, "choice_yes" if credit_bureau["employed"] else "choice_no")
+    choice = tr(lang, "choice_yes" if credit_bureau["employed"] else "choice_no")
     driver.page.locator("#employed label").filter(has_text=choice).click()
     employed_value = app.YES if credit_bureau["employed"] else app.NO
     assert driver.page.locator(f"#employed input[value='{employed_value}']").is_checked(), (
         f"the employed radio {choice!r} is not selected"
     )
-    years_shown = settings.display_name("years_employed", credit_bureau["years_employed"], lang)
+    years_shown = display_name("years_employed", credit_bureau["years_employed"], lang)
     driver.pick("years-employed", years_shown)
     driver.click("encrypt-credit-bureau-button")
     driver.wait_for_value("encrypted-credit-bureau", sent)
@@ -315,7 +262,7 @@ def _walk_through_the_five_steps(driver: PageDriver, lang: str) -> set[Path]:
     # Step 4: fetch the encrypted verdict and decrypt it.
     driver.click("get-output-button")
     verdict = driver.wait_for_value("verdict", nonempty)
-    expected_text = app.tr(lang, "verdict_approved" if expected_verdict else "verdict_refused")
+    expected_text = tr(lang, "verdict_approved" if expected_verdict else "verdict_refused")
     assert verdict == expected_text, (
         f"the page shows {verdict!r}; the clear model says {expected_text!r}"
     )
@@ -324,12 +271,12 @@ def _walk_through_the_five_steps(driver: PageDriver, lang: str) -> set[Path]:
     # Step 5: explain.
     driver.click("explain-button")
     explanation = driver.wait_for_value("explain-result", nonempty)
-    years_name = settings.display_name("years_employed", expected_years, lang)
+    years_name = display_name("years_employed", expected_years, lang)
     assert years_name in explanation, (
         f"the explanation {explanation!r} does not name {years_name!r}"
     )
     other_bins = [
-        settings.display_name("years_employed", years, lang)
+        display_name("years_employed", years, lang)
         for years in settings.YEARS_EMPLOYED_BINS
         if years != expected_years
     ]
@@ -344,18 +291,54 @@ def _walk_through_the_five_steps(driver: PageDriver, lang: str) -> set[Path]:
     return new_key_folders
 
 
-@pytest.mark.parametrize(("locale", "lang"), [("zh-CN", "zh"), ("en-US", "en")])
-def test_five_steps_in_a_real_browser(
-    locale: str, lang: str, chromium: str, running_app: RunningApp, tmp_path: Path
-) -> None:
+OUTPUT_IDS = (
+    "evaluation-key",
+    "encrypted-applicant",
+    "encrypted-bank",
+    "encrypted-credit-bureau",
+    "fhe-execution-time",
+    "encrypted-output",
+    "verdict",
+    "explain-result",
+)
+
+
+def _assert_no_output_marked(driver: PageDriver) -> None:
+    """No output box shows Gradio's error state (a red "Error" badge)."""
+    for elem_id in OUTPUT_IDS:
+        marked = driver.page.locator(f"#{elem_id} .error").count()
+        text = driver.text(elem_id)
+        assert not marked and "Error" not in text and "错误" not in text, (
+            f"#{elem_id} is marked as an error: {text!r}"
+        )
+
+
+def _toast(driver: PageDriver, expected: str) -> str:
+    """Wait for the error toast saying ``expected``; return its title as displayed."""
+    toast = driver.page.locator(".toast-body.error").filter(has_text=expected)
+    toast.first.wait_for(state="visible", timeout=STEP_TIMEOUT_SECONDS * 1000)
+    return driver.page.evaluate(
+        """el => {
+            const title = el.querySelector('.toast-title');
+            const before = getComputedStyle(title, '::before').content;
+            return before && before !== 'none' ? before.replace(/"/g, '') : title.innerText;
+        }""",
+        toast.first.element_handle(),
+    )
+
+
+@contextmanager
+def opened_page(
+    chromium: str, running: RunningApp, locale: str, screenshot: Path, *, always_shoot: bool
+) -> Iterator[PageDriver]:
+    """A fresh Chromium profile in ``locale`` showing the page; failures get the screenshot."""
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
-    screenshot = tmp_path / f"page-{lang}.png"
     with sync_playwright() as playwright:
         # Playwright refuses --user-data-dir in args: a persistent context gets a fresh one.
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
+            str(screenshot.with_suffix(".profile")),
             executable_path=chromium,
             args=CHROMIUM_ARGS,
             locale=locale,
@@ -364,18 +347,49 @@ def test_five_steps_in_a_real_browser(
         try:
             context.set_default_timeout(30_000)
             page = context.pages[0] if context.pages else context.new_page()
-            driver = PageDriver(page, running_app, screenshot)
+            driver = PageDriver(page, running, screenshot)
             try:
-                page.goto(running_app.url, wait_until="load", timeout=PAGE_LOAD_TIMEOUT_MS)
+                page.goto(running.url, wait_until="load", timeout=PAGE_LOAD_TIMEOUT_MS)
                 page.locator("#keygen-button").wait_for(state="visible")
-                key_folders = _walk_through_the_five_steps(driver, lang)
+                yield driver
             except (AssertionError, PlaywrightError) as error:
                 driver.take_screenshot()
                 raise AssertionError(f"{error}{driver.context()}") from error
             finally:
-                driver.take_screenshot()
+                if always_shoot:
+                    driver.take_screenshot()
         finally:
             context.close()
+
+
+def test_zh_tw_page_out_of_order_click_and_language_switch(
+    chromium: str, running_app: RunningApp, tmp_path: Path
+) -> None:
+    screenshot = tmp_path / "page-zh-TW.png"
+    with opened_page(chromium, running_app, "zh-TW", screenshot, always_shoot=False) as driver:
+        _assert_language(driver, "zh")
+        # A click out of order: its message, a Chinese toast title, no output marked.
+        driver.click("run-fhe-button")
+        title = _toast(driver, tr("zh", "err_order_keys_first"))
+        assert title == tr("zh", "error_title"), f"toast title {title!r}"
+        _assert_no_output_marked(driver)
+        # The switch: the page and the handlers' messages in English.
+        driver.page.locator("#lang-en").click()
+        driver.page.wait_for_url("**/?lang=en")
+        driver.page.locator("#keygen-button").wait_for(state="visible")
+        _assert_language(driver, "en")
+        driver.click("explain-button")
+        assert _toast(driver, tr("en", "err_order_keys_first")) == "Error"
+        _assert_no_output_marked(driver)
+
+
+@pytest.mark.parametrize(("locale", "lang"), [("zh-HK", "zh"), ("en-US", "en")])
+def test_five_steps_in_a_real_browser(
+    locale: str, lang: str, chromium: str, running_app: RunningApp, tmp_path: Path
+) -> None:
+    screenshot = tmp_path / f"page-{lang}.png"
+    with opened_page(chromium, running_app, locale, screenshot, always_shoot=True) as driver:
+        key_folders = _walk_through_the_five_steps(driver, lang)
     assert screenshot.stat().st_size > 0, f"no screenshot at {screenshot}"
     # Closing the tab ends the session (demo.unload): its secret key folder is deleted.
     deadline = time.monotonic() + 15

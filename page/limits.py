@@ -1,0 +1,315 @@
+"""The page's limits: per-client rate limits, the live-session registry and key-folder ownership.
+
+- ``RateLimiter``: at most N events per client address in a sliding window.
+- ``client_address``: the client's IP, from X-Forwarded-For only behind trusted proxies.
+- ``SessionRegistry``: every session's ``CreditScoringClient`` with its keys, capped; a reaper
+  thread closes (server session and key folder) the sessions whose page never opened a heartbeat
+  connection, and the sessions idle for longer than their TTL. It holds the clients strongly, so
+  a session Gradio forgets (state capacity) still gets its keys deleted.
+- ``KeyFolders``: this process's folder of key folders, locked while the process lives, and the
+  removal at start-up of the folders of page processes that died without cleaning up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import math
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE_NAME = ".owner.lock"
+
+
+class LimitExceeded(Exception):
+    """A limit of the page was hit; nothing was done.
+
+    Attributes:
+        key: the translation key of the message ("err_page_full", "err_rate_keygen", ...).
+        values: the message's placeholders.
+    """
+
+    def __init__(self, key: str, **values: Any) -> None:
+        super().__init__(key)
+        self.key = key
+        self.values = values
+
+
+class RateLimiter:
+    """At most ``limit`` events per client in any ``window`` seconds (thread-safe)."""
+
+    def __init__(
+        self, limit: int, window: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._events: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, client: str, message_key: str) -> None:
+        """Count one event of ``client``.
+
+        Raises:
+            LimitExceeded: (with ``seconds``, the wait until one more is allowed) if the client
+                already used its ``limit`` events in the window; then nothing is counted.
+        """
+        with self._lock:
+            now = self._clock()
+            events = self._events.setdefault(client, deque())
+            while events and events[0] <= now - self.window:
+                events.popleft()
+            if len(events) >= self.limit:
+                wait = max(1, math.ceil(events[0] + self.window - now))
+                raise LimitExceeded(message_key, seconds=wait)
+            events.append(now)
+            # Forget clients with no recent event (bounded memory under many addresses).
+            if len(self._events) > 10_000:
+                idle = [n for n, q in self._events.items() if not q or q[-1] <= now - self.window]
+                for name in idle:
+                    del self._events[name]
+
+
+def client_address(headers: Mapping[str, str], peer: str | None, trusted_proxies: int) -> str:
+    """The client's address for the rate limits.
+
+    Args:
+        headers: the request's headers.
+        peer: the address of the connection's other end.
+        trusted_proxies: how many proxies in front of the page append to X-Forwarded-For; with 0
+            the header is ignored (anyone can write it), with n the n-th address from the right
+            is the one the outermost trusted proxy saw.
+    """
+    if trusted_proxies > 0:
+        lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+        hops = [h.strip() for h in lowered.get("x-forwarded-for", "").split(",") if h.strip()]
+        if len(hops) >= trusted_proxies:
+            return hops[-trusted_proxies]
+    return peer or "unknown"
+
+
+class Closable(Protocol):
+    """What the registry needs of a client."""
+
+    def close(self) -> None:
+        """Delete the server session and the local keys."""
+
+
+@dataclass
+class _Entry:
+    client: Closable
+    created: float
+    last_used: float
+    heartbeat: bool = False
+
+
+@dataclass
+class SessionRegistry:
+    """The live sessions holding keys, by Gradio session hash (thread-safe).
+
+    Attributes:
+        max_sessions: sessions holding keys at once (reserved slots included).
+        ttl: seconds after its last step a session is closed.
+        no_heartbeat_ttl: seconds after its keys a session with no heartbeat is closed.
+        clock: time source (monotonic seconds).
+    """
+
+    max_sessions: int
+    ttl: float
+    no_heartbeat_ttl: float
+    clock: Callable[[], float] = time.monotonic
+    _entries: dict[str, _Entry] = field(default_factory=dict)
+    _reserved: set[str] = field(default_factory=set)
+    _heartbeats: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def reserve(self, session: str) -> None:
+        """Take a slot for a session about to generate keys (its own slot if it has one).
+
+        Raises:
+            LimitExceeded: "err_page_full" when every slot is taken.
+        """
+        with self._lock:
+            if session in self._entries or session in self._reserved:
+                self._reserved.add(session)
+                return
+            if len(self._entries) + len(self._reserved) >= self.max_sessions:
+                raise LimitExceeded("err_page_full", limit=self.max_sessions)
+            self._reserved.add(session)
+
+    def release(self, session: str) -> None:
+        """Give back a reserved slot (key generation failed or finished)."""
+        with self._lock:
+            self._reserved.discard(session)
+
+    def register(self, session: str, client: Closable) -> None:
+        """Record a session's client with new keys (its reserved slot becomes an entry)."""
+        now = self.clock()
+        with self._lock:
+            self._reserved.discard(session)
+            previous = self._entries.get(session)
+            self._entries[session] = _Entry(
+                client=client,
+                created=now,
+                last_used=now,
+                heartbeat=session in self._heartbeats,
+            )
+        if previous is not None and previous.client is not client:
+            previous.client.close()
+
+    def holds(self, session: str, client: Any) -> bool:
+        """Whether ``client`` is the live client of ``session``; counts as the session's use."""
+        with self._lock:
+            entry = self._entries.get(session)
+            if entry is None or entry.client is not client:
+                return False
+            entry.last_used = self.clock()
+            return True
+
+    def heartbeat_opened(self, session: str) -> None:
+        """The page of ``session`` opened its heartbeat connection (a person's browser tab)."""
+        with self._lock:
+            self._heartbeats.add(session)
+            entry = self._entries.get(session)
+            if entry is not None:
+                entry.heartbeat = True
+
+    def end(self, session: str) -> None:
+        """Close a session now (its tab was closed)."""
+        with self._lock:
+            entry = self._entries.pop(session, None)
+            self._heartbeats.discard(session)
+        if entry is not None:
+            entry.client.close()
+
+    def forget(self, client: Closable) -> None:
+        """Close a client and drop the session that holds it (Gradio dropped its state)."""
+        with self._lock:
+            sessions = [s for s, entry in self._entries.items() if entry.client is client]
+            for session in sessions:
+                del self._entries[session]
+        client.close()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def expire(self) -> int:
+        """Close the sessions past their TTL or without a heartbeat in time; return how many."""
+        now = self.clock()
+        with self._lock:
+            expired = [
+                session
+                for session, entry in self._entries.items()
+                if now - entry.last_used > self.ttl
+                or (not entry.heartbeat and now - entry.created > self.no_heartbeat_ttl)
+            ]
+            closing = [self._entries.pop(session) for session in expired]
+            for session in expired:
+                self._heartbeats.discard(session)
+        for entry in closing:
+            entry.client.close()
+        if expired:
+            logger.info("closed %d expired session(s)", len(expired))
+        return len(expired)
+
+    def close_all(self) -> None:
+        """Close every session (at exit)."""
+        with self._lock:
+            closing = list(self._entries.values())
+            self._entries.clear()
+        for entry in closing:
+            entry.client.close()
+
+    def start_reaper(self) -> threading.Thread:
+        """Start the daemon thread that calls expire() a few times per no-heartbeat TTL."""
+        interval = max(0.5, min(self.no_heartbeat_ttl, self.ttl) / 4)
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.expire()
+                except Exception:  # noqa: BLE001 - the reaper must keep running
+                    logger.exception("expiring sessions failed")
+
+        thread = threading.Thread(target=loop, name="session-reaper", daemon=True)
+        thread.start()
+        return thread
+
+    def stop_reaper(self) -> None:
+        """Stop the reaper thread."""
+        self._stop.set()
+
+
+class KeyFolders:
+    """This process's folder under the keys directory, locked for as long as the process lives.
+
+    Each page process keeps its sessions' key folders in ``<keys dir>/<its own folder>/``, with an
+    exclusive lock (flock) on a file in it. The lock dies with the process, even on SIGKILL, so at
+    start-up every folder whose lock can be taken belonged to a dead process and is removed.
+    """
+
+    def __init__(self, keys_dir: Path) -> None:
+        self.keys_dir = Path(keys_dir)
+        self.root: Path | None = None
+        self._lock_file: Any = None
+
+    def open(self) -> Path:
+        """Remove dead processes' folders, create and lock this process's; return it."""
+        self.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        removed = remove_orphaned_key_folders(self.keys_dir)
+        if removed:
+            logger.info("removed %d key folder(s) left by a stopped page process", removed)
+        root = self.keys_dir / f"page-{os.getpid()}-{secrets.token_hex(4)}"
+        root.mkdir(mode=0o700)
+        lock_file = (root / LOCK_FILE_NAME).open("w")
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.root, self._lock_file = root, lock_file
+        return root
+
+    def new_folder(self) -> Path:
+        """A new random key folder path inside this process's folder (not created)."""
+        if self.root is None:
+            raise RuntimeError("KeyFolders.open() first")
+        return self.root / secrets.token_hex(16)
+
+    def close(self) -> None:
+        """Remove this process's folder and release its lock."""
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+        if self._lock_file is not None:
+            self._lock_file.close()
+        self.root, self._lock_file = None, None
+
+
+def remove_orphaned_key_folders(keys_dir: Path) -> int:
+    """Remove every folder in ``keys_dir`` that no living page process holds; return how many.
+
+    A folder with a lock file is held while its lock is; a folder without one (a key folder of a
+    page from before this layout) is held by nobody.
+    """
+    removed = 0
+    for folder in sorted(Path(keys_dir).iterdir()) if Path(keys_dir).is_dir() else []:
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        lock_path = folder / LOCK_FILE_NAME
+        if lock_path.exists():
+            with lock_path.open("a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a living page process holds it
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed

@@ -1,0 +1,126 @@
+"""The page's text in its two languages, read from ``page/locales/<lang>.json``.
+
+Every key exists in both files (a test checks it). Browsers whose language is any ``zh*`` get
+Chinese, every other language English; the language switch on the page overrides that choice
+with the ``page_lang`` cookie, which the handlers read too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from http.cookies import CookieError, SimpleCookie
+from pathlib import Path
+from typing import Any
+
+LANGUAGES = ("en", "zh")
+LOCALES_DIR = Path(__file__).resolve().parent / "locales"
+LANGUAGE_COOKIE = "page_lang"
+# Locale names the browser side may report for Chinese (Gradio picks a locale by exact name,
+# then by its first part): the Chinese text is registered under each.
+CHINESE_LOCALES = ("zh", "zh-CN", "zh-TW", "zh-HK", "zh-SG", "zh-MO", "zh-Hans", "zh-Hant")
+
+
+@lru_cache(maxsize=len(LANGUAGES))
+def table(lang: str) -> Mapping[str, str]:
+    """Return one language's strings (read once from its JSON file)."""
+    return json.loads((LOCALES_DIR / f"{lang}.json").read_text(encoding="utf-8"))
+
+
+def language_of(tag: str) -> str:
+    """Map a language tag ("zh-HK", "en-US", "fr") to the page's language: "zh" or "en"."""
+    return "zh" if tag.strip().lower().startswith("zh") else "en"
+
+
+def _slug(value: str) -> str:
+    """Make a translation-key-safe slug of a canonical category value ("18+" -> "18")."""
+    return re.sub(r"[^a-z0-9]+", "_", value.lower()).strip("_")
+
+
+def category_key(field: str, value: str) -> str:
+    """Translation key of a category value's display name."""
+    return f"cat_{field}_{_slug(value)}"
+
+
+def tr(lang: str, key: str, **values: Any) -> str:
+    """Translate a key into "zh" or "en" (falls back to English), filling ``{placeholders}``."""
+    text = table(lang if lang in LANGUAGES else "en").get(key) or table("en")[key]
+    return text.format(**values) if values else text
+
+
+def display_name(field: str, value: str, lang: str) -> str:
+    """Return the display name of a canonical category value in a language."""
+    return tr(lang, category_key(field, value))
+
+
+def party_list(lang: str, parties: Sequence[str]) -> str:
+    """Join the translated names of parties with the language's list separator."""
+    return tr(lang, "list_separator").join(tr(lang, f"party_{p}") for p in parties)
+
+
+def headers_language(headers: Mapping[str, str]) -> str:
+    """The page's language for a request's headers: the switch's cookie, else Accept-Language.
+
+    The static text follows the browser's first language (navigator.language, the first entry of
+    Accept-Language) or the switch; the handlers' messages follow the same choice.
+    """
+    lowered = {str(name).lower(): str(value) for name, value in headers.items()}
+    cookie_header = lowered.get("cookie", "")
+    if cookie_header:
+        cookies: SimpleCookie = SimpleCookie()
+        try:
+            cookies.load(cookie_header)
+        except CookieError:
+            cookies = SimpleCookie()
+        chosen = cookies.get(LANGUAGE_COOKIE)
+        if chosen is not None and chosen.value in LANGUAGES:
+            return chosen.value
+    first = lowered.get("accept-language", "").split(",")[0].split(";")[0]
+    return language_of(first)
+
+
+def gradio_translations() -> dict[str, dict[str, str]]:
+    """The tables keyed by every locale name Gradio may pick (for ``gr.I18n``)."""
+    zh = dict(table("zh"))
+    return {"en": dict(table("en")), **{locale: zh for locale in CHINESE_LOCALES}}
+
+
+# Runs in the page's <head>, before Gradio's own scripts: ``?lang=zh|en`` (the switch's links)
+# stores the choice in a cookie; the chosen or the browser's language then decides the locale
+# Gradio sees, so that every zh* browser gets the Chinese text (Gradio alone knows only zh-CN
+# and zh-TW and shows English to zh-HK) and the handlers answer in the same language.
+LANGUAGE_HEAD_SCRIPT = """<script>
+(function () {
+  var cookie = "COOKIE_NAME";
+  var asked = new URLSearchParams(window.location.search).get("lang");
+  if (asked === "zh" || asked === "en") {
+    document.cookie = cookie + "=" + asked + "; path=/; max-age=31536000; SameSite=Lax";
+  }
+  var match = document.cookie.match(new RegExp("(?:^|; )" + cookie + "=(zh|en)"));
+  var browser = (navigator.language || "en").toLowerCase();
+  var lang = match ? match[1] : (browser.indexOf("zh") === 0 ? "zh" : "en");
+  var locale = lang === "zh" ? "zh-CN" : "en";
+  Object.defineProperty(Navigator.prototype, "language", {get: function () { return locale; }});
+  Object.defineProperty(Navigator.prototype, "languages", {get: function () { return [locale]; }});
+})();
+</script>""".replace("COOKIE_NAME", LANGUAGE_COOKIE)
+
+# The visible switch (plain links: the page reloads in the other language).
+LANGUAGE_SWITCH_HTML = (
+    '<p id="language-links" style="text-align:right">'
+    '<a href="?lang=zh" id="lang-zh">中文</a> · <a href="?lang=en" id="lang-en">English</a></p>'
+)
+
+# Gradio's toast shows its type ("Error") as the title, whatever title the handler gives and in
+# English only: on a Chinese page the stylesheet writes the Chinese word in its place.
+TOAST_TITLE_CSS = (
+    'html[lang^="zh"] .toast-title.error { font-size: 0; }\n'
+    'html[lang^="zh"] .toast-title.error::before { content: "%s"; font-size: var(--text-lg); }\n'
+)
+
+
+def page_css() -> str:
+    """The page's stylesheet (the Chinese toast title)."""
+    return TOAST_TITLE_CSS % tr("zh", "error_title")

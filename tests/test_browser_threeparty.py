@@ -13,19 +13,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import free_port
 from test_browser import (  # noqa: F401  (fixtures)
-    CHROMIUM_ARGS,
     CJK,
-    PAGE_LOAD_TIMEOUT_MS,
     PROFILE,
     PageDriver,
     RunningApp,
     _fill_and_send_applicant,
     chromium,
+    opened_page,
     running_app,
 )
 
@@ -104,31 +102,10 @@ def test_three_party_mode_in_a_real_browser(
     running_app: RunningApp,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import sync_playwright
-
     screenshot = tmp_path / f"threeparty-{lang}.png"
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=chromium,
-            args=CHROMIUM_ARGS,
-            locale=locale,
-            viewport={"width": 1280, "height": 900},
-        )
-        try:
-            context.set_default_timeout(30_000)
-            page: Any = context.pages[0] if context.pages else context.new_page()
-            driver = PageDriver(page, running_app, screenshot)
-            try:
-                page.goto(running_app.url, wait_until="load", timeout=PAGE_LOAD_TIMEOUT_MS)
-                page.locator("#tp-run-button").wait_for(state="visible")
-                _run_three_parties(driver, lang)
-            except (AssertionError, PlaywrightError) as error:
-                driver.take_screenshot()
-                raise AssertionError(f"{error}{driver.context()}") from error
-        finally:
-            context.close()
+    with opened_page(chromium, running_app, locale, screenshot, always_shoot=False) as driver:
+        driver.page.locator("#tp-run-button").wait_for(state="visible")
+        _run_three_parties(driver, lang)
     # The run's generator removes its key folders when Gradio asks it for the next update, which
     # may come a moment after the browser showed the last one.
     deadline = time.monotonic() + 30

@@ -8,6 +8,7 @@ is unchanged. (The mode itself runs in tests/test_browser_threeparty.py.)
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 from pathlib import Path
@@ -77,3 +78,12 @@ def test_a_server_that_cannot_start_is_reported_at_once(monkeypatch: pytest.Monk
             if child.poll() is None:
                 child.kill()
             child.wait()
+
+
+def test_chinese_texts_use_full_width_punctuation() -> None:
+    han = re.compile(r"[\u4e00-\u9fff]")
+    for key, text in threeparty_page.TRANSLATIONS["zh"].items():
+        assert han.search(text), f"zh:{key} has no Chinese character: {text!r}"
+        prose = re.sub(r"`[^`]*`|\{[a-z_]+\}", " ", text)
+        bad = re.findall(r"[\u4e00-\u9fff][,:;?!()]|[,:;?!()][\u4e00-\u9fff]", prose)
+        assert not bad, f"zh:{key} has half-width punctuation {bad}: {text!r}"

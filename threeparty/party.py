@@ -443,18 +443,9 @@ def create_session(server_url: str, mode: str = "predict") -> dict[str, Any]:
     Raises:
         PartyError: if the server cannot be reached or refuses.
     """
-    try:
-        response = httpx.post(
-            f"{server_url.rstrip('/')}{protocol.SESSIONS}", json={"mode": mode}, timeout=30.0
-        )
-    except httpx.HTTPError as error:
-        raise PartyError(f"cannot reach the three-party server: {error}", "unreachable") from None
-    if response.status_code != 201:
-        raise PartyError(
-            f"the server refused to create a session (HTTP {response.status_code}): "
-            f"{response.text[:200]}",
-            "server_error",
-        )
+    response = _session_request(
+        "POST", server_url, protocol.SESSIONS, 201, "create a session", json={"mode": mode}
+    )
     return response.json()
 
 
@@ -468,17 +459,28 @@ def delete_session(server_url: str, code: str) -> None:
         session_id, token = protocol.parse_session_code(code)
     except ValueError as error:
         raise PartyError(str(error), "invalid_code") from None
+    _session_request(
+        "DELETE",
+        server_url,
+        protocol.SESSION.format(sid=session_id),
+        204,
+        "delete the session",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+def _session_request(
+    method: str, server_url: str, path: str, expected: int, action: str, **kwargs: Any
+) -> httpx.Response:
+    """One request about a whole session, outside a party's run; other answers are PartyError."""
     try:
-        response = httpx.delete(
-            f"{server_url.rstrip('/')}{protocol.SESSION.format(sid=session_id)}",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30.0,
-        )
+        response = httpx.request(method, f"{server_url.rstrip('/')}{path}", timeout=30.0, **kwargs)
     except httpx.HTTPError as error:
         raise PartyError(f"cannot reach the three-party server: {error}", "unreachable") from None
-    if response.status_code != 204:
+    if response.status_code != expected:
         raise PartyError(
-            f"the server refused to delete the session (HTTP {response.status_code}): "
+            f"the server refused to {action} (HTTP {response.status_code}): "
             f"{response.text[:200]}",
             "server_error",
         )
+    return response

@@ -10,12 +10,18 @@
   ``atexit`` handler that shuts its dataflow runtime down and, once a circuit has run in this
   process, ends the process with status 0, which turned failed runs into green ones
   (``tests/test_exit_status.py`` checks it).
+- A crash of the test process (a fatal signal such as SIGSEGV) prints every thread's Python
+  traceback: concrete's libraries install their own crash handlers over Python's
+  ``faulthandler`` (LLVM's on import, the runtime's on the first run of a circuit), and theirs
+  print nothing here, so faulthandler takes the fatal signals back after every test.
 - ``tests/threeparty`` is not collected here: it needs OpenFHE, which imports on Python 3.10 only,
   so ``make test`` runs it in a second pytest in ``.venv-threeparty`` (see its own conftest).
 """
 
 import atexit
+import faulthandler
 import os
+import signal
 import sys
 from collections import Counter
 
@@ -32,6 +38,11 @@ collect_ignore = ["threeparty"]
 _PASSES = pytest.StashKey[Counter]()
 # The session's final exit status, kept for pytest_unconfigure.
 _EXIT_STATUS = pytest.StashKey[int]()
+# A copy of the terminal's stderr for crash tracebacks (pytest's capture redirects fd 2), set
+# in pytest_configure: the per-test hook below has no config to read it from.
+_crash_report_fd: int | None = None
+# The signals faulthandler reports.
+_FATAL_SIGNALS = (signal.SIGSEGV, signal.SIGFPE, signal.SIGABRT, signal.SIGBUS, signal.SIGILL)
 
 
 def _browser_required() -> bool:
@@ -40,6 +51,28 @@ def _browser_required() -> bool:
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keeps a copy of the terminal's stderr for crash tracebacks (capture is off here)."""
+    global _crash_report_fd
+    _crash_report_fd = os.dup(sys.stderr.fileno())
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple) -> None:
+    """Takes the fatal signals back for faulthandler after each test.
+
+    The fatal signals get their default action back (replacing whatever handler a library
+    installed since the last test), then faulthandler installs its own over it: a crash prints
+    the traceback of every thread and the process still dies of its signal (exit status
+    128 + signal, and a core file where core dumps are on).
+    """
+    if _crash_report_fd is None:
+        return
+    faulthandler.disable()
+    for fatal in _FATAL_SIGNALS:
+        signal.signal(fatal, signal.SIG_DFL)
+    faulthandler.enable(file=_crash_report_fd, all_threads=True)
 
 
 @pytest.hookimpl(wrapper=True)

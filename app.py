@@ -144,13 +144,10 @@ def request_language(request: gr.Request | None) -> str:
 # ---------------------------------------------------------------------------------------------
 def error_message(error: backend.ClientError, lang: str) -> str:
     """Translate a client-library error into the page's language (no English detail inside)."""
-    code = error.code
-    if code == "busy":
-        retry_after = getattr(error, "retry_after", None)
-        if retry_after is not None:
-            return tr(lang, "err_busy_retry", seconds=f"{retry_after:g}")
-        return tr(lang, "err_busy")
-    key = f"err_{code}"
+    key = f"err_{error.code}"
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None and f"{key}_retry" in strings.table("en"):
+        return tr(lang, f"{key}_retry", seconds=f"{retry_after:g}")
     if key not in strings.table("en"):
         key = "err_server_error" if isinstance(error, backend.ServerError) else "err_client_error"
     return tr(lang, key, parties=party_list(lang, error.details.get("parties", ())))

@@ -140,6 +140,16 @@ class ServerBusyError(ServerError):
         self.retry_after = retry_after
 
 
+class TooManySessionsError(ServerBusyError):
+    """429: this client (IP address) opened as many sessions as the server's quota allows.
+
+    A kind of ``ServerBusyError``: ``retry_after`` says when the oldest of them leaves the quota's
+    window, and ``retry_while_busy`` waits for it like for a full queue.
+    """
+
+    code = ErrorCode.too_many_sessions
+
+
 class ServerUnreachableError(ServerError):
     """No answer from the server (connection refused, DNS, timeout); code "timeout" on timeouts."""
 
@@ -163,6 +173,7 @@ ERROR_CODES = frozenset(
         PayloadTooLargeError.code,
         InvalidPayloadError.code,
         ServerBusyError.code,
+        TooManySessionsError.code,
         ServerUnreachableError.code,
         "timeout",
     }
@@ -174,6 +185,7 @@ _STATUS_ERRORS: dict[int, type[ServerError]] = {
     409: StepOrderError,
     413: PayloadTooLargeError,
     422: InvalidPayloadError,
+    429: TooManySessionsError,
     503: ServerBusyError,
 }
 _STATUS_MEANING = {
@@ -182,6 +194,7 @@ _STATUS_MEANING = {
     409: "the server refused a step asked out of order",
     413: "the data sent is larger than the server accepts",
     422: "the server could not read the data sent",
+    429: "this client has opened as many sessions as the server allows",
     503: "the server is busy",
 }
 
@@ -199,8 +212,8 @@ def _error_from_response(response: httpx.Response) -> ServerError:
     meaning = _STATUS_MEANING.get(status, "the server answered an error")
     message = f"HTTP {status}: {meaning} ({detail})"
     error_class = _STATUS_ERRORS.get(status, ServerError)
-    if error_class is ServerBusyError:
-        return ServerBusyError(
+    if issubclass(error_class, ServerBusyError):
+        return error_class(
             message,
             retry_after=_parse_seconds(response.headers.get(RETRY_AFTER_HEADER)),
             status_code=status,
@@ -907,7 +920,7 @@ _Result = TypeVar("_Result")
 def retry_while_busy(
     step: Callable[[], _Result], attempts: int = 20, default_wait: float = 1.0
 ) -> _Result:
-    """Call a client step; while the server answers 503 (queue full), wait and call it again.
+    """Call a client step; while the server answers 503 or 429 (busy), wait and call it again.
 
     Each wait is the server's Retry-After (``default_wait`` seconds when it gave none). For
     programs that queue work on purpose (the benchmark's concurrent clients); the page shows the
@@ -922,7 +935,8 @@ def retry_while_busy(
         What ``step`` returned.
 
     Raises:
-        ServerBusyError: the server was still busy at the last attempt.
+        ServerBusyError: the server was still busy (or the client over its session quota,
+            ``TooManySessionsError``) at the last attempt.
     """
     for attempt in range(1, attempts + 1):
         try:

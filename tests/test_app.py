@@ -357,6 +357,17 @@ def test_out_of_order_clicks_after_keys(scripted: tuple[ScriptedServer, app.Page
     assert error_of(lambda: app.order_check("output")(client, [], zh)) == tr(
         "zh", "err_order_run_first"
     )
+    # Past the server's session quota (429, which session creation meets; every step translates it
+    # alike) the person is told when to come back, in the page's language.
+    server.next = httpx.Response(429, json={"detail": "quota"}, headers={"Retry-After": "12"})
+    assert error_of(lambda: steps.run_fhe(client, [], request=zh)) == tr(
+        "zh", "err_too_many_sessions_retry", seconds="12"
+    )
+    server.next = httpx.Response(429, json={"detail": "quota"})
+    assert error_of(lambda: steps.run_fhe(client, [], request=en)) == tr(
+        "en", "err_too_many_sessions"
+    )
+
     server.next = httpx.Response(200, json={"fhe_execution_time": 0.25})
     assert steps.run_fhe(client, [], request=zh) == ("0.25", "", "", "")
     assert error_of(lambda: app.order_check("explain")(client, [], en)) == tr(

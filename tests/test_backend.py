@@ -383,6 +383,7 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Sc
         (409, backend.StepOrderError, "order_server"),
         (413, backend.PayloadTooLargeError, "too_large"),
         (422, backend.InvalidPayloadError, "invalid_payload"),
+        (429, backend.TooManySessionsError, "too_many_sessions"),
         (503, backend.ServerBusyError, "busy"),
         (500, backend.ServerError, "server_error"),
     ],
@@ -404,7 +405,7 @@ def test_http_errors_become_typed_exceptions(
     assert error.code == code and code in backend.ERROR_CODES
     assert error.status_code == status
     assert f"detail {status}" in str(error) and f"HTTP {status}" in str(error)
-    if status == 503:
+    if status in (429, 503):
         assert error.retry_after == 7.0
     if status == 404:
         # The session is gone for good: new keys are needed.

@@ -14,6 +14,7 @@ from typing import Any
 from concrete import fhe
 
 import settings
+from fhe_server.concrete_runtime import start_concrete_runtime
 from fhe_server.errors import InvalidPayloadError
 from fhe_server.protocol import CANDIDATES, PARTIES
 
@@ -121,6 +122,8 @@ class FHEModel:
                 + "). Install the versions they were built with, or rebuild them with "
                 "`python -m development.train`."
             )
+        # Before any circuit runs here, or the runtime's handler aborts the server on SIGPIPE.
+        start_concrete_runtime()
         try:
             server = fhe.Server.load(artifact)
         except Exception as error:  # the native loader raises several types

@@ -10,6 +10,8 @@
   ``atexit`` handler that shuts its dataflow runtime down and, once a circuit has run in this
   process, ends the process with status 0, which turned failed runs into green ones
   (``tests/test_exit_status.py`` checks it).
+- concrete's runtime is started before any test, so that it keeps Python's signal dispositions
+  (its own SIGPIPE handler aborted the suite when a server closed a refused upload).
 - A crash of the test process (a fatal signal such as SIGSEGV) prints every thread's Python
   traceback: concrete's libraries install their own crash handlers over Python's
   ``faulthandler`` (LLVM's on import, the runtime's on the first run of a circuit), and theirs
@@ -27,6 +29,7 @@ from collections import Counter
 
 import pytest
 
+from fhe_server.concrete_runtime import start_concrete_runtime
 from fhe_server.launcher import free_port
 
 __all__ = ["free_port"]
@@ -54,8 +57,14 @@ def _in_ci() -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Keeps a copy of the terminal's stderr for crash tracebacks (capture is off here)."""
+    """Starts concrete's runtime and keeps a copy of the terminal's stderr for crash tracebacks.
+
+    The tests run circuits in this process and then stream bodies that servers refuse: the
+    runtime, started by the first circuit run, would abort the process on the SIGPIPE of such a
+    refusal (``fhe_server.concrete_runtime``). Capture is off here, so fd 2 is the terminal.
+    """
     global _crash_report_fd
+    start_concrete_runtime()
     _crash_report_fd = os.dup(sys.stderr.fileno())
 
 

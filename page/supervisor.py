@@ -11,6 +11,7 @@ Sessions survive a restart: the server keeps them in its store on disk.
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 import time
 from collections import deque
@@ -21,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 RESTART_WINDOW_SECONDS = 600.0
 WATCH_INTERVAL_SECONDS = 0.5
+# A killed server stops taking connections a moment before it has exited (its sockets close
+# first): how long a step that could not reach it waits to see whether it is exiting.
+EXIT_GRACE_SECONDS = 3.0
 
 
 class ServerSupervisor:
@@ -63,7 +67,11 @@ class ServerSupervisor:
     def problem(self) -> str | None:
         """The message key for a step that could not reach the server, or None if it runs."""
         process = self.server.process
-        if self._state == "running" and process is not None and process.poll() is not None:
+        if self._state == "running" and process is not None:
+            try:
+                process.wait(timeout=EXIT_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                return None  # it runs: the client's own error says what went wrong
             return "err_server_restarting"  # it died a moment ago; the watcher is about to see it
         return {"restarting": "err_server_restarting", "down": "err_server_down"}.get(self._state)
 
@@ -76,6 +84,7 @@ class ServerSupervisor:
                 if self._stop.is_set():
                     return
                 logger.error("the FHE server exited with code %s", process.returncode)
+                self._state = "restarting"  # before stop(), which leaves no process to look at
                 self.server.stop()  # reaps it
                 now = time.monotonic()
                 while self._restart_times and self._restart_times[0] < now - RESTART_WINDOW_SECONDS:

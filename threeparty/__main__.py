@@ -1,15 +1,23 @@
 """Command line of the three-party mode (run it with .venv-threeparty's Python).
 
-Take part as one party (its fields as JSON on stdin, one JSON line per step on stdout)::
+Each party first makes (once) its identity key in its own folder and tells the others its
+fingerprint out of band::
 
-    python -m threeparty --role bank --server URL --session CODE --keys DIR < bank.json
+    python -m threeparty identity --keys DIR
 
-Create a session and print the three parties' codes (JSON)::
+Whoever creates a session lists the three verify keys; it prints each party's invitation::
 
-    python -m threeparty new-session --server URL [--mode explain]
+    python -m threeparty new-session --server URL --roster applicant=KEY bank=KEY \
+        credit_bureau=KEY [--mode explain]
 
-Exit codes: 0 done; 1 the flow failed (the last line is {"step": "error", "message", "code"} and
-the message is also on stderr); 2 bad arguments or input.
+Each party then takes part with its invitation and the two others' fingerprints (its fields as
+JSON on stdin, one JSON line per step on stdout)::
+
+    python -m threeparty --role bank --server URL --session INVITATION --keys DIR \
+        --peer applicant=FINGERPRINT --peer credit_bureau=FINGERPRINT < bank.json
+
+Exit codes: 0 done; 1 the flow failed or was refused (the last line is {"step": "error",
+"message", "code"} and the message is also on stderr); 2 bad arguments or input.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from typing import Any
 
 from threeparty import protocol
 from threeparty.party import DEFAULT_WAIT_SECONDS, PartyClient, PartyError, create_session
+from threeparty.transcript import Identity
 
 WAIT_VARIABLE = "THREEPARTY_PARTY_WAIT_SECONDS"
 
@@ -37,16 +46,36 @@ def _fail(message: str, code: str, exit_code: int) -> int:
     return exit_code
 
 
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    """``role=value`` arguments as a dict (argparse error on a bad one)."""
+    pairs = {}
+    for value in values:
+        role, sep, text = value.partition("=")
+        if not sep or role not in protocol.ROLES:
+            raise argparse.ArgumentTypeError(
+                f"{what} is ROLE=VALUE with ROLE in {', '.join(protocol.ROLES)}; got {value!r}"
+            )
+        pairs[role] = text
+    return pairs
+
+
 def _party_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m threeparty",
         description="Take part in a three-party session as one party (fields as JSON on stdin). "
-        "Use `python -m threeparty new-session --server URL` to create a session.",
+        "Subcommands: identity (this party's fingerprint), new-session (create a session).",
     )
     parser.add_argument("--role", required=True, choices=protocol.ROLES)
     parser.add_argument("--server", required=True, help="the three-party server's URL")
-    parser.add_argument("--session", required=True, help="this party's session code")
+    parser.add_argument("--session", required=True, help="this party's invitation")
     parser.add_argument("--keys", required=True, type=Path, help="this party's own key folder")
+    parser.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="ROLE=FINGERPRINT",
+        help="another party's fingerprint, compared out of band (one flag per other party)",
+    )
     parser.add_argument(
         "--wait",
         type=float,
@@ -57,27 +86,56 @@ def _party_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _new_session_parser() -> argparse.ArgumentParser:
+def _identity(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m threeparty identity",
+        description="Make (once) this party's identity key in its folder; print its verify key "
+        "(for the roster) and fingerprint (to compare out of band).",
+    )
+    parser.add_argument("--keys", required=True, type=Path, help="this party's own key folder")
+    args = parser.parse_args(argv)
+    try:
+        identity = Identity.load_or_create(args.keys)
+    except (OSError, ValueError) as error:
+        return _fail(f"cannot use the key folder {args.keys}: {error}", "key_dir", 2)
+    _emit({"verify_key": identity.verify_key.hex(), "fingerprint": identity.fingerprint})
+    return 0
+
+
+def _new_session(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m threeparty new-session",
-        description="Create a session and print the three parties' codes as JSON.",
+        description="Create a session for three verify keys; print each party's invitation.",
     )
     parser.add_argument("--server", required=True, help="the three-party server's URL")
     parser.add_argument("--mode", choices=protocol.MODES, default="predict")
-    return parser
+    parser.add_argument(
+        "--roster", nargs=3, required=True, metavar="ROLE=VERIFY_KEY", help="the three keys"
+    )
+    args = parser.parse_args(argv)
+    try:
+        roster = _pairs(args.roster, "--roster")
+    except argparse.ArgumentTypeError as error:
+        return _fail(str(error), "invalid_request", 2)
+    try:
+        _emit(create_session(args.server, roster, args.mode))
+    except PartyError as error:
+        return _fail(str(error), error.code, 1)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["identity"]:
+        return _identity(argv[1:])
     if argv[:1] == ["new-session"]:
-        args = _new_session_parser().parse_args(argv[1:])
-        try:
-            _emit(create_session(args.server, args.mode))
-        except PartyError as error:
-            return _fail(str(error), error.code, 1)
-        return 0
+        return _new_session(argv[1:])
     args = _party_parser().parse_args(argv)
+    try:
+        peers = _pairs(args.peer, "--peer")
+    except argparse.ArgumentTypeError as error:
+        return _fail(str(error), "invalid_request", 2)
     try:
         fields = json.loads(sys.stdin.read() or "null")
     except ValueError as error:
@@ -86,11 +144,18 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("the fields on stdin must be a JSON object", "invalid_field", 2)
     try:
         with PartyClient(
-            args.role, args.server, args.session, args.keys, args.wait, on_progress=_emit
+            args.role,
+            args.server,
+            args.session,
+            args.keys,
+            peers,
+            args.wait,
+            on_progress=_emit,
         ) as client:
             client.run(fields)
     except PartyError as error:
-        return _fail(str(error), error.code, 1)
+        exit_code = 2 if error.code in ("invalid_field", "invalid_code") else 1
+        return _fail(str(error), error.code, exit_code)
     return 0
 
 

@@ -39,6 +39,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before openfhe loads: see threeparty/__init__.py
 
+import hashlib  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Mapping, Sequence  # noqa: E402
@@ -211,6 +212,59 @@ def slot_count() -> int:
 def max_blocks(layout: Layout) -> int:
     """Applications (blocks) one ciphertext holds: the slots over the block size."""
     return slot_count() // layout.block_size
+
+
+EXPLAIN_PARTY = "credit_bureau"
+"""The party whose columns the explain candidates set (employed, years employed)."""
+
+
+def explain_vectors(layout: Layout, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The public operands that put the explain candidates in blocks 1.. of an evaluation.
+
+    The candidate rows (employed, each years-employed bin) are public values, so no party
+    encrypts them: the evaluation keeps only block 0 of the credit bureau's vector (its own row)
+    and adds the candidates' vector, encoded from the public layout, in blocks 1... A crafted
+    vector of the credit bureau's therefore reaches block 0 only.
+
+    Args:
+        layout: the slot layout.
+        candidates: the credit bureau's candidate rows (its columns), one per block from 1.
+
+    Returns:
+        (keep, add): 1 in block 0's slots and 0 elsewhere; the candidates' encoded vector with
+        block 0 at 0.
+    """
+    rows = np.atleast_2d(np.asarray(candidates, dtype=np.int64))
+    encoded = layout.encode_party(EXPLAIN_PARTY, rows).get(0)
+    if encoded is None:
+        raise InvalidInputError(f"the {EXPLAIN_PARTY} owns no literal: nothing to explain")
+    keep = np.zeros((len(rows) + 1) * layout.block_size, dtype=np.int64)
+    keep[: layout.block_size] = 1
+    add = np.concatenate([np.zeros(layout.block_size, dtype=np.int64), encoded])
+    return keep, add
+
+
+CHALLENGE_SLOTS = 16
+
+
+def challenge_values(seed: str, count: int = CHALLENGE_SLOTS) -> list[int]:
+    """The key-confirmation challenge: ``count`` values mod t derived from a transcript hash.
+
+    Args:
+        seed: the hex digest of the round-1 statements (so the challenge is bound to them).
+        count: how many slots it fills.
+    """
+    stream = hashlib.shake_256(b"threeparty challenge\x00" + seed.encode()).digest(4 * count)
+    return [
+        int.from_bytes(stream[4 * i : 4 * i + 4], "big") % PLAINTEXT_MODULUS for i in range(count)
+    ]
+
+
+def challenge_matches(slots: np.ndarray, values: Sequence[int]) -> bool:
+    """Whether fused slots are exactly the challenge (its values, then zeros)."""
+    slots = np.asarray(slots, dtype=np.int64)
+    count = len(values)
+    return bool((slots[:count] == np.asarray(values)).all() and not slots[count:].any())
 
 
 # -- keys -------------------------------------------------------------------------------------
@@ -443,15 +497,20 @@ class _Engine:
             return total
         raise InvalidInputError(f"no block sum for rotation indices {list(indices)}")
 
+    def _plain(self, values: np.ndarray) -> Any:
+        return self.cc.MakePackedPlaintext([int(v) for v in np.asarray(values).reshape(-1)])
+
     def evaluate(
         self,
         keys: EvaluationKeys,
         ciphertexts: Mapping[str, Mapping[int, bytes]],
         blocks: int,
         layout: Layout,
+        candidates: np.ndarray | None = None,
     ) -> bytes:
         if not 1 <= blocks <= int(self.cc.GetRingDimension()) // layout.block_size:
             raise InvalidInputError(f"blocks must be 1..{max_blocks(layout)}, got {blocks}")
+        public = explain_vectors(layout, candidates) if candidates is not None else None
         factors = []
         for party in PARTIES:
             expected = set(layout.party_vectors(party))
@@ -460,11 +519,19 @@ class _Engine:
                 raise InvalidInputError(
                     f"{party}: ciphertexts {sorted(given)}, expected {sorted(expected)}"
                 )
-            for blob in ciphertexts.get(party, {}).values():
-                factors.append(_unpack("ciphertext", blob, keys.key_tag, cc=self.cc))
+            for index in sorted(given):
+                blob = ciphertexts[party][index]
+                factor = _unpack("ciphertext", blob, keys.key_tag, cc=self.cc)
+                if public is not None and party == EXPLAIN_PARTY:
+                    # Only block 0 is the party's own row; blocks 1.. are the public candidates.
+                    keep, add = public
+                    factor = self.cc.EvalAdd(
+                        self.cc.EvalMult(factor, self._plain(keep)), self._plain(add)
+                    )
+                factors.append(factor)
         relin = _unpack("mult_key", keys.relinearization, keys.key_tag, cc=self.cc)
         rotation = _unpack("rotation_keys", keys.rotation, cc=self.cc)
-        mask = self.cc.MakePackedPlaintext([int(v) for v in layout.verdict_mask(blocks)])
+        mask = self._plain(layout.verdict_mask(blocks))
         with _CACHE_LOCK:
             try:
                 self.cc.InsertEvalMultKey([relin], keys.key_tag)
@@ -656,6 +723,7 @@ def evaluate(
     ciphertexts: Mapping[str, Mapping[int, bytes]],
     blocks: int,
     layout: Layout | None = None,
+    candidates: np.ndarray | None = None,
 ) -> bytes:
     """Evaluate the tree on the parties' ciphertexts with public keys only (the server's step).
 
@@ -667,6 +735,8 @@ def evaluate(
         ciphertexts: {party: {index: ciphertext blob}} with exactly ``layout.party_vectors``.
         blocks: blocks (applications or explain candidates) to decide, from block 0.
         layout: the slot layout (default: the deployed one).
+        candidates: in explain mode, the public candidate rows of blocks 1.. (the credit
+            bureau's vector then counts in block 0 only: ``explain_vectors``).
 
     Returns:
         The output ciphertext blob.
@@ -677,7 +747,34 @@ def evaluate(
         InvalidInputError: missing or extra vectors, or too many blocks.
     """
     layout = layout or load_layout()
-    return _Engine(context(), keys.rotation_indices).evaluate(keys, ciphertexts, blocks, layout)
+    return _Engine(context(), keys.rotation_indices).evaluate(
+        keys, ciphertexts, blocks, layout, candidates
+    )
+
+
+def evaluation_keys(
+    round1: Sequence[Round1Blobs], round2: Sequence[bytes]
+) -> tuple[JointRound1, EvaluationKeys]:
+    """The joint keys combined from the parties' round-1 and round-2 material.
+
+    The server combines them to evaluate; each party combines them again from the signed
+    material to re-evaluate before it decrypts (the combination is deterministic, so both get
+    the same bytes).
+
+    Args:
+        round1: the three parties' round-1 blobs in key-generation order.
+        round2: their round-2 shares in the same order.
+
+    Raises:
+        InvalidBlobError: on blobs that are not the expected keys or do not add up.
+    """
+    joint = combine_round1(round1)
+    keys = EvaluationKeys(
+        key_tag=joint.key_tag,
+        relinearization=combine_round2(round2, joint.key_tag),
+        rotation=joint.joint_rotation,
+    )
+    return joint, keys
 
 
 def partial_decrypt(share: PartyKeyShare, output: bytes, key_tag: str) -> bytes:
@@ -816,6 +913,7 @@ def run_flow(
     rotation_indices: Sequence[int] = ROTATION_INDICES,
     tamper: Callable[[bytes], bytes] | None = None,
     timings: dict[str, float] | None = None,
+    candidates: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The whole three-party protocol in one process (self-test, tests and the benchmark).
 
@@ -828,6 +926,8 @@ def run_flow(
         timings: when given, filled with each step's seconds ("round1_<party>",
             "combine_round1", "round2_<party>", "combine_round2", "encrypt_<party>", "evaluate",
             "partial_<party>", "fuse").
+        candidates: explain mode's public candidate rows (``explain_vectors``); the credit
+            bureau's rows are then its own row only.
 
     Returns:
         {"verdicts", "shares" (the three PartyKeyShare), "joint" (JointRound1), "keys"
@@ -877,7 +977,7 @@ def run_flow(
         rotation=joint.joint_rotation,
         rotation_indices=tuple(engine.rotation_indices),
     )
-    blocks = np.atleast_2d(next(iter(party_rows.values()))).shape[0]
+    blocks = np.atleast_2d(party_rows[LEAD_PARTY]).shape[0]
     ciphertexts = {
         p: timed(
             f"encrypt_{p}",
@@ -886,7 +986,7 @@ def run_flow(
         )
         for p in PARTIES
     }
-    output = timed("evaluate", engine.evaluate, keys, ciphertexts, blocks, layout)
+    output = timed("evaluate", engine.evaluate, keys, ciphertexts, blocks, layout, candidates)
     if tamper is not None:
         output = tamper(output)
     partials = {

@@ -238,6 +238,16 @@ class Layout:
                     vector[:, leaf] *= bits[lit[0]] if lit[1] == 1 else 1 - bits[lit[0]]
         return {0: vector.reshape(-1)}
 
+    def candidates_for(self, mode: str) -> np.ndarray | None:
+        """The public candidate rows an evaluation adds in ``mode`` (explain), else None.
+
+        In explain mode blocks 1.. hold the credit bureau's candidate rows (employed, each
+        years-employed bin): public values, built from the layout by whoever evaluates.
+        """
+        if mode != "explain":
+            return None
+        return np.asarray(self.explain_candidates["rows"], dtype=np.int64)
+
     def verdict_mask(self, blocks: int) -> np.ndarray:
         """1 in the verdict slot (the first) of each of ``blocks`` blocks, 0 elsewhere."""
         mask = np.zeros((blocks, self.block_size), dtype=np.int64)

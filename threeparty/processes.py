@@ -59,26 +59,58 @@ class PartyRun:
         return next((line for line in reversed(self.lines) if line.get("step") == name), None)
 
 
+def party_identity(keys_dir: Path) -> dict[str, str]:
+    """Make (once) a party's identity key in its folder, in its own process; return its public part.
+
+    The signing key is made and kept by ``python -m threeparty identity`` in ``keys_dir``: the
+    calling process sees only {"verify_key", "fingerprint"}.
+
+    Raises:
+        RuntimeError: when the command fails.
+    """
+    command = [sys.executable, "-m", "threeparty", "identity", "--keys", str(keys_dir)]
+    done = subprocess.run(
+        command, cwd=REPO_DIR, capture_output=True, text=True, timeout=60, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"python -m threeparty identity failed: {done.stderr.strip()}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def identities(keys_root: Path) -> dict[str, dict[str, str]]:
+    """Each party's public identity (``party_identity``), folders ``keys_root``/<role>."""
+    return {role: party_identity(keys_root / role) for role in protocol.ROLES}
+
+
+def peers_of(role: str, known: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """The fingerprints a party is given out of band: the two other parties'."""
+    return {other: known[other]["fingerprint"] for other in protocol.ROLES if other != role}
+
+
 def start_party(
     server_url: str,
     role: str,
-    code: str,
+    invitation: str,
     fields: Mapping[str, Any],
     keys_dir: Path,
     wait: float,
+    peers: Mapping[str, str],
 ) -> subprocess.Popen[str]:
     """Start one party's command line with this Python; its fields go to its stdin.
 
     Args:
         server_url: the three-party server's base URL.
         role: the party's role.
-        code: the party's session code.
+        invitation: the party's invitation.
         fields: the party's fields (written as JSON to stdin, which is then closed).
         keys_dir: the party's own key folder.
         wait: seconds the party waits for another before a time-out (``--wait``).
+        peers: {role: fingerprint} of the two other parties.
     """
     command = [sys.executable, "-m", "threeparty", "--role", role, "--server", server_url]
-    command += ["--session", code, "--keys", str(keys_dir), "--wait", str(wait)]
+    command += ["--session", invitation, "--keys", str(keys_dir), "--wait", str(wait)]
+    for other, print_ in peers.items():
+        command += ["--peer", f"{other}={print_}"]
     process = subprocess.Popen(
         command,
         cwd=REPO_DIR,
@@ -110,19 +142,37 @@ def finish_party(
 
 def run_parties(
     server_url: str,
-    codes: Mapping[str, str],
+    invitations: Mapping[str, str],
     fields: Mapping[str, Mapping[str, Any]],
     keys_root: Path,
     wait: float,
+    known: Mapping[str, Mapping[str, str]],
     timeout: float = PROCESS_TIMEOUT_SECONDS,
 ) -> dict[str, PartyRun]:
     """Start the three parties at once (key folders ``keys_root``/<role>); wait for all to exit.
+
+    Args:
+        server_url: the three-party server's base URL.
+        invitations: {role: invitation}.
+        fields: {role: its fields}.
+        keys_root: the parent of the parties' key folders.
+        wait: seconds a party waits for another.
+        known: ``identities(keys_root)``: each party is given the others' fingerprints.
+        timeout: seconds before a party's process is killed.
 
     Returns:
         {role: its run}, whatever the exit codes (the caller checks them).
     """
     started = {
-        role: start_party(server_url, role, codes[role], fields[role], keys_root / role, wait)
+        role: start_party(
+            server_url,
+            role,
+            invitations[role],
+            fields[role],
+            keys_root / role,
+            wait,
+            peers_of(role, known),
+        )
         for role in protocol.ROLES
     }
     return {role: finish_party(process, role, timeout) for role, process in started.items()}

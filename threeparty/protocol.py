@@ -7,7 +7,11 @@ Roles, in key-generation order: the applicant (round 1 first), the bank, the cre
 result's recipients are the applicant and the bank (which decides): every party seals its partial
 decryption for each recipient other than itself.
 
-A *session code* is what one party needs to join: ``<session id>.<that party's bearer token>``.
+The server is not trusted (README, "Three-party mode", threat model). A session is created with
+a *roster*: each party's long-term verify key. Creating it yields one single-use *invitation*
+per party, ``<session id>.<invitation secret>``; a party redeems its own by signing, with its
+identity key, the hash of a bearer token it chose itself (``JOIN``), so whoever created the
+session cannot act as that party. Every upload is a signed step (``threeparty.transcript``).
 """
 
 from __future__ import annotations
@@ -17,56 +21,110 @@ import struct
 from collections.abc import Mapping
 from enum import Enum
 
-API_VERSION = "1"
+API_VERSION = "2"
 
 ROLES: tuple[str, ...] = ("applicant", "bank", "credit_bureau")
 LEAD = ROLES[0]
 RECIPIENTS: tuple[str, ...] = ("applicant", "bank")
 MODES: tuple[str, ...] = ("predict", "explain")
 
-# Round-1 blobs each party uploads (public material): its public key in the chain, its share of
-# the relinearization key (eval-mult) and its share of the rotation keys.
-ROUND1_KINDS: tuple[str, ...] = ("public_key", "eval_mult", "rotation")
-# What the server serves once round 1 is combined: the joint public key (to encrypt) and the
-# joint round-1 eval-mult key (each party turns it into its round-2 share).
-JOINT_KINDS: tuple[str, ...] = ("public_key", "eval_mult")
-
 # X25519 public keys (PyNaCl) are 32 bytes.
 BOX_PUBLIC_KEY_BYTES = 32
 
 SESSION_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{20,100}")
+DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
 
-# Routes (relative to the server's base URL). {sid}: session id; role/kind/sender from the lists.
+# The steps of a session, in order. Every upload is one step of one party: a frame of its blobs
+# plus its signed statement (``STATEMENT_BLOB``); see ``threeparty.transcript``.
+#
+# - round1: the key chain (applicant, bank, credit bureau in turn): the party's public key in the
+#   chain, its shares of the round-1 relinearization and rotation keys, and its X25519 box key.
+# - challenge (applicant only): an encryption, under the joint key, of values derived from the
+#   round-1 statements: the key-confirmation challenge.
+# - confirm_commit / confirm_reveal: each party commits to the hash of its partial decryption of
+#   the challenge, then, once all three committed, reveals it; each fuses and compares.
+# - inputs_commit / inputs: each party commits to the hashes of its round-2 share and its
+#   ciphertexts, then, once all three committed, uploads them.
+# - output_commit: after re-evaluating by itself, each party commits to its partial decryption of
+#   the output (and the output's hash).
+# - partials: once all three committed, each party's partial sealed for each recipient.
+STEPS: tuple[str, ...] = (
+    "round1",
+    "challenge",
+    "confirm_commit",
+    "confirm_reveal",
+    "inputs_commit",
+    "inputs",
+    "output_commit",
+    "partials",
+)
+STATEMENT_BLOB = "statement"
+ROUND1_BLOBS: tuple[str, ...] = ("public_key", "eval_mult", "rotation", "box_key")
+ROUND2_BLOB = "round2"
+CHALLENGE_BLOB = "ciphertext"
+PARTIAL_BLOB = "partial"
+BLOB_NAME_PATTERN = re.compile(r"[a-z0-9_]{1,40}")
+
+
+def ciphertext_blob(index: int) -> str:
+    """The blob name of a party's ciphertext ``index`` in its ``inputs`` step."""
+    return f"ct_{int(index)}"
+
+
+def sealed_blob(recipient: str) -> str:
+    """The blob name of a partial sealed for ``recipient`` in the ``partials`` step."""
+    return f"to_{recipient}"
+
+
+def step_blobs(step: str, role: str, vectors: list[int]) -> tuple[str, ...]:
+    """The blob names ``role`` uploads in ``step`` (``vectors``: the indices it encrypts)."""
+    if step == "round1":
+        return ROUND1_BLOBS
+    if step == "challenge":
+        return (CHALLENGE_BLOB,)
+    if step == "confirm_reveal":
+        return (PARTIAL_BLOB,)
+    if step == "inputs":
+        return (ROUND2_BLOB, *(ciphertext_blob(i) for i in vectors))
+    if step == "partials":
+        return tuple(sealed_blob(r) for r in RECIPIENTS if r != role)
+    return ()
+
+
+def step_roles(step: str) -> tuple[str, ...]:
+    """Who uploads ``step``: everyone, or only the lead (the challenge)."""
+    return (LEAD,) if step == "challenge" else ROLES
+
+
+# Routes (relative to the server's base URL). {sid}: session id.
 SESSIONS = "/sessions"
 SESSION = "/sessions/{sid}"
+JOIN = "/sessions/{sid}/join"
 STATUS = "/sessions/{sid}/status"
-BOX_KEY = "/sessions/{sid}/box-key"
-ROUND1 = "/sessions/{sid}/round1"
-ROUND1_BLOB = "/sessions/{sid}/round1/{role}/{kind}"
-JOINT = "/sessions/{sid}/joint/{kind}"
-ROUND2 = "/sessions/{sid}/round2"
-CIPHERTEXTS = "/sessions/{sid}/ciphertexts"
+STEP = "/sessions/{sid}/steps/{step}"
+BLOB = "/sessions/{sid}/steps/{step}/{role}/{name}"
 EVALUATE = "/sessions/{sid}/evaluate"
 OUTPUT = "/sessions/{sid}/output"
-PARTIAL_TO = "/sessions/{sid}/partials/{recipient}"
-PARTIAL_FROM = "/sessions/{sid}/partials/from/{sender}"
 
 # Query parameters of STATUS: long-poll until the session's version exceeds `since`, at most
 # `wait` seconds (the server caps it).
 STATUS_SINCE = "since"
 STATUS_WAIT = "wait"
+BEARER = "Bearer"
 
 
 class ErrorCode(str, Enum):
     """The ``code`` of every error answer (``{"detail": str, "code": str}``), with its status."""
 
     unauthorized = "unauthorized"  # 401: missing or wrong bearer token
+    forbidden = "forbidden"  # 403: an invitation not redeemed by its party's identity key
     unknown_session = "unknown_session"  # 404: unknown, expired or deleted session
     not_found = "not_found"  # 404 / 405: no such route or method
     out_of_order = "out_of_order"  # 409: a step before its prerequisites, or done twice
     too_large = "too_large"  # 413: a body over its limit
     invalid_blob = "invalid_blob"  # 422: bytes that are not what the route expects
+    bad_signature = "bad_signature"  # 422: a statement that its party's key did not sign
     other_session = "other_session"  # 422: a share or ciphertext made for another session
     invalid_request = "invalid_request"  # 422: a bad parameter (role, kind, mode, ...)
     busy = "busy"  # 503 + Retry-After: too many sessions or evaluations
@@ -79,11 +137,13 @@ class ErrorCode(str, Enum):
 
 _STATUS = {
     ErrorCode.unauthorized: 401,
+    ErrorCode.forbidden: 403,
     ErrorCode.unknown_session: 404,
     ErrorCode.not_found: 404,
     ErrorCode.out_of_order: 409,
     ErrorCode.too_large: 413,
     ErrorCode.invalid_blob: 422,
+    ErrorCode.bad_signature: 422,
     ErrorCode.other_session: 422,
     ErrorCode.invalid_request: 422,
     ErrorCode.busy: 503,
@@ -107,19 +167,19 @@ def blocks_for(mode: str) -> int:
 
 
 def session_code(session_id: str, token: str) -> str:
-    """One party's session code."""
+    """One party's invitation code (``<session id>.<secret>``)."""
     return f"{session_id}.{token}"
 
 
 def parse_session_code(code: str) -> tuple[str, str]:
-    """Split a session code into (session id, token).
+    """Split an invitation code into (session id, secret).
 
     Raises:
         ValueError: if the code is not ``<32 hex>.<token>``.
     """
     session_id, _, token = code.strip().partition(".")
     if not SESSION_ID_PATTERN.fullmatch(session_id) or not TOKEN_PATTERN.fullmatch(token):
-        raise ValueError("a session code looks like <32 hex characters>.<token>")
+        raise ValueError("an invitation looks like <32 hex characters>.<secret>")
     return session_id, token
 
 

@@ -1,20 +1,27 @@
-"""The three-party server: relays public key material, evaluates, relays sealed partials.
+"""The three-party server: relays signed public material, evaluates, relays sealed partials.
 
 Run it in ``.venv-threeparty`` as ``uvicorn threeparty.server:app`` (settings: THREEPARTY_*
 environment variables, see ``ThreePartySettings``). At start-up it runs the engine's known-answer
 self-test (a throwaway three-party key set, a fixed probe, the known verdicts) and refuses to
 serve if it fails.
 
+The parties do not trust it: every upload is a *step* signed by its party's identity key
+(``threeparty.transcript``), and the parties check every signature, every hash and the
+evaluation itself before they use anything. The server checks the same signatures (so it
+stores nothing a party did not sign), the steps' order, and that every blob parses as its kind.
+
 What it holds, in memory and bounded (``max_sessions`` sessions, each upload under its size
-limit, idle sessions dropped after ``session_ttl_seconds``): each party's X25519 *public* box key,
-the round-1 public blobs, the joint public and evaluation keys it combines from them, the round-2
-shares, the parties' ciphertexts, the encrypted output, and the partial decryptions *sealed* for
-their recipients, which it cannot open. No key share ever reaches it.
+limit, idle sessions dropped after ``session_ttl_seconds``): the roster (verify keys), each
+party's signed statements and public blobs (round-1 keys and X25519 box keys, the challenge and
+its partial decryptions, round-2 shares, ciphertexts), the joint evaluation keys it combines from
+them, the encrypted output, and the partial decryptions *sealed* for their recipients, which it
+cannot open. No key share ever reaches it.
 
 Contract (README "Three-party mode" and ``/docs``): see ``threeparty.protocol`` for the routes;
-every call under ``/sessions/{sid}`` needs ``Authorization: Bearer <token>`` and the token says
-which party calls. Errors are ``{"detail": str, "code": str}`` with the status of
-``protocol.ErrorCode``; never a 5xx for anything a client sends.
+every call under ``/sessions/{sid}`` but ``join`` needs ``Authorization: Bearer <token>``, a token
+the party chose and bound to its identity when it redeemed its invitation. Errors are
+``{"detail": str, "code": str}`` with the status of ``protocol.ErrorCode``; never a 5xx for
+anything a client sends.
 """
 
 from __future__ import annotations
@@ -23,11 +30,12 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,7 +51,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from threeparty import engine, protocol
+from threeparty import engine, protocol, transcript
 from threeparty.layout import LAYOUT_PATH, Layout, load_layout
 from threeparty.protocol import ErrorCode
 
@@ -60,10 +68,13 @@ class ThreePartySettings(BaseSettings):
 
     max_sessions: int = 8
     session_ttl_seconds: float = 1800.0
+    # A session's whole life, however active (status calls cannot keep one alive for ever).
+    session_lifetime_seconds: float = 3600.0
     max_round1_bytes: int = 96 * MiB
     max_round2_bytes: int = 24 * MiB
     max_ciphertexts_bytes: int = 24 * MiB
     max_partial_bytes: int = 4 * MiB
+    max_statement_bytes: int = 64 * 1024
     max_concurrent_evaluations: int = 1
     max_waiting_evaluations: int = 4
     max_status_wait_seconds: float = 20.0
@@ -113,7 +124,8 @@ def blob_error(error: engine.EngineError, what: str) -> ServiceError:
     return ServiceError(code, f"{what}: {error}")
 
 
-# The engine's kind of each round-1 blob.
+# The engine's kind of each blob the server parses before it stores it (None: not parsed here:
+# the box key is checked by size, sealed partials cannot be parsed by anyone but their recipient).
 ROUND1_BLOB_KINDS = {
     "public_key": "public_key",
     "eval_mult": "eval_key",
@@ -121,14 +133,25 @@ ROUND1_BLOB_KINDS = {
 }
 
 
-def check_round1(blobs: dict[str, bytes]) -> None:
-    """Refuse round-1 blobs that do not deserialize as their kinds."""
+def check_blobs(step: str, blobs: dict[str, bytes], key_tag: str | None) -> None:
+    """Refuse blobs of a step that do not deserialize as their kinds (of the joint key set).
+
+    Raises:
+        engine.EngineError: on the first blob that does not check.
+    """
     for name, data in blobs.items():
-        engine.check_blob(ROUND1_BLOB_KINDS[name], data)
+        if step == "round1" and name in ROUND1_BLOB_KINDS:
+            engine.check_blob(ROUND1_BLOB_KINDS[name], data)
+        elif step == "challenge" or name.startswith("ct_"):
+            engine.check_blob("ciphertext", data, key_tag)
+        elif name == protocol.ROUND2_BLOB:
+            engine.check_blob("mult_key", data, key_tag)
+        elif name == protocol.PARTIAL_BLOB:
+            engine.check_blob("partial", data)
 
 
 # ---------------------------------------------------------------------------------------------
-# Sessions (in memory; only public material and sealed partials)
+# Sessions (in memory; only public material, signed statements and sealed partials)
 # ---------------------------------------------------------------------------------------------
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
@@ -141,26 +164,31 @@ class Session:
     Attributes:
         session_id: 32 hex characters.
         mode: "predict" or "explain" (how many applications one evaluation scores).
-        token_digests: SHA-256 of each party's bearer token.
+        roster: {role: verify key hex}, fixed at creation.
+        invitation_digests: SHA-256 of each party's single-use invitation secret.
+        token_digests: {role: SHA-256 hex of the bearer token it bound when it joined}.
+        created: creation time (a session never lives past ``session_lifetime_seconds``).
         last_used: time of the last authenticated call (idle sessions expire).
         version: bumped by every change (status long-polls wait for it).
+        statements: {role: {step: signed envelope}}.
+        blobs: {(role, step): {name: bytes}}.
     """
 
     session_id: str
     mode: str
-    token_digests: dict[str, bytes]
+    roster: dict[str, str]
+    invitation_digests: dict[str, bytes]
+    created: float
     last_used: float
+    token_digests: dict[str, str] = field(default_factory=dict)
     version: int = 0
-    box_keys: dict[str, bytes] = field(default_factory=dict)
-    round1: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    statements: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    blobs: dict[tuple[str, str], dict[str, bytes]] = field(default_factory=dict)
     joint: engine.JointRound1 | None = None
-    round2: dict[str, bytes] = field(default_factory=dict)
-    relinearization_key: bytes | None = None
-    ciphertexts: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    keys: engine.EvaluationKeys | None = None
     output: bytes | None = None
     evaluation_seconds: float | None = None
     evaluating: bool = False
-    partials: dict[tuple[str, str], bytes] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -171,13 +199,21 @@ class Session:
         self.changed = asyncio.Event()
 
     def role_of(self, token: str) -> str | None:
-        """The party whose token this is, if any (constant-time comparisons)."""
-        digest = _digest(token)
+        """The party whose bearer token this is, if any (constant-time comparisons)."""
+        digest = _digest(token).hex()
         found = None
         for role, expected in self.token_digests.items():
             if hmac.compare_digest(digest, expected):
                 found = role
         return found
+
+    def done(self, step: str) -> list[str]:
+        """The roles that uploaded ``step``."""
+        return [role for role in protocol.ROLES if step in self.statements.get(role, {})]
+
+    def all_done(self, step: str) -> bool:
+        """Whether every role that uploads ``step`` did."""
+        return set(self.done(step)) == set(protocol.step_roles(step))
 
     def status(self, expires_in: float) -> dict[str, Any]:
         """What every party of the session may know about its progress."""
@@ -187,16 +223,14 @@ class Session:
             "blocks": protocol.blocks_for(self.mode),
             "version": self.version,
             "expires_in": expires_in,
-            "box_keys": {role: key.hex() for role, key in self.box_keys.items()},
-            "round1": [role for role in protocol.ROLES if role in self.round1],
-            "joint_keys": self.joint is not None,
+            "roster": dict(self.roster),
+            "joined": [role for role in protocol.ROLES if role in self.token_digests],
+            "steps": {step: self.done(step) for step in protocol.STEPS},
+            "transcript": {role: dict(steps) for role, steps in self.statements.items()},
             "key_tag": self.joint.key_tag if self.joint is not None else None,
-            "round2": [role for role in protocol.ROLES if role in self.round2],
-            "keys_ready": self.relinearization_key is not None,
-            "ciphertexts": [role for role in protocol.ROLES if role in self.ciphertexts],
             "output": self.output is not None,
+            "output_digest": transcript.digest(self.output) if self.output else None,
             "evaluation_seconds": self.evaluation_seconds,
-            "partials": [{"sender": s, "recipient": r} for s, r in sorted(self.partials)],
         }
 
 
@@ -210,8 +244,11 @@ class SessionStore:
         self.sessions: dict[str, Session] = {}
 
     def expires_in(self, session: Session) -> float:
-        """Idle seconds left before the session expires."""
-        return max(0.0, session.last_used + self.config.session_ttl_seconds - self.clock())
+        """Seconds left before the session expires: idle time, capped by its whole lifetime."""
+        now = self.clock()
+        idle = session.last_used + self.config.session_ttl_seconds - now
+        whole = session.created + self.config.session_lifetime_seconds - now
+        return max(0.0, min(idle, whole))
 
     def purge_expired(self) -> None:
         """Drop every expired session."""
@@ -225,8 +262,8 @@ class SessionStore:
             session.touch()  # wake its long-polls: they answer 404 next time
             logger.info("session %s dropped (%s)", session_id[:8], reason)
 
-    def create(self, mode: str) -> tuple[Session, dict[str, str]]:
-        """A new session and each party's token.
+    def create(self, mode: str, roster: dict[str, str]) -> tuple[Session, dict[str, str]]:
+        """A new session and each party's invitation secret.
 
         Raises:
             ServiceError: busy (503 + Retry-After: when the first session expires) when full.
@@ -239,16 +276,59 @@ class SessionStore:
                 f"the server holds its maximum of {self.config.max_sessions} sessions",
                 retry_after=max(1, math.ceil(soonest)),
             )
-        tokens = {role: secrets.token_urlsafe(32) for role in protocol.ROLES}
+        secrets_by_role = {role: secrets.token_urlsafe(32) for role in protocol.ROLES}
+        now = self.clock()
         session = Session(
             session_id=secrets.token_hex(16),
             mode=mode,
-            token_digests={role: _digest(token) for role, token in tokens.items()},
-            last_used=self.clock(),
+            roster=dict(roster),
+            invitation_digests={r: _digest(t) for r, t in secrets_by_role.items()},
+            created=now,
+            last_used=now,
         )
         self.sessions[session.session_id] = session
         logger.info("session %s created (%s)", session.session_id[:8], mode)
-        return session, tokens
+        return session, secrets_by_role
+
+    def live(self, session_id: str) -> Session:
+        """The live session (404 when unknown or expired)."""
+        session = self.sessions.get(session_id)
+        if session is not None and self.expires_in(session) <= 0:
+            self.drop(session_id, "expired")
+            session = None
+        if session is None:
+            raise ServiceError(ErrorCode.unknown_session, "unknown or expired session")
+        return session
+
+    def join(self, session_id: str, role: str, invitation: str, token: str, signature: str) -> None:
+        """Redeem ``role``'s invitation: bind the bearer token (a digest) the party chose.
+
+        The signature must be made by ``role``'s roster key over the session, the role and the
+        token digest, so whoever created the session (and holds every invitation) cannot join
+        as another party. Redeeming again with the same token is allowed (a party resumes).
+
+        Raises:
+            ServiceError: unknown_session, or forbidden (403) for a wrong invitation, a bad
+                signature or an invitation already redeemed for another token.
+        """
+        session = self.live(session_id)
+        if role not in session.invitation_digests or not hmac.compare_digest(
+            _digest(invitation), session.invitation_digests[role]
+        ):
+            raise ServiceError(ErrorCode.forbidden, f"not the {role}'s invitation")
+        key = bytes.fromhex(session.roster[role])
+        if not transcript.verify_join(key, session_id, role, token, signature):
+            raise ServiceError(
+                ErrorCode.forbidden,
+                f"the join is not signed by the {role}'s identity key in the roster",
+            )
+        bound = session.token_digests.get(role)
+        if bound is not None and bound != token:
+            raise ServiceError(ErrorCode.forbidden, f"the {role}'s invitation is already used")
+        if bound is None:
+            session.token_digests[role] = token
+            session.last_used = self.clock()
+            session.touch()
 
     def authenticate(self, session_id: str, token: str | None) -> tuple[Session, str]:
         """The live session and the calling party's role.
@@ -256,12 +336,7 @@ class SessionStore:
         Raises:
             ServiceError: unknown_session (404) or unauthorized (401).
         """
-        session = self.sessions.get(session_id)
-        if session is not None and self.expires_in(session) <= 0:
-            self.drop(session_id, "expired")
-            session = None
-        if session is None:
-            raise ServiceError(ErrorCode.unknown_session, "unknown or expired session")
+        session = self.live(session_id)
         role = session.role_of(token) if token else None
         if role is None:
             raise ServiceError(ErrorCode.unauthorized, "missing or wrong token for this session")
@@ -272,6 +347,18 @@ class SessionStore:
 # ---------------------------------------------------------------------------------------------
 # The use cases
 # ---------------------------------------------------------------------------------------------
+# What each step needs first: every role's ``after`` step (and, for round 1, the previous
+# party's round 1; for the output commitment, the evaluated output).
+_PREREQUISITE = {
+    "challenge": "round1",
+    "confirm_commit": "challenge",
+    "confirm_reveal": "confirm_commit",
+    "inputs_commit": "confirm_reveal",
+    "inputs": "inputs_commit",
+    "partials": "output_commit",
+}
+
+
 class ThreePartyService:
     """What the routes do: order checks, engine calls in worker threads, storage."""
 
@@ -293,126 +380,127 @@ class ThreePartyService:
         except engine.EngineError as error:
             raise blob_error(error, what) from None
 
-    async def put_box_key(self, session: Session, role: str, key: bytes) -> None:
-        """Register a party's X25519 public box key (once)."""
-        if len(key) != protocol.BOX_PUBLIC_KEY_BYTES:
+    def step_limit(self, step: str) -> int:
+        """The largest body a step may have."""
+        config = self.config
+        limits = {
+            "round1": config.max_round1_bytes,
+            "challenge": config.max_ciphertexts_bytes,
+            "confirm_reveal": config.max_partial_bytes,
+            "inputs": config.max_round2_bytes + config.max_ciphertexts_bytes,
+            "partials": 2 * config.max_partial_bytes,
+        }
+        return limits.get(step, config.max_statement_bytes)
+
+    def _require_turn(self, session: Session, role: str, step: str) -> None:
+        if role not in protocol.step_roles(step):
+            raise ServiceError(ErrorCode.invalid_request, f"the {role} has no {step} step")
+        if step in session.statements.get(role, {}):
+            raise out_of_order(f"the {role}'s {step} is already in")
+        if step == "round1":
+            before = protocol.previous_role(role)
+            if before is not None and "round1" not in session.statements.get(before, {}):
+                raise out_of_order(f"round 1 goes in chain order: the {before} uploads first")
+        elif step == "output_commit":
+            if session.output is None:
+                raise out_of_order("the output commitment needs the evaluated output first")
+        elif not session.all_done(_PREREQUISITE[step]):
+            raise out_of_order(f"{step} needs every party's {_PREREQUISITE[step]} first")
+
+    def _signed(
+        self, session: Session, role: str, step: str, body: bytes
+    ) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """The signed envelope and the blobs of an upload, checked against the roster."""
+        blobs = unpack(body, None, step)
+        try:
+            envelope = json.loads(blobs.pop(protocol.STATEMENT_BLOB, b"").decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ServiceError(
+                ErrorCode.invalid_blob, f"{step}: no signed statement in the upload"
+            ) from None
+        try:
+            statement = transcript.verify_signature(bytes.fromhex(session.roster[role]), envelope)
+        except transcript.TranscriptError as error:
+            raise ServiceError(ErrorCode.bad_signature, str(error)) from None
+        expected = {"session": session.session_id, "role": role, "step": step}
+        if any(statement.get(key) != value for key, value in expected.items()):
+            raise ServiceError(
+                ErrorCode.bad_signature, f"{step}: the statement is for another session or step"
+            )
+        names = protocol.step_blobs(step, role, self.layout.party_vectors(role))
+        if sorted(blobs) != sorted(names):
             raise ServiceError(
                 ErrorCode.invalid_blob,
-                f"a box key is {protocol.BOX_PUBLIC_KEY_BYTES} bytes, got {len(key)}",
+                f"the {role}'s {step} holds [{', '.join(names)}]; got [{', '.join(sorted(blobs))}]",
             )
-        if role in session.box_keys:
-            if session.box_keys[role] == key:
-                return
-            raise out_of_order(f"the {role}'s box key is already registered")
-        session.box_keys[role] = key
-        session.touch()
+        if statement.get("blobs") != {
+            name: transcript.digest(data) for name, data in blobs.items()
+        }:
+            raise ServiceError(
+                ErrorCode.bad_signature, f"{step}: the blobs are not the ones the statement signs"
+            )
+        if step == "round1" and len(blobs["box_key"]) != protocol.BOX_PUBLIC_KEY_BYTES:
+            raise ServiceError(
+                ErrorCode.invalid_blob, f"a box key is {protocol.BOX_PUBLIC_KEY_BYTES} bytes"
+            )
+        return envelope, blobs
 
-    async def put_round1(self, session: Session, role: str, body: bytes) -> None:
-        """Store a party's round-1 blobs, in chain order; after the third, combine them."""
-        before = protocol.previous_role(role)
-        self._require_round1_turn(session, role, before)
-        blobs = unpack(body, protocol.ROUND1_KINDS, "round 1")
-        await self._check(f"the {role}'s round-1 blobs", check_round1, blobs)
+    async def put_step(self, session: Session, role: str, step: str, body: bytes) -> None:
+        """Check and store one party's signed step; combine keys when a round is complete."""
+        self._require_turn(session, role, step)
+        envelope, blobs = self._signed(session, role, step, body)
+        key_tag = session.joint.key_tag if session.joint is not None else None
+        await self._check(f"the {role}'s {step}", check_blobs, step, blobs, key_tag)
         async with session.lock:
-            self._require_round1_turn(session, role, before)
-            candidate = {**session.round1, role: blobs}
-            if len(candidate) == len(protocol.ROLES):
-                session.joint = await self._check(
-                    "combining round 1",
-                    engine.combine_round1,
-                    [engine.Round1Blobs(**candidate[r]) for r in protocol.ROLES],
-                )
-            # Once combined, nobody needs the parties' round-1 blobs again: keep only who did it.
-            session.round1 = {r: {} for r in candidate} if session.joint else candidate
+            self._require_turn(session, role, step)
+            session.statements.setdefault(role, {})[step] = envelope
+            session.blobs[(role, step)] = blobs
+            try:
+                if step == "round1" and session.all_done("round1"):
+                    session.joint = await self._check(
+                        "combining round 1",
+                        engine.combine_round1,
+                        [self._round1(session, r) for r in protocol.ROLES],
+                    )
+                if step == "inputs" and session.all_done("inputs"):
+                    session.keys = await self._evaluation_keys(session)
+            except ServiceError:
+                del session.statements[role][step]
+                del session.blobs[(role, step)]
+                raise
             session.touch()
 
     @staticmethod
-    def _require_round1_turn(session: Session, role: str, before: str | None) -> None:
-        if role in session.round1:
-            raise out_of_order(f"the {role}'s round 1 is already done")
-        if before is not None and before not in session.round1:
-            raise out_of_order(f"round 1 goes in chain order: the {before} uploads first")
-
-    def round1_blob(self, session: Session, role: str, kind: str) -> bytes:
-        """One party's round-1 blob (409 before it is there)."""
-        if role not in session.round1:
-            raise out_of_order(f"the {role} has not done round 1 yet")
-        if kind not in session.round1[role]:
-            raise out_of_order(
-                "round 1 is combined: its blobs are no longer kept (use the joint keys)"
-            )
-        return session.round1[role][kind]
-
-    def joint_blob(self, session: Session, kind: str) -> bytes:
-        """A joint key (409 before round 1 is combined)."""
-        joint = self._joint(session, "the joint keys")
-        return joint.joint_public_key if kind == "public_key" else joint.joint_eval_mult_round1
-
-    @staticmethod
-    def _joint(session: Session, what: str) -> engine.JointRound1:
-        if session.joint is None:
-            raise out_of_order(f"{what} need round 1 combined: all three parties upload first")
-        return session.joint
-
-    async def put_round2(self, session: Session, role: str, share: bytes) -> None:
-        """Store a party's round-2 share; after the third, combine the relinearization key."""
-        joint = self._joint(session, "round-2 shares")
-        if role in session.round2:
-            raise out_of_order(f"the {role}'s round-2 share is already in")
-        await self._check(
-            f"the {role}'s round-2 share", engine.check_blob, "mult_key", share, joint.key_tag
+    def _round1(session: Session, role: str) -> engine.Round1Blobs:
+        blobs = session.blobs[(role, "round1")]
+        return engine.Round1Blobs(
+            public_key=blobs["public_key"], eval_mult=blobs["eval_mult"], rotation=blobs["rotation"]
         )
-        async with session.lock:
-            if role in session.round2:
-                raise out_of_order(f"the {role}'s round-2 share is already in")
-            candidate = {**session.round2, role: share}
-            if len(candidate) == len(protocol.ROLES):
-                session.relinearization_key = await self._check(
-                    "combining round 2",
-                    engine.combine_round2,
-                    [candidate[r] for r in protocol.ROLES],
-                    joint.key_tag,
-                )
-            session.round2 = (
-                {r: b"" for r in candidate} if session.relinearization_key else candidate
-            )
-            session.touch()
 
-    async def put_ciphertexts(self, session: Session, role: str, body: bytes) -> None:
-        """Store a party's ciphertexts (made under this session's joint key)."""
-        joint = self._joint(session, "ciphertexts")
-        if role in session.ciphertexts:
-            raise out_of_order(f"the {role}'s ciphertexts are already in")
-        blobs = unpack(body, None, "ciphertexts")
-        expected = [str(index) for index in self.layout.party_vectors(role)]
-        if sorted(blobs) != sorted(expected):
-            raise ServiceError(
-                ErrorCode.invalid_blob,
-                f"the {role} encrypts the vectors [{', '.join(expected)}]; "
-                f"got [{', '.join(sorted(blobs))}]",
-            )
-        for index, data in blobs.items():
-            await self._check(
-                f"the {role}'s ciphertext {index}",
-                engine.check_blob,
-                "ciphertext",
-                data,
-                joint.key_tag,
-            )
-        if role in session.ciphertexts:
-            raise out_of_order(f"the {role}'s ciphertexts are already in")
-        session.ciphertexts[role] = {int(index): data for index, data in blobs.items()}
-        session.touch()
+    async def _evaluation_keys(self, session: Session) -> engine.EvaluationKeys:
+        joint = session.joint
+        assert joint is not None  # inputs come after round 1
+        shares = [session.blobs[(r, "inputs")][protocol.ROUND2_BLOB] for r in protocol.ROLES]
+        relinearization = await self._check(
+            "combining round 2", engine.combine_round2, shares, joint.key_tag
+        )
+        return engine.EvaluationKeys(
+            key_tag=joint.key_tag, relinearization=relinearization, rotation=joint.joint_rotation
+        )
+
+    def blob(self, session: Session, role: str, step: str, name: str) -> bytes:
+        """One blob of a party's step (409 before the step is in, 404 for another name)."""
+        blobs = session.blobs.get((role, step))
+        if blobs is None:
+            raise out_of_order(f"the {role} has not done {step} yet")
+        if name not in blobs:
+            raise ServiceError(ErrorCode.not_found, f"the {role}'s {step} has no blob {name!r}")
+        return blobs[name]
 
     async def evaluate(self, session: Session) -> float:
         """Evaluate once (later calls get the same output); return the evaluation's seconds."""
-        missing = [r for r in protocol.ROLES if r not in session.ciphertexts]
-        if session.relinearization_key is None or missing:
-            waiting = ["all three round-2 shares"] if session.relinearization_key is None else []
-            raise out_of_order(
-                "evaluation needs "
-                + ", ".join(waiting + [f"the {r}'s ciphertexts" for r in missing])
-            )
+        if session.keys is None:
+            raise out_of_order("evaluation needs every party's inputs (round-2 share, ciphertexts)")
         if session.output is not None:
             return session.evaluation_seconds or 0.0
         # The parties of a session all ask; only the first takes a place in the queue, the
@@ -435,20 +523,24 @@ class ThreePartyService:
         return session.evaluation_seconds or 0.0
 
     async def _evaluate(self, session: Session) -> None:
-        joint = self._joint(session, "evaluation")
-        keys = engine.EvaluationKeys(
-            key_tag=joint.key_tag,
-            relinearization=session.relinearization_key,
-            rotation=joint.joint_rotation,
-        )
+        assert session.keys is not None
+        ciphertexts = {
+            role: {
+                index: session.blobs[(role, "inputs")][protocol.ciphertext_blob(index)]
+                for index in self.layout.party_vectors(role)
+            }
+            for role in protocol.ROLES
+        }
+        candidates = self.layout.candidates_for(session.mode)
         start = time.perf_counter()
         output = await self._check(
             "evaluation",
             engine.evaluate,
-            keys,
-            dict(session.ciphertexts),
+            session.keys,
+            ciphertexts,
             protocol.blocks_for(session.mode),
             self.layout,
+            candidates,
         )
         session.evaluation_seconds = time.perf_counter() - start
         session.output = output
@@ -462,28 +554,6 @@ class ThreePartyService:
         if session.output is None:
             raise out_of_order("not evaluated yet")
         return session.output
-
-    def put_partial(self, session: Session, sender: str, recipient: str, sealed: bytes) -> None:
-        """Relay a sealed partial decryption from ``sender`` to ``recipient`` (once)."""
-        if recipient not in protocol.RECIPIENTS or recipient == sender:
-            raise ServiceError(
-                ErrorCode.invalid_request,
-                f"partials go to {' or '.join(protocol.RECIPIENTS)}, never to their sender",
-            )
-        if session.output is None:
-            raise out_of_order("a partial decryption needs the evaluated output first")
-        if (sender, recipient) in session.partials:
-            raise out_of_order(f"the {sender}'s partial for the {recipient} is already in")
-        if not sealed:
-            raise ServiceError(ErrorCode.invalid_blob, "an empty sealed partial")
-        session.partials[(sender, recipient)] = sealed
-        session.touch()
-
-    def partial(self, session: Session, recipient: str, sender: str) -> bytes:
-        """The sealed partial ``sender`` left for ``recipient`` (409 before it is there)."""
-        if (sender, recipient) not in session.partials:
-            raise out_of_order(f"no partial decryption from the {sender} for the {recipient} yet")
-        return session.partials[(sender, recipient)]
 
     async def wait_status(self, session: Session, since: int, wait: float) -> dict[str, Any]:
         """The status once the session's version exceeds ``since`` (or after ``wait`` seconds)."""
@@ -534,19 +604,43 @@ class ErrorBody(BaseModel):
     code: str = Field(description="One of: " + ", ".join(c.value for c in ErrorCode))
 
 
+_VERIFY_KEY = f"^[0-9a-f]{{{2 * transcript.VERIFY_KEY_BYTES}}}$"
+
+
+class Roster(BaseModel):
+    """The three parties' Ed25519 verify keys (hex), which sign every step of the session."""
+
+    applicant: str = Field(pattern=_VERIFY_KEY)
+    bank: str = Field(pattern=_VERIFY_KEY)
+    credit_bureau: str = Field(pattern=_VERIFY_KEY)
+
+
 class NewSession(BaseModel):
     """What ``POST /sessions`` takes."""
 
     mode: str = Field(default="predict", pattern="^(predict|explain)$")
+    roster: Roster
 
 
 class SessionCreated(BaseModel):
-    """A new session: hand each party its own code (it holds that party's bearer token)."""
+    """A new session: hand each party its own single-use invitation."""
 
     session_id: str
     mode: str
-    codes: dict[str, str] = Field(description="Session code of each party: <session id>.<token>")
+    roster: dict[str, str]
+    invitations: dict[str, str] = Field(
+        description="Each party's single-use invitation: <session id>.<secret>"
+    )
     expires_in: float
+
+
+class Join(BaseModel):
+    """Redeem an invitation: bind a bearer token the party chose, signed by its identity key."""
+
+    role: str = Field(pattern=f"^({'|'.join(protocol.ROLES)})$")
+    invitation: str = Field(min_length=20, max_length=100)
+    token_digest: str = Field(pattern=protocol.DIGEST_PATTERN.pattern)
+    signature: str = Field(pattern="^[0-9a-f]{128}$")
 
 
 class Evaluated(BaseModel):
@@ -577,10 +671,13 @@ keep one share of a joint secret key; this server only relays public key materia
 public decision tree on their ciphertexts, and relays partial decryptions sealed for their
 recipients (the applicant and the bank). See the README's "Three-party mode".
 
-Flow: `POST /sessions` -> three session codes; each party registers its box key, uploads round 1
-in chain order (applicant, bank, credit bureau), fetches the joint keys, uploads its round-2
-share and its ciphertexts; `POST .../evaluate`; each party fetches the output, seals its partial
-decryption for each recipient; the recipients fuse the three partials.
+Flow: `POST /sessions` with the roster (three verify keys) -> three invitations; each party
+redeems its own (`POST .../join`, signed by its identity key), then uploads signed steps
+(`PUT .../steps/{step}`): round 1 in chain order, the applicant's key-confirmation challenge,
+commitments and reveals of the challenge's partial decryptions, commitments and uploads of the
+round-2 shares and ciphertexts; `POST .../evaluate`; each party re-evaluates by itself, commits to
+its partial decryption and seals it for each recipient; the recipients fuse the three partials.
+The parties check every signature and hash; the server is not trusted.
 """
 
 
@@ -671,22 +768,37 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
         protocol.SESSIONS,
         status_code=201,
         response_model=SessionCreated,
-        summary="Create a session; returns the three parties' codes",
+        summary="Create a session for a roster of three verify keys; returns three invitations",
         responses=_errors(422, 503),
     )
-    async def create_session(request: Request, body: NewSession | None = None) -> SessionCreated:
+    async def create_session(request: Request, body: NewSession) -> SessionCreated:
         store = service_of(request).store
-        session, tokens = store.create((body or NewSession()).mode)
+        session, invitations = store.create(body.mode, body.roster.model_dump())
         return SessionCreated(
             session_id=session.session_id,
             mode=session.mode,
-            codes={r: protocol.session_code(session.session_id, t) for r, t in tokens.items()},
+            roster=session.roster,
+            invitations={
+                r: protocol.session_code(session.session_id, t) for r, t in invitations.items()
+            },
             expires_in=store.expires_in(session),
         )
 
+    @app.post(
+        protocol.JOIN,
+        status_code=204,
+        summary="Redeem the caller's invitation for a bearer token bound to its identity key",
+        responses=_errors(403, 404, 422),
+    )
+    async def join(sid: str, request: Request, body: Join) -> Response:
+        service_of(request).store.join(
+            sid, body.role, body.invitation, body.token_digest, body.signature
+        )
+        return Response(status_code=204)
+
     @app.get(
         protocol.STATUS,
-        summary="Progress of the session (long-poll with ?since=<version>&wait=<seconds>)",
+        summary="Progress and signed transcript (long-poll with ?since=<version>&wait=<seconds>)",
         responses=_errors(401, 404, 422),
     )
     async def status(
@@ -703,90 +815,42 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
         service.store.drop(session.session_id, f"deleted by the {role}")
         return Response(status_code=204)
 
-    def upload(
-        route: str,
-        summary: str,
-        body: str,
-        limit: Callable[[ThreePartySettings], int],
-        what: str,
-        use_case: Callable[[ThreePartyService, Session, str, bytes], Awaitable[None]],
-    ) -> None:
-        """Register a PUT route whose body is bytes under a size limit, given to a use case."""
+    step_path = f"^({'|'.join(protocol.STEPS)})$"
 
-        async def handler(request: Request, c: Caller = caller_dep) -> Response:
-            service, session, role = c
-            data = await read_body(request, limit(service.config), what)
-            await use_case(service, session, role, data)
-            return Response(status_code=204)
-
-        app.put(
-            route,
-            status_code=204,
-            summary=summary,
-            name=f"put_{what.replace(' ', '_').replace('-', '_')}",
-            responses=_errors(401, 404, 409, 413, 422),
-            openapi_extra=_binary_body(body),
-        )(handler)
-
-    upload(
-        protocol.BOX_KEY,
-        "Register the caller's X25519 public box key (32 bytes)",
-        "The raw 32-byte X25519 public key.",
-        lambda _config: protocol.BOX_PUBLIC_KEY_BYTES,
-        "box key",
-        ThreePartyService.put_box_key,
+    @app.put(
+        protocol.STEP,
+        status_code=204,
+        summary="Upload one of the caller's steps: its blobs and its signed statement",
+        responses=_errors(401, 404, 409, 413, 422),
+        openapi_extra=_binary_body(
+            "A frame (threeparty.protocol.pack) of the step's blobs and `statement`, the "
+            "signed envelope (JSON) over their hashes."
+        ),
     )
-    upload(
-        protocol.ROUND1,
-        "Upload the caller's round-1 public blobs (chain order; the third is combined)",
-        "A frame (threeparty.protocol.pack) of public_key, eval_mult and rotation.",
-        lambda config: config.max_round1_bytes,
-        "round 1",
-        ThreePartyService.put_round1,
-    )
-    upload(
-        protocol.ROUND2,
-        "Upload the caller's round-2 share (the third is combined)",
-        "The engine's round2() output: the caller's share of the relinearization key.",
-        lambda config: config.max_round2_bytes,
-        "round-2 share",
-        ThreePartyService.put_round2,
-    )
-    upload(
-        protocol.CIPHERTEXTS,
-        "Upload the caller's ciphertexts",
-        "A frame of {index: ciphertext} under the joint public key (the vectors it owns).",
-        lambda config: config.max_ciphertexts_bytes,
-        "ciphertexts",
-        ThreePartyService.put_ciphertexts,
-    )
+    async def put_step(
+        request: Request,
+        step: str = PathParam(..., pattern=step_path),
+        c: Caller = caller_dep,
+    ) -> Response:
+        service, session, role = c
+        data = await read_body(request, service.step_limit(step), f"the {step} upload")
+        await service.put_step(session, role, step, data)
+        return Response(status_code=204)
 
     @app.get(
-        protocol.ROUND1_BLOB,
+        protocol.BLOB,
         response_class=Response,
-        summary="Download one party's round-1 public blob",
+        summary="Download one blob of a party's step",
         responses={200: {"content": _BINARY}, **_errors(401, 404, 409, 422)},
     )
-    async def get_round1(
+    async def get_blob(
+        step: str = PathParam(..., pattern=step_path),
         role: str = PathParam(..., pattern=role_path),
-        kind: str = PathParam(..., pattern=f"^({'|'.join(protocol.ROUND1_KINDS)})$"),
+        name: str = PathParam(..., pattern=f"^{protocol.BLOB_NAME_PATTERN.pattern}$"),
         c: Caller = caller_dep,
     ) -> Response:
         service, session, _ = c
-        return octets(service.round1_blob(session, role, kind))
-
-    @app.get(
-        protocol.JOINT,
-        response_class=Response,
-        summary="Download a joint key (public_key, or eval_mult: the round-1 joint eval-mult key)",
-        responses={200: {"content": _BINARY}, **_errors(401, 404, 409, 422)},
-    )
-    async def get_joint(
-        kind: str = PathParam(..., pattern=f"^({'|'.join(protocol.JOINT_KINDS)})$"),
-        c: Caller = caller_dep,
-    ) -> Response:
-        service, session, _ = c
-        return octets(service.joint_blob(session, kind))
+        return octets(service.blob(session, role, step, name))
 
     @app.post(
         protocol.EVALUATE,
@@ -807,35 +871,6 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
     async def get_output(c: Caller = caller_dep) -> Response:
         service, session, _ = c
         return octets(service.output(session))
-
-    @app.put(
-        protocol.PARTIAL_TO,
-        status_code=204,
-        summary="Leave the caller's sealed partial decryption for a recipient",
-        responses=_errors(401, 404, 409, 413, 422),
-        openapi_extra=_binary_body("The partial decryption sealed (X25519) to the recipient."),
-    )
-    async def put_partial(
-        request: Request,
-        recipient: str = PathParam(..., pattern=role_path),
-        c: Caller = caller_dep,
-    ) -> Response:
-        service, session, role = c
-        body = await read_body(request, service.config.max_partial_bytes, "a sealed partial")
-        service.put_partial(session, role, recipient, body)
-        return Response(status_code=204)
-
-    @app.get(
-        protocol.PARTIAL_FROM,
-        response_class=Response,
-        summary="Fetch the sealed partial a sender left for the caller",
-        responses={200: {"content": _BINARY}, **_errors(401, 404, 409, 422)},
-    )
-    async def get_partial(
-        sender: str = PathParam(..., pattern=role_path), c: Caller = caller_dep
-    ) -> Response:
-        service, session, role = c
-        return octets(service.partial(session, role, sender))
 
     return app
 

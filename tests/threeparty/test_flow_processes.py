@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from fhe_server.launcher import REPO_DIR
@@ -38,21 +39,26 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "threeparty", *args]
 
 
-def new_session(url: str, mode: str) -> dict:
+def new_session(url: str, mode: str, keys) -> tuple[dict, dict]:
+    """Each party's identity (its own process), then a session for their roster (the CLI)."""
+    known = processes.identities(keys)
+    roster = [f"{role}={known[role]['verify_key']}" for role in protocol.ROLES]
     done = subprocess.run(
-        _cli("new-session", "--server", url, "--mode", mode),
+        _cli("new-session", "--server", url, "--mode", mode, "--roster", *roster),
         cwd=REPO_DIR,
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    return json.loads(done.stdout)
+    return json.loads(done.stdout)["invitations"], known
 
 
-def start(url: str, codes: dict, role: str, fields: dict, keys, wait: float) -> subprocess.Popen:
+def start(url: str, session: tuple, role: str, fields: dict, keys, wait: float):
     """Start one party's CLI (key folder ``keys``/<role>)."""
-    return processes.start_party(url, role, codes[role], fields, keys / role, wait)
+    invitations, known = session
+    peers = processes.peers_of(role, known)
+    return processes.start_party(url, role, invitations[role], fields, keys / role, wait, peers)
 
 
 def finish(process: subprocess.Popen) -> tuple[int, list[dict], str]:
@@ -60,17 +66,22 @@ def finish(process: subprocess.Popen) -> tuple[int, list[dict], str]:
     return run.returncode, run.lines, run.stderr
 
 
-def run_three(url: str, codes: dict, fields: dict, keys) -> dict[str, list[dict]]:
+def run_three(url: str, session: tuple, fields: dict, keys) -> dict[str, list[dict]]:
     """Run the three parties at once; each must finish (exit 0). Returns their JSON lines."""
-    runs = processes.run_parties(url, codes, fields, keys, 120)
+    invitations, known = session
+    runs = processes.run_parties(url, invitations, fields, keys, 120, known)
     for role, run in runs.items():
         assert run.returncode == 0, (role, run.lines, run.stderr)
     return {role: run.lines for role, run in runs.items()}
 
 
 def clear_verdicts(fields: dict, mode: str) -> list[int]:
+    """The clear tree on the parties' rows (explain: the public candidates in blocks 1..)."""
     layout = load_layout()
     rows = {role: party_rows(role, fields[role], mode, layout) for role in protocol.ROLES}
+    if mode == "explain":
+        own = rows["credit_bureau"]
+        rows["credit_bureau"] = np.vstack([own, layout.candidates_for(mode)])
     return [int(v) for v in layout.clear_verdicts(rows)]
 
 
@@ -80,11 +91,20 @@ def test_explain_flow_as_three_processes_gives_the_clear_verdict(url, tmp_path):
         "bank": {"account_age": 12},
         "credit_bureau": {"employed": False, "years_employed": "0-2"},
     }
-    codes = new_session(url, "explain")["codes"]
-    results = run_three(url, codes, fields, tmp_path)
+    session = new_session(url, "explain", tmp_path)
+    results = run_three(url, session, fields, tmp_path)
     for lines in results.values():
         steps = [line["step"] for line in lines]
-        expected = ["joined", "round1", "round2", "uploaded", "evaluated", "partial_decrypted"]
+        expected = [
+            "joined",
+            "round1",
+            "chain_verified",
+            "key_confirmed",
+            "uploaded",
+            "evaluated",
+            "verified",
+            "partial_decrypted",
+        ]
         assert steps[: len(expected)] == expected and steps[-1] == "done"
     clear = clear_verdicts(fields, "explain")
     bins = load_layout().explain_candidates["years_employed"]
@@ -96,14 +116,25 @@ def test_explain_flow_as_three_processes_gives_the_clear_verdict(url, tmp_path):
         verdict = next(line for line in results[role] if line["step"] == "verdict")
         assert {k: verdict[k] for k in want} == want
     assert not any(line["step"] == "verdict" for line in results["credit_bureau"])
-    # Each key folder holds its own party's share and box key only, readable by it alone.
+    # Each key folder holds its own party's identity and, per session, its share, box key and
+    # commitments only, readable by it alone.
     for role in protocol.ROLES:
         folder = tmp_path / role
-        assert sorted(p.name for p in folder.iterdir()) == sorted(
-            ["box_secret.key", f"{role}.keyshare"]
+        (session_dir,) = folder.glob("session-*")
+        assert sorted(p.name for p in folder.iterdir()) == ["identity.key", session_dir.name]
+        assert sorted(p.name for p in session_dir.iterdir()) == sorted(
+            [
+                "box_secret.key",
+                f"{role}.keyshare",
+                "token",
+                "confirm.partial",
+                "inputs.frame",
+                "output.partial",
+            ]
         )
-        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-        for path in folder.iterdir():
+        for path in [folder, session_dir]:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o700
+        for path in [folder / "identity.key", *session_dir.iterdir()]:
             assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -113,9 +144,9 @@ def test_a_party_that_never_shows_up_times_out_and_the_flow_finishes_later(url, 
         "bank": {"account_age": 40},
         "credit_bureau": {"employed": True, "years_employed": "11-18"},
     }
-    codes = new_session(url, "predict")["codes"]
+    session = new_session(url, "predict", tmp_path)
     early = {
-        r: start(url, codes, r, fields[r], tmp_path, SHORT_WAIT) for r in ("applicant", "bank")
+        r: start(url, session, r, fields[r], tmp_path, SHORT_WAIT) for r in ("applicant", "bank")
     }
     for role, process in early.items():
         code, lines, stderr = finish(process)
@@ -123,7 +154,7 @@ def test_a_party_that_never_shows_up_times_out_and_the_flow_finishes_later(url, 
         assert lines[-1]["step"] == "error" and lines[-1]["code"] == "timeout", lines
         assert "timed out" in stderr and "run the same command again" in stderr
     # The credit bureau shows up; the two others run the same command again and go on.
-    results = run_three(url, codes, fields, tmp_path)
+    results = run_three(url, session, fields, tmp_path)
     # The applicant's round 1 was kept: its second run did not make keys again.
     assert "round1" not in [line["step"] for line in results["applicant"]]
     expected = bool(clear_verdicts(fields, "predict")[0])
@@ -133,11 +164,11 @@ def test_a_party_that_never_shows_up_times_out_and_the_flow_finishes_later(url, 
 
 
 def test_cli_errors_are_clear_and_not_tracebacks(url, tmp_path):
-    codes = new_session(url, "predict")["codes"]
-    bad = start(url, codes, "bank", {"account_age": "thirty"}, tmp_path, 5)
+    invitations, known = new_session(url, "predict", tmp_path)
+    bad = start(url, (invitations, known), "bank", {"account_age": "thirty"}, tmp_path, 5)
     code, lines, stderr = finish(bad)
-    assert code == 1 and lines[-1]["code"] == "invalid_field" and "Traceback" not in stderr
-    wrong_code = codes["bank"][:-4] + "AAAA"
-    process = start(url, {"bank": wrong_code}, "bank", {"account_age": 3}, tmp_path, 5)
+    assert code == 2 and lines[-1]["code"] == "invalid_field" and "Traceback" not in stderr
+    wrong = {**invitations, "bank": invitations["bank"][:-4] + "AAAA"}
+    process = start(url, (wrong, known), "bank", {"account_age": 3}, tmp_path, 5)
     code, lines, stderr = finish(process)
-    assert code == 1 and lines[-1]["code"] == "unauthorized" and "Traceback" not in stderr
+    assert code == 1 and lines[-1]["code"] == "forbidden" and "Traceback" not in stderr

@@ -541,7 +541,7 @@ class PartyClient:
                     share, joint.joint_eval_mult_round1, self.key_tag
                 )
             }
-            vectors = engine.encode_party(layout, self.role, rows)
+            vectors = self._vectors(layout, rows)
             for index, data in engine.encrypt(joint_public_key, vectors).items():
                 blobs[protocol.ciphertext_blob(index)] = data
             return protocol.pack(blobs)
@@ -562,6 +562,10 @@ class PartyClient:
             uploaded=size,
         )
         return own
+
+    def _vectors(self, layout: Layout, rows: np.ndarray) -> dict[int, np.ndarray]:
+        """What this party encrypts: its literal vector from its own rows (``Layout``)."""
+        return engine.encode_party(layout, self.role, rows)
 
     def _combine_round1(self, joint_public_key: bytes) -> engine.JointRound1:
         """The joint round-1 keys, combined by this party from the signed shares."""

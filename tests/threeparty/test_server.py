@@ -1,19 +1,22 @@
 """The three-party server over HTTP: a real ``uvicorn threeparty.server:app`` and real OpenFHE.
 
-The test plays the parties with the engine in-process (or with ``PartyClient`` in threads) and
-checks each refusal: out-of-order rounds 409, malformed blobs 422, a share or ciphertext made for
-another session 422, wrong token 401, unknown session 404, oversized bodies 413, a full server
-503 with Retry-After, and nothing of the others' work lost after a refusal. It also checks that
-everything the server received or sent during a whole flow holds no key share and no clear
-partial decryption, and that the server refuses to start when its known-answer check fails.
+The test plays the parties with the engine in-process (raw signed uploads) or with
+``PartyClient`` in threads, and checks each refusal: steps out of order 409, malformed blobs 422,
+statements not signed by their party's roster key 422, a share or ciphertext made for another
+session 422, invitations redeemed without the party's identity 403, wrong token 401, unknown
+session 404, oversized bodies 413, a full server 503 with Retry-After, sessions that cannot be
+kept alive past their lifetime, and nothing of the others' work lost after a refusal. It also
+checks that everything the server received or sent during a whole flow holds no key share and no
+clear partial decryption of the output, and that the server refuses to start when its
+known-answer check fails.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
-import threading
 from pathlib import Path
 
 import httpx
@@ -22,32 +25,15 @@ from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, SealedBox
 
 from tests.helpers_server import ServerStartError, running_server
+from tests.threeparty.support import FIELDS, Kit, RawParty, Relay, create, play, raw_parties
 from threeparty import engine, protocol
 from threeparty.layout import LAYOUT_PATH, load_layout
-from threeparty.party import PartyClient, party_rows
+from threeparty.party import party_rows
 from threeparty.server import ServiceError, SessionStore, ThreePartySettings
+from threeparty.transcript import Identity
 
 APP = "threeparty.server:app"
 MAX_SESSIONS = 4
-APPLICANT = {
-    "own_car": False,
-    "own_property": True,
-    "mobile_phone": True,
-    "num_children": 0,
-    "household_size": 2,
-    "total_income": 57000,
-    "age": 44,
-    "income_type": "Working",
-    "education_type": "Secondary",
-    "family_status": "Married",
-    "occupation_type": "Laborers",
-    "housing_type": "House / apartment",
-}
-FIELDS = {
-    "applicant": APPLICANT,
-    "bank": {"account_age": 30},
-    "credit_bureau": {"employed": True, "years_employed": "11-18"},
-}
 
 
 @pytest.fixture(scope="module")
@@ -62,42 +48,32 @@ def layout():
     return load_layout()
 
 
-class Party:
-    """One party's raw HTTP access to a session (its own bearer token)."""
-
-    def __init__(self, url: str, code: str):
-        self.session_id, token = protocol.parse_session_code(code)
-        self.http = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120
-        )
-
-    def call(self, method: str, route: str, content: bytes | None = None, **values: str):
-        return self.http.request(
-            method, route.format(sid=self.session_id, **values), content=content
-        )
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    return Kit(tmp_path_factory.mktemp("identities"))
 
 
 @pytest.fixture
-def session(url):
-    """A new predict session: {role: Party}; deleted afterwards."""
-    created = httpx.post(f"{url}/sessions", json={"mode": "predict"}, timeout=30)
-    assert created.status_code == 201, created.text
-    parties = {role: Party(url, code) for role, code in created.json()["codes"].items()}
+def session(url, kit):
+    """A new predict session: {role: RawParty}, joined; deleted afterwards."""
+    parties = raw_parties(url, kit)
     yield parties
     parties["applicant"].call("DELETE", protocol.SESSION)
 
 
 def _chain():
-    """A coherent round-1 chain made in-process: ({role: share}, {role: frame body})."""
+    """A coherent round-1 chain made in-process: ({role: share}, {role: round-1 blobs})."""
     share, lead = engine.lead_round1()
-    shares, blobs = {"applicant": share}, {"applicant": lead}
+    shares, made = {"applicant": share}, {"applicant": lead}
     previous = lead.public_key
     for role in protocol.ROLES[1:]:
-        shares[role], blobs[role] = engine.join_round1(
-            role, previous, lead.eval_mult, lead.rotation
-        )
-        previous = blobs[role].public_key
-    return shares, {role: protocol.pack(dataclasses.asdict(b)) for role, b in blobs.items()}
+        shares[role], made[role] = engine.join_round1(role, previous, lead.eval_mult, lead.rotation)
+        previous = made[role].public_key
+    blobs = {
+        role: {**dataclasses.asdict(b), "box_key": bytes(PrivateKey.generate().public_key)}
+        for role, b in made.items()
+    }
+    return shares, blobs
 
 
 def _refused(response: httpx.Response, status: int, code: str) -> None:
@@ -105,22 +81,22 @@ def _refused(response: httpx.Response, status: int, code: str) -> None:
     assert response.json()["code"] == code
 
 
-def _round1(parties, frames) -> dict:
+def _round1(parties, blobs) -> dict:
     for role in protocol.ROLES:
-        response = parties[role].call("PUT", protocol.ROUND1, frames[role])
+        response = parties[role].put("round1", blobs[role])
         assert response.status_code == 204, response.text
-    return parties["bank"].call("GET", protocol.STATUS).json()
+    return parties["bank"].status()
 
 
 def test_health_and_the_contract_at_docs(url):
     health = httpx.get(f"{url}/health").json()
     assert health["status"] == "ok" and health["self_test"] == "passed"
     paths = httpx.get(f"{url}/openapi.json").json()["paths"]
-    for route in (protocol.ROUND1, protocol.ROUND2, protocol.CIPHERTEXTS, protocol.PARTIAL_TO):
-        assert route.replace("{sid}", "{sid}") in paths
+    for route in (protocol.SESSIONS, protocol.JOIN, protocol.STEP, protocol.BLOB):
+        assert route in paths
 
 
-def test_tokens_and_unknown_sessions(url, session):
+def test_tokens_invitations_and_unknown_sessions(url, kit, session):
     applicant = session["applicant"]
     sid = applicant.session_id
     _refused(httpx.get(f"{url}/sessions/{sid}/status"), 401, "unauthorized")
@@ -134,111 +110,129 @@ def test_tokens_and_unknown_sessions(url, session):
         httpx.get(f"{url}/sessions/{'0' * 32}/status", headers=headers), 404, "unknown_session"
     )
     _refused(httpx.get(f"{url}/sessions/..%2F..%2Fetc/status", headers=headers), 404, "not_found")
-    _refused(
-        httpx.get(f"{url}/sessions/{sid[:-1]}X/status", headers=headers), 404, "unknown_session"
-    )
     # A token of one session does not open another.
-    other = httpx.post(f"{url}/sessions", json={}).json()
-    other_sid = other["session_id"]
+    others = raw_parties(url, kit)
+    other_sid = others["bank"].session_id
     _refused(httpx.get(f"{url}/sessions/{other_sid}/status", headers=headers), 401, "unauthorized")
-    Party(url, other["codes"]["bank"]).call("DELETE", protocol.SESSION)
-    _refused(httpx.post(f"{url}/sessions", json={"mode": "guess"}), 422, "invalid_request")
-
-
-def test_rounds_out_of_order_are_409_and_nothing_is_lost(session):
-    shares, frames = _chain()
-    bank, applicant, bureau = session["bank"], session["applicant"], session["credit_bureau"]
-    _refused(bank.call("PUT", protocol.ROUND1, frames["bank"]), 409, "out_of_order")
-    _refused(bank.call("GET", protocol.JOINT, kind="public_key"), 409, "out_of_order")
+    others["bank"].call("DELETE", protocol.SESSION)
     _refused(
-        bank.call("GET", protocol.ROUND1_BLOB, role="applicant", kind="public_key"),
+        httpx.post(f"{url}/sessions", json={"mode": "guess", "roster": kit.roster}),
+        422,
+        "invalid_request",
+    )
+    _refused(httpx.post(f"{url}/sessions", json={"mode": "predict"}), 422, "invalid_request")
+
+
+def test_the_creator_cannot_act_as_another_party(url, kit, tmp_path):
+    """Whoever creates a session holds every invitation, but not the parties' identity keys."""
+    created = create(url, kit)
+    creator = Identity.load_or_create(tmp_path / "creator")
+    bank = RawParty(url, created, "bank", kit.identities["bank"])
+    _refused(bank.join(signer=creator), 403, "forbidden")
+    _refused(bank.join(signer=kit.identities["applicant"]), 403, "forbidden")
+    assert bank.join().status_code == 204
+    # Single use: the invitation cannot be redeemed again for another token.
+    again = RawParty(url, created, "bank", kit.identities["bank"])
+    _refused(again.join(), 403, "forbidden")
+    # A role uploads only its own material: the applicant cannot upload a step signed as the
+    # credit bureau (its token says applicant, the statement must verify with its key).
+    applicant = RawParty(url, created, "applicant", kit.identities["applicant"])
+    assert applicant.join().status_code == 204
+    _, blobs = _chain()
+    forged = applicant.put("round1", blobs["applicant"], signer=kit.identities["credit_bureau"])
+    _refused(forged, 422, "bad_signature")
+    assert applicant.put("round1", blobs["applicant"]).status_code == 204
+    applicant.call("DELETE", protocol.SESSION)
+
+
+def test_steps_out_of_order_are_409_and_nothing_is_lost(session):
+    _, blobs = _chain()
+    bank, applicant, bureau = session["bank"], session["applicant"], session["credit_bureau"]
+    _refused(bank.put("round1", blobs["bank"]), 409, "out_of_order")
+    _refused(
+        bank.call("GET", protocol.BLOB, step="round1", role="applicant", name="public_key"),
         409,
         "out_of_order",
     )
-    _refused(bank.call("PUT", protocol.ROUND2, b"x" * 10), 409, "out_of_order")
-    _refused(bank.call("PUT", protocol.CIPHERTEXTS, protocol.pack({})), 409, "out_of_order")
+    for step in ("confirm_commit", "inputs_commit", "output_commit"):
+        _refused(bank.put(step, {}), 409, "out_of_order")
     _refused(bank.call("POST", protocol.EVALUATE), 409, "out_of_order")
     _refused(bank.call("GET", protocol.OUTPUT), 409, "out_of_order")
-    _refused(
-        bank.call("PUT", protocol.PARTIAL_TO, b"x", recipient="applicant"), 409, "out_of_order"
-    )
-    assert applicant.call("PUT", protocol.ROUND1, frames["applicant"]).status_code == 204
-    _refused(applicant.call("PUT", protocol.ROUND1, frames["applicant"]), 409, "out_of_order")
-    _refused(bureau.call("PUT", protocol.ROUND1, frames["credit_bureau"]), 409, "out_of_order")
-    assert bank.call("PUT", protocol.ROUND1, frames["bank"]).status_code == 204
-    assert bureau.call("PUT", protocol.ROUND1, frames["credit_bureau"]).status_code == 204
-    status = bank.call("GET", protocol.STATUS).json()
-    assert status["round1"] == list(protocol.ROLES) and status["joint_keys"]
-    public_key = bank.call("GET", protocol.JOINT, kind="public_key").content
+    _refused(bank.put("challenge", {"ciphertext": b"x"}), 422, "invalid_request")
+    assert applicant.put("round1", blobs["applicant"]).status_code == 204
+    _refused(applicant.put("round1", blobs["applicant"]), 409, "out_of_order")
+    _refused(bureau.put("round1", blobs["credit_bureau"]), 409, "out_of_order")
+    assert bank.put("round1", blobs["bank"]).status_code == 204
+    assert bureau.put("round1", blobs["credit_bureau"]).status_code == 204
+    status = bank.status()
+    assert status["steps"]["round1"] == list(protocol.ROLES)
+    public_key = bank.call(
+        "GET", protocol.BLOB, step="round1", role="credit_bureau", name="public_key"
+    ).content
     assert engine.key_tag_of(public_key) == status["key_tag"]
-    # Combined: the parties' round-1 blobs are not kept any more (memory), only the joint keys.
-    gone = bank.call("GET", protocol.ROUND1_BLOB, role="applicant", kind="rotation")
-    _refused(gone, 409, "out_of_order")
-    _refused(bank.call("PUT", protocol.PARTIAL_TO, b"x", recipient="bank"), 422, "invalid_request")
+    _refused(bank.put("confirm_reveal", {"partial": b"x"}), 409, "out_of_order")
 
 
-def test_malformed_blobs_are_422_and_the_session_goes_on(session):
-    shares, frames = _chain()
+def test_malformed_blobs_and_statements_are_422_and_the_session_goes_on(session):
+    _, blobs = _chain()
     applicant = session["applicant"]
-    blobs = protocol.unpack(frames["applicant"])
+    own = blobs["applicant"]
+    good = applicant.body("round1", own)
     for body in (
         b"",
         b"not a frame at all",
-        frames["applicant"][:-10],  # truncated
-        protocol.pack({"public_key": blobs["public_key"]}),  # a blob missing
-        protocol.pack({**blobs, "public_key": b"3P\x01\x00garbage"}),  # right header, bad bytes
-        protocol.pack({**blobs, "public_key": blobs["eval_mult"]}),  # a blob of another kind
-        protocol.pack({**blobs, "rotation": bytes(len(blobs["rotation"]))}),
+        good[:-10],  # truncated
+        protocol.pack(own),  # no statement
+        applicant.body("round1", {"public_key": own["public_key"]}),  # blobs missing
+        applicant.body("round1", {**own, "public_key": b"3P\x01\x00garbage"}),  # bad bytes
+        applicant.body("round1", {**own, "public_key": own["eval_mult"]}),  # another kind
+        applicant.body("round1", {**own, "rotation": bytes(len(own["rotation"]))}),
+        applicant.body("round1", {**own, "box_key": b"k" * 31}),
     ):
-        _refused(applicant.call("PUT", protocol.ROUND1, body), 422, "invalid_blob")
-    _refused(applicant.call("PUT", protocol.BOX_KEY, b"k" * 31), 422, "invalid_blob")
-    _refused(applicant.call("PUT", protocol.BOX_KEY, b"k" * 33), 413, "too_large")
+        response = applicant.call("PUT", protocol.STEP, body, step="round1")
+        _refused(response, 422, "invalid_blob")
+    # A statement over other bytes, for another session or another step: not this upload.
+    swapped = protocol.unpack(good)
+    swapped["box_key"] = b"k" * 32
+    for body in (
+        protocol.pack(swapped),
+        applicant.body("round1", own, session_id="0" * 32),
+    ):
+        _refused(applicant.call("PUT", protocol.STEP, body, step="round1"), 422, "bad_signature")
+    _refused(
+        applicant.call("PUT", protocol.STEP, applicant.body("challenge", {}), step="round1"),
+        422,
+        "bad_signature",
+    )
     # After the refusals, the real material is taken.
-    status = _round1(session, frames)
-    assert status["joint_keys"]
-    _refused(applicant.call("PUT", protocol.ROUND2, b"3P\x04\x00garbage"), 422, "invalid_blob")
+    status = _round1(session, blobs)
+    assert status["key_tag"]
 
 
-def test_share_or_ciphertext_from_another_session_is_422(url, session, layout):
-    other = httpx.post(f"{url}/sessions", json={}).json()
-    other_parties = {role: Party(url, code) for role, code in other["codes"].items()}
+def test_ciphertext_from_another_session_is_422(url, kit, session, layout):
+    others = raw_parties(url, kit)
     try:
-        shares, frames = _chain()
-        other_shares, other_frames = _chain()
-        status = _round1(session, frames)
-        other_status = _round1(other_parties, other_frames)
+        shares, blobs = _chain()
+        _, other_blobs = _chain()
+        _round1(session, blobs)
+        _round1(others, other_blobs)
         applicant = session["applicant"]
-        other_mult = (
-            other_parties["applicant"].call("GET", protocol.JOINT, kind="eval_mult").content
-        )
-        other_share = engine.round2(other_shares["applicant"], other_mult, other_status["key_tag"])
-        _refused(applicant.call("PUT", protocol.ROUND2, other_share), 422, "other_session")
         rows = party_rows("applicant", FIELDS["applicant"], "predict", layout)
         vectors = engine.encode_party(layout, "applicant", rows)
-        other_public = other_parties["applicant"].call("GET", protocol.JOINT, kind="public_key")
-        replayed = engine.encrypt(other_public.content, vectors)
-        body = protocol.pack({str(index): data for index, data in replayed.items()})
-        _refused(applicant.call("PUT", protocol.CIPHERTEXTS, body), 422, "other_session")
-        # The session's own share and ciphertexts are still taken.
-        mult = applicant.call("GET", protocol.JOINT, kind="eval_mult").content
-        own = engine.round2(shares["applicant"], mult, status["key_tag"])
-        assert applicant.call("PUT", protocol.ROUND2, own).status_code == 204
-        public = applicant.call("GET", protocol.JOINT, kind="public_key").content
-        own_ciphertexts = engine.encrypt(public, vectors)
-        body = protocol.pack({str(i): data for i, data in own_ciphertexts.items()})
-        wrong_index = protocol.pack({"9": next(iter(own_ciphertexts.values()))})
-        _refused(applicant.call("PUT", protocol.CIPHERTEXTS, wrong_index), 422, "invalid_blob")
-        assert applicant.call("PUT", protocol.CIPHERTEXTS, body).status_code == 204
-        _refused(applicant.call("PUT", protocol.CIPHERTEXTS, body), 409, "out_of_order")
+        replayed = engine.encrypt(other_blobs["credit_bureau"]["public_key"], vectors)[0]
+        _refused(applicant.put("challenge", {"ciphertext": replayed}), 422, "other_session")
+        own = engine.encrypt(blobs["credit_bureau"]["public_key"], vectors)[0]
+        assert applicant.put("challenge", {"ciphertext": own}).status_code == 204
+        _refused(applicant.put("challenge", {"ciphertext": own}), 409, "out_of_order")
     finally:
-        other_parties["applicant"].call("DELETE", protocol.SESSION)
+        others["applicant"].call("DELETE", protocol.SESSION)
 
 
-def test_a_full_server_answers_503_with_retry_after(url):
+def test_a_full_server_answers_503_with_retry_after(url, kit):
     created = []
     try:
         while True:
-            response = httpx.post(f"{url}/sessions", json={})
+            response = httpx.post(f"{url}/sessions", json={"roster": kit.roster})
             if response.status_code != 201:
                 break
             created.append(response.json())
@@ -247,39 +241,45 @@ def test_a_full_server_answers_503_with_retry_after(url):
         assert int(response.headers["retry-after"]) >= 1
     finally:
         for item in created:
-            Party(url, item["codes"]["bank"]).call("DELETE", protocol.SESSION)
-    assert httpx.post(f"{url}/sessions", json={}).status_code == 201
+            party = RawParty(url, item, "bank", kit.identities["bank"])
+            assert party.join().status_code == 204
+            party.call("DELETE", protocol.SESSION)
+    assert httpx.post(f"{url}/sessions", json={"roster": kit.roster}).status_code == 201
 
 
-def test_idle_sessions_expire_after_the_ttl():
+def _join(store: SessionStore, kit: Kit, session, invitations: dict, role: str) -> str:
+    token = f"token-of-the-{role}-0123456789"
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    secret = invitations[role]
+    signature = kit.identities[role].sign_join(session.session_id, role, digest)
+    store.join(session.session_id, role, secret, digest, signature)
+    return token
+
+
+def test_sessions_expire_when_idle_and_after_their_lifetime(kit):
     now = [1000.0]
-    config = ThreePartySettings(session_ttl_seconds=60, max_sessions=1)
+    config = ThreePartySettings(
+        session_ttl_seconds=60, session_lifetime_seconds=150, max_sessions=1
+    )
     store = SessionStore(config, clock=lambda: now[0])
-    session, tokens = store.create("predict")
+    session, invitations = store.create("predict", kit.roster)
+    token = _join(store, kit, session, invitations, "bank")
     now[0] += config.session_ttl_seconds / 2
-    assert store.authenticate(session.session_id, tokens["bank"])[1] == "bank"
+    assert store.authenticate(session.session_id, token)[1] == "bank"
     with pytest.raises(ServiceError) as full:
-        store.create("predict")
+        store.create("predict", kit.roster)
     assert full.value.code.value == "busy"
     assert full.value.retry_after == config.session_ttl_seconds  # just used: a whole TTL left
-    now[0] += config.session_ttl_seconds + 1
+    # Status calls keep it alive while idle time is short, but not past its whole lifetime.
+    for _ in range(5):
+        now[0] += config.session_ttl_seconds / 2
+        if now[0] - 1000.0 >= config.session_lifetime_seconds:
+            break
+        store.authenticate(session.session_id, token)
     with pytest.raises(ServiceError) as gone:
-        store.authenticate(session.session_id, tokens["bank"])
+        store.authenticate(session.session_id, token)
     assert gone.value.code.value == "unknown_session"
-    assert store.create("predict")[0].session_id != session.session_id
-
-
-class RecordingParty(PartyClient):
-    """A PartyClient that keeps every body it sent to and received from the server."""
-
-    def __init__(self, *args, traffic: list, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.traffic = traffic
-
-    def _request(self, method, route, content=None, values=None, query=None):
-        answer = super()._request(method, route, content, values, query)
-        self.traffic.append((route, content or b"", answer))
-        return answer
+    assert store.create("predict", kit.roster)[0].session_id != session.session_id
 
 
 def _pieces(body: bytes) -> list[bytes]:
@@ -289,60 +289,54 @@ def _pieces(body: bytes) -> list[bytes]:
         return [body]
 
 
-def test_everything_the_server_holds_cannot_decrypt_the_verdict(url, layout, tmp_path):
-    created = httpx.post(f"{url}/sessions", json={"mode": "predict"}).json()
-    traffic: list = []
-    results: dict = {}
-    errors: list = []
-
-    def play(role: str) -> None:
-        try:
-            client = RecordingParty(
-                role, url, created["codes"][role], tmp_path / role, 120, traffic=traffic
-            )
-            with client:
-                results[role] = client.run(FIELDS[role])
-        except Exception as error:  # reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=play, args=(role,)) for role in protocol.ROLES]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
-    assert not errors, errors
+def test_everything_the_server_holds_cannot_decrypt_the_verdict(url, kit, layout):
+    created = create(url, kit)
+    relay = Relay()
+    outcome = play(url, kit, created, relay=relay)
+    assert not outcome.errors, outcome.errors
     rows = {r: party_rows(r, FIELDS[r], "predict", layout) for r in protocol.ROLES}
     expected = bool(layout.clear_verdicts(rows)[0])
-    assert results["applicant"] == results["bank"] == {"approved": expected}
-    assert results["credit_bureau"] == {}
+    assert outcome.results["applicant"] == outcome.results["bank"] == {"approved": expected}
+    assert outcome.results["credit_bureau"] == {}
 
+    traffic = [(req.url.path, req.content, resp.content) for req, resp in relay.seen]
     bodies = [piece for _, sent, got in traffic for body in (sent, got) for piece in _pieces(body)]
     kinds = {engine.blob_kind(piece) for piece in bodies}
-    assert "secret_key" not in kinds and "partial" not in kinds
+    assert "secret_key" not in kinds
     assert {"public_key", "eval_key", "rotation_keys", "mult_key", "ciphertext"} <= kinds
-    secrets = [(tmp_path / r / f"{r}.keyshare").read_bytes() for r in protocol.ROLES]
-    box_secrets = [(tmp_path / r / "box_secret.key").read_bytes() for r in protocol.ROLES]
-    for secret in secrets:
-        window = secret[len(secret) // 2 : len(secret) // 2 + 64]
+    root = kit.root
+    session_dirs = {r: next((root / r).glob("session-*")) for r in protocol.ROLES}
+    shares = {r: engine.PartyKeyShare.load(session_dirs[r], r) for r in protocol.ROLES}
+    for share in shares.values():
+        window = share.secret_key[len(share.secret_key) // 2 :][:64]
         assert not any(window in piece for piece in bodies)
-    for box_secret in box_secrets:
-        assert not any(box_secret in piece for piece in bodies)
-    sealed = [sent for route, sent, _ in traffic if route == protocol.PARTIAL_TO]
+    for role in protocol.ROLES:
+        for secret in ("box_secret.key", "output.partial"):
+            data = (session_dirs[role] / secret).read_bytes()
+            assert not any(data in piece for piece in bodies), (role, secret)
+        assert (root / role / "identity.key").read_bytes() not in b"".join(bodies)
+    sealed = [
+        piece
+        for path, sent, _ in traffic
+        if path.endswith("/steps/partials")
+        for name, piece in protocol.unpack(sent).items()
+        if name.startswith("to_")
+    ]
     # Applicant -> bank, bank -> applicant, credit bureau -> both.
     assert len(sealed) == 4
     for blob in sealed:
         assert engine.blob_kind(blob) is None
-        with pytest.raises(engine.EngineError):
-            engine.fuse([blob, blob, blob], 1, layout)
-        # Only the recipient's box secret opens it; the server has no box secret at all.
         with pytest.raises(CryptoError):
             SealedBox(PrivateKey.generate()).decrypt(blob)
     # Even with the help of one party or two (their partials made again from their shares),
     # the output gives noise; all three partials give the verdict.
-    output = next(got for route, _, got in traffic if route == protocol.OUTPUT)
-    joint_keys = [got for route, _, got in traffic if route == protocol.JOINT]
-    tag = engine.key_tag_of(next(b for b in joint_keys if engine.blob_kind(b) == "public_key"))
-    shares = {r: engine.PartyKeyShare.load(tmp_path / r, r) for r in protocol.ROLES}
+    output = httpx.get(
+        f"{url}{protocol.OUTPUT.format(sid=created['session_id'])}",
+        headers=next(req.headers for req, _ in relay.seen if "authorization" in req.headers),
+    ).content
+    tag = next(
+        json.loads(got)["key_tag"] for path, _, got in reversed(traffic) if path.endswith("/status")
+    )
     partials = {r: engine.partial_decrypt(shares[r], output, tag) for r in protocol.ROLES}
     for subset in ([r] for r in protocol.ROLES), itertools.combinations(protocol.ROLES, 2):
         for roles in subset:

@@ -202,8 +202,12 @@ def play(
     relay: Relay | None = None,
     clients: Mapping[str, type[PartyClient]] | None = None,
     wait: float = 120.0,
+    delete: bool = True,
 ) -> Outcome:
-    """Run the three parties of ``created`` in threads (through ``relay`` when given)."""
+    """Run the three parties of ``created`` in threads (through ``relay`` when given).
+
+    The session is deleted afterwards (the server holds a few only) unless ``delete`` is false.
+    """
     outcome = Outcome()
 
     def run(role: str) -> None:
@@ -231,7 +235,7 @@ def play(
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
-    for role in protocol.ROLES:  # the server holds a few sessions only: free this one
+    for role in protocol.ROLES if delete else ():
         try:
             delete_session(url, kit.root / role, created["invitations"][role])
             break

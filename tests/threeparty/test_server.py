@@ -28,7 +28,7 @@ from tests.helpers_server import ServerStartError, running_server
 from tests.threeparty.support import FIELDS, Kit, RawParty, Relay, create, play, raw_parties
 from threeparty import engine, protocol
 from threeparty.layout import LAYOUT_PATH, load_layout
-from threeparty.party import party_rows
+from threeparty.party import delete_session, party_rows
 from threeparty.server import ServiceError, SessionStore, ThreePartySettings
 from threeparty.transcript import Identity
 
@@ -292,7 +292,7 @@ def _pieces(body: bytes) -> list[bytes]:
 def test_everything_the_server_holds_cannot_decrypt_the_verdict(url, kit, layout):
     created = create(url, kit)
     relay = Relay()
-    outcome = play(url, kit, created, relay=relay)
+    outcome = play(url, kit, created, relay=relay, delete=False)
     assert not outcome.errors, outcome.errors
     rows = {r: party_rows(r, FIELDS[r], "predict", layout) for r in protocol.ROLES}
     expected = bool(layout.clear_verdicts(rows)[0])
@@ -343,6 +343,7 @@ def test_everything_the_server_holds_cannot_decrypt_the_verdict(url, kit, layout
             slots = engine.fuse_slots([partials[r] for r in roles])
             assert slots[1:].any(), roles  # the output's other slots are 0: this is noise
     assert engine.fuse([partials[r] for r in protocol.ROLES], 1, layout) == [int(expected)]
+    delete_session(url, kit.root / "bank", created["invitations"]["bank"])
 
 
 def test_the_server_refuses_to_start_when_the_known_answer_is_wrong(tmp_path):

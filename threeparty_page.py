@@ -67,7 +67,12 @@ _EN = {
         "joint keys in rounds relayed by the three-party server, each encrypts only its own "
         "inputs, the server evaluates the tree on the ciphertexts with public keys only, each "
         "party decrypts partially, and the applicant and the bank fuse the three partial "
-        "decryptions. One evaluation also scores the six years-employed bins (explain)."
+        "decryptions. One evaluation also scores the six years-employed bins (explain).\n\n"
+        "The parties do not trust the server, nor each other: each signs every upload with its "
+        "own identity key and checks the others' signatures against their fingerprints (shown "
+        "below); before anyone encrypts an input, the three shares must decrypt a challenge "
+        "together, which proves the joint key is built from all three; and before it decrypts, "
+        "each party evaluates the tree again itself and refuses if the server's output differs."
     ),
     "tp_unavailable": "The three-party mode is not available on this machine:",
     "tp_missing_env": (
@@ -80,11 +85,13 @@ _EN = {
     "tp_label_verdict": "Verdict fused by the applicant and the bank",
     "tp_label_explain": "Explanation (same evaluation)",
     "tp_step": "Step",
-    "tp_row_joined": "Joined (box-key fingerprint)",
+    "tp_row_joined": "Joined (this party's identity fingerprint)",
     "tp_row_round1": "Key share made (round 1), public part uploaded",
-    "tp_row_round2": "Round-2 share uploaded",
-    "tp_row_uploaded": "Own inputs encrypted and uploaded",
+    "tp_row_chain": "Every signature and the key chain checked",
+    "tp_row_confirmed": "Joint key confirmed (the three shares decrypt a challenge)",
+    "tp_row_uploaded": "Round-2 share and own inputs: committed, then uploaded",
     "tp_row_evaluated": "Server's evaluation on ciphertexts",
+    "tp_row_verified": "Evaluated again by this party: same output as the server's",
     "tp_row_partial": "Partial decryption, sealed for",
     "tp_row_verdict": "Verdict",
     "tp_row_traffic": "Traffic (up / down)",
@@ -101,27 +108,30 @@ _EN = {
     "tp_err_timeout": "The three-party run did not finish within {seconds} s.",
     "tp_holdings": (
         "**What each process holds.** The applicant's process holds the applicant's fields, its "
-        "key share and its box secret key (in its own folder, readable by it alone); the same "
-        "for the bank and for the credit bureau. The three-party server holds only public "
-        "material: the parties' public keys and evaluation-key shares, the joint public and "
-        "evaluation keys, the parties' ciphertexts, the encrypted verdict and the partial "
-        "decryptions sealed for their recipients, which it cannot open. The key folders are "
-        "deleted when the run ends.\n\n"
+        "identity key, its key share and its box secret key (in its own folder, readable by it "
+        "alone); the same for the bank and for the credit bureau. The three-party server holds "
+        "only public material and signatures: the parties' verify keys, public keys and "
+        "evaluation-key shares, the joint evaluation keys, the parties' ciphertexts, the "
+        "encrypted verdict, the partial decryptions of the public challenge, and the partial "
+        "decryptions of the verdict sealed for their recipients, which it cannot open. The key "
+        "folders are deleted when the run ends.\n\n"
         "**What a party would have to steal to read another's data.** Every input is encrypted "
-        "under the joint key, and decrypting takes all three key shares: to read the credit "
-        "bureau's inputs, the applicant would have to steal the bank's *and* the credit "
-        "bureau's key shares from their folders, and the credit bureau's ciphertext from the "
-        "server (the server gives no party another's ciphertexts). One stolen share is not "
-        "enough. The bank's account age never leaves the bank's process: the tree does not "
-        "test it, so the bank encrypts nothing (it still holds a key share). The verdict "
+        "under the joint key, and decrypting takes all three key shares: every party downloads "
+        "the others' ciphertexts (to evaluate the tree again itself), but to read the credit "
+        "bureau's inputs the applicant would have to steal the bank's *and* the credit "
+        "bureau's key shares from their folders. One stolen share is not enough, and a party "
+        "partially decrypts only the output it computed itself. The bank's account age never "
+        "leaves the bank's process: the tree does not test it, so the bank encrypts nothing "
+        "(it still holds a key share). The verdict "
         "goes only to the applicant and the bank: each fuses its own partial decryption with "
         "the two others', which reach it sealed with its box key; the credit bureau gets none. "
         "The recipients learn the verdict and the six bins' verdicts, which, like any answer, "
         "say something about the inputs. The tree's comparisons are public to the parties.\n\n"
         "**In this demo** the page, which gets all the fields from your browser, starts the "
         "three processes on one machine and hands each only its own fields; in a real "
-        "deployment each party runs its own process on its own machine, with its own session "
-        "code, and no process sees another party's fields."
+        "deployment each party runs its own process on its own machine, with its own "
+        "invitation, compares the others' fingerprints with them out of band, and no process "
+        "sees another party's fields."
     ),
 }
 
@@ -132,7 +142,11 @@ _ZH = {
         "按钮会以**三个独立的操作系统进程**（`python -m threeparty --role ...`）运行三方，"
         "每个进程有自己的密钥文件夹，使用上方（第2步）各方字段中输入的值。三方通过三方服务器转发的"
         "多轮交互生成联合密钥，每一方只加密自己的输入，服务器仅用公开密钥在密文上评估决策树，"
-        "每一方进行部分解密，申请人和银行将三份部分解密结果合并。同一次评估还会为六个工作年限区间打分（解释）。"
+        "每一方进行部分解密，申请人和银行将三份部分解密结果合并。同一次评估还会为六个工作年限区间打分（解释）。\n\n"
+        "各方既不信任服务器，也不互相信任：每一方用自己的身份密钥为每次上传签名，"
+        "并按下方显示的身份校验码核对其他各方的签名；在任何一方加密输入之前，三个份额必须共同解密一道挑战，"
+        "以证明联合密钥确由三个份额构成；在解密之前，每一方都自己重新评估决策树，"
+        "若服务器的输出与之不同即拒绝。"
     ),
     "tp_unavailable": "本机无法使用三方模式：",
     "tp_missing_env": "缺少Python 3.10环境 .venv-threeparty（运行 `make run` 即可创建）。",
@@ -143,11 +157,13 @@ _ZH = {
     "tp_label_verdict": "申请人和银行合并得到的结果",
     "tp_label_explain": "解释（同一次评估）",
     "tp_step": "步骤",
-    "tp_row_joined": "加入会话（盒密钥指纹）",
+    "tp_row_joined": "加入会话（本方身份校验码）",
     "tp_row_round1": "生成密钥份额（第1轮），上传公开部分",
-    "tp_row_round2": "上传第2轮份额",
-    "tp_row_uploaded": "加密并上传自己的输入",
+    "tp_row_chain": "已核对全部签名和密钥链",
+    "tp_row_confirmed": "联合密钥已确认（三个份额共同解密挑战）",
+    "tp_row_uploaded": "第2轮份额和自己的输入：先承诺，再上传",
     "tp_row_evaluated": "服务器在密文上评估",
+    "tp_row_verified": "本方重新评估：与服务器的输出一致",
     "tp_row_partial": "部分解密，已密封发送给",
     "tp_row_verdict": "结果",
     "tp_row_traffic": "流量（上传/下载）",
@@ -160,20 +176,22 @@ _ZH = {
     "tp_err_party_timeout": "{party}进程等待其他方超时。（{detail}）",
     "tp_err_timeout": "三方运行未在 {seconds} 秒内完成。",
     "tp_holdings": (
-        "**每个进程持有什么。** 申请人进程持有申请人的字段、其密钥份额和盒私钥"
-        "（在它自己的文件夹中，仅它可读）；银行和信用中心同理。三方服务器只持有公开材料："
-        "各方的公钥和评估密钥份额、联合公钥和联合评估密钥、各方的密文、加密的结果，"
-        "以及为接收方密封的部分解密结果——服务器无法打开它们。运行结束后密钥文件夹即被删除。\n\n"
+        "**每个进程持有什么。** 申请人进程持有申请人的字段、其身份密钥、密钥份额和封装私钥"
+        "（在它自己的文件夹中，仅它可读）；银行和信用中心同理。三方服务器只持有公开材料和签名："
+        "各方的验证公钥、公钥和评估密钥份额、联合评估密钥、各方的密文、加密的结果、对公开挑战的部分解密，"
+        "以及为接收方密封的结果部分解密——服务器无法打开它们。运行结束后密钥文件夹即被删除。\n\n"
         "**一方要读取另一方的数据必须窃取什么。** "
-        "所有输入都用联合公钥加密，解密需要全部三个密钥份额："
-        "申请人若想读取信用中心的输入，必须从银行**和**信用中心的文件夹中窃取它们的密钥份额，"
-        "还要从服务器窃取信用中心的密文（服务器不会把一方的密文交给其他方）。只窃取一个份额是不够的。"
+        "所有输入都用联合公钥加密，解密需要全部三个密钥份额：每一方都会下载其他各方的密文"
+        "（以便自己重新评估决策树），但申请人若想读取信用中心的输入，"
+        "必须从银行**和**信用中心的文件夹中窃取它们的密钥份额。只窃取一个份额是不够的，"
+        "而且每一方只对自己算出的输出进行部分解密。"
         "银行的账户年龄从不离开银行的进程：决策树不检验它，所以银行不加密任何内容（但仍持有一个密钥份额）。"
         "结果只发给申请人和银行：每一方把自己的部分解密与另外两方的部分解密合并，"
-        "后者以其盒公钥密封送达；信用中心得不到结果。接收方会得知结果和六个区间的结果，"
+        "后者以其封装公钥密封送达；信用中心得不到结果。接收方会得知结果和六个区间的结果，"
         "与任何答案一样，这些结果会透露一些关于输入的信息。决策树的比较条件对各方公开。\n\n"
         "**在本演示中**，页面从您的浏览器获得全部字段，在同一台机器上启动三个进程，并只把各方自己的字段交给该方；"
-        "在真实部署中，每一方在自己的机器上运行自己的进程，使用自己的会话码，任何进程都看不到其他方的字段。"
+        "在真实部署中，每一方在自己的机器上运行自己的进程，使用自己的邀请码，"
+        "通过其他渠道与其他各方核对身份校验码，任何进程都看不到其他方的字段。"
     ),
 }
 
@@ -284,6 +302,7 @@ class FlowState:
         default_factory=lambda: {role: {} for role in ROLES}
     )
     errors: dict[str, tuple[str, str]] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
     def add(self, role: str, event: dict[str, Any]) -> None:
         """Record one JSON line of a party (an error: its code and message)."""
@@ -320,25 +339,61 @@ def _read_lines(role: str, stream: Any, events: queue.Queue[tuple[str, Any]]) ->
     events.put((role, None))
 
 
+def _identity(keys_dir: Path) -> dict[str, str]:
+    """A party's identity, made (once) by its own process in its folder: {verify_key, fingerprint}.
+
+    The signing key stays in ``keys_dir``; this process reads only the public part it prints.
+    """
+    command = [str(TP_PYTHON), "-m", "threeparty", "identity", "--keys", str(keys_dir)]
+    done = subprocess.run(
+        command,
+        cwd=settings.REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _delete_session(url: str, keys_root: Path, session_id: str) -> None:
+    """Delete the session with the token the applicant's process chose (best effort)."""
+    with contextlib.suppress(httpx.HTTPError, OSError):
+        token = (keys_root / "applicant" / f"session-{session_id}" / "token").read_text()
+        httpx.delete(
+            f"{url}/sessions/{session_id}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10.0,
+        )
+
+
 def run_parties(
     url: str, fields: dict[str, dict[str, Any]], keys_root: Path
 ) -> Iterator[FlowState]:
     """Create a session, run the three party processes, yield the state after each event.
 
-    The key folders (``keys_root``/<role>) and the session are removed at the end, whatever
-    happens; processes still running then are killed.
+    Each party's process makes its identity key in its own folder; the session is created for
+    the roster of their verify keys, and each party gets the two others' fingerprints (in a real
+    deployment, compared out of band). The key folders (``keys_root``/<role>) and the session are
+    removed at the end, whatever happens; processes still running then are killed.
     """
-    created = httpx.post(f"{url}/sessions", json={"mode": MODE}, timeout=30.0)
+    known = {role: _identity(keys_root / role) for role in ROLES}
+    roster = {role: known[role]["verify_key"] for role in ROLES}
+    created = httpx.post(f"{url}/sessions", json={"mode": MODE, "roster": roster}, timeout=30.0)
     created.raise_for_status()
-    codes = created.json()["codes"]
+    invitations = created.json()["invitations"]
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
     processes: dict[str, subprocess.Popen[str]] = {}
-    state = FlowState()
+    state = FlowState(fingerprints={role: known[role]["fingerprint"] for role in ROLES})
     try:
         for role in ROLES:
             command = [str(TP_PYTHON), "-m", "threeparty", "--role", role, "--server", url]
-            command += ["--session", codes[role], "--keys", str(keys_root / role)]
+            command += ["--session", invitations[role], "--keys", str(keys_root / role)]
             command += ["--wait", str(PARTY_WAIT_SECONDS)]
+            for other in ROLES:
+                if other != role:
+                    command += ["--peer", f"{other}={known[other]['fingerprint']}"]
             process = subprocess.Popen(
                 command,
                 cwd=settings.REPO_DIR,
@@ -380,14 +435,8 @@ def run_parties(
             if process.poll() is None:
                 process.kill()
                 process.wait()
+        _delete_session(url, keys_root, created.json()["session_id"])
         shutil.rmtree(keys_root, ignore_errors=True)
-        with contextlib.suppress(httpx.HTTPError):
-            token = codes["applicant"].partition(".")[2]
-            httpx.delete(
-                f"{url}/sessions/{created.json()['session_id']}",
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=10.0,
-            )
 
 
 def _megabytes(count: int) -> str:
@@ -402,15 +451,18 @@ def render(state: FlowState, lang: str, translate: Callable[..., str]) -> tuple[
         if event is None:
             return "…" if not state.errors else "—"
         if step == "joined":
-            return f"`{event['box_key_fingerprint']}`"
+            return f"`{event['fingerprint']}`"
         if step == "round1":
-            return f"{event['seconds']:.2f} s, ↑ {_megabytes(sum(event['uploaded'].values()))}"
-        if step == "round2":
             return f"{event['seconds']:.2f} s, ↑ {_megabytes(event['uploaded'])}"
+        if step in ("chain_verified", "key_confirmed"):
+            return "✓"
+        if step == "verified":
+            return f"✓ {event['seconds']:.2f} s"
         if step == "uploaded":
+            sent = f"↑ {_megabytes(event['uploaded'])}"
             if not event["ciphertexts"]:
-                return translate(lang, "tp_no_ciphertext")
-            return f"↑ {_megabytes(event['uploaded'])}"
+                return f"{sent}, {translate(lang, 'tp_no_ciphertext')}"
+            return sent
         if step == "evaluated":
             return f"{event['evaluation_seconds']:.2f} s"
         if step == "partial_decrypted":
@@ -429,9 +481,11 @@ def render(state: FlowState, lang: str, translate: Callable[..., str]) -> tuple[
     for step, key in (
         ("joined", "tp_row_joined"),
         ("round1", "tp_row_round1"),
-        ("round2", "tp_row_round2"),
+        ("chain_verified", "tp_row_chain"),
+        ("key_confirmed", "tp_row_confirmed"),
         ("uploaded", "tp_row_uploaded"),
         ("evaluated", "tp_row_evaluated"),
+        ("verified", "tp_row_verified"),
         ("partial_decrypted", "tp_row_partial"),
     ):
         rows.append(

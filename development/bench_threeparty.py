@@ -54,7 +54,7 @@ import numpy as np
 from fhe_server.launcher import ServerProcess
 from threeparty import PARTIES, engine, processes, protocol
 from threeparty.layout import Layout, load_layout
-from threeparty.party import create_session, delete_session, party_rows
+from threeparty.party import clear_verdicts, create_session, delete_session
 
 FIXTURE_PATH = Path(__file__).resolve().parent.parent / "tests/threeparty/data/heldout_rows.json"
 OUT_DIR = Path(__file__).resolve().parent
@@ -179,10 +179,9 @@ def measure_processes(runs: int, layout: Layout) -> dict[str, Any]:
     waits for all three to exit and deletes the session; the recipients' verdicts must equal the
     clear tree's.
     """
-    expected = {}
-    for mode in protocol.MODES:
-        rows = {r: party_rows(r, PROCESS_FIELDS[r], mode, layout) for r in protocol.ROLES}
-        expected[mode] = bool(layout.clear_verdicts(rows)[0])
+    expected = {
+        mode: bool(clear_verdicts(PROCESS_FIELDS, mode, layout)[0]) for mode in protocol.MODES
+    }
     result: dict[str, Any] = {"runs": runs, "warmups": PROCESS_WARMUPS, "modes": {}}
     loads = [os.getloadavg()[0]]
     with ServerProcess("threeparty.server:app", env={"OMP_NUM_THREADS": "1"}) as server:
@@ -193,14 +192,22 @@ def measure_processes(runs: int, layout: Layout) -> dict[str, Any]:
                 r: {"up": [], "down": []} for r in protocol.ROLES
             }
             for index in range(PROCESS_WARMUPS + runs):
-                codes = create_session(server.url, mode)["codes"]
                 with tempfile.TemporaryDirectory() as keys_root:
+                    known = processes.identities(Path(keys_root))  # once per party, not timed
+                    roster = {r: known[r]["verify_key"] for r in protocol.ROLES}
+                    invitations = create_session(server.url, roster, mode)["invitations"]
                     start = time.perf_counter()
                     done = processes.run_parties(
-                        server.url, codes, PROCESS_FIELDS, Path(keys_root), PARTY_WAIT_SECONDS
+                        server.url,
+                        invitations,
+                        PROCESS_FIELDS,
+                        Path(keys_root),
+                        PARTY_WAIT_SECONDS,
+                        known,
                     )
                     seconds = time.perf_counter() - start
-                delete_session(server.url, codes["applicant"])  # the server holds a few only
+                    # The server holds a few sessions only.
+                    delete_session(server.url, Path(keys_root) / "bank", invitations["bank"])
                 for role, run in done.items():
                     assert run.returncode == 0, (role, run.lines[-1:], run.stderr[-2000:])
                 for role in protocol.RECIPIENTS:

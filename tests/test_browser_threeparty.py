@@ -10,6 +10,7 @@ browser's language, and that the three key folders are gone afterwards.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 # The first run waits for the three-party server's start-up self-test, then three processes
 # make keys, encrypt, evaluate and decrypt: seconds each, generous on a loaded machine.
 FLOW_TIMEOUT_SECONDS = 180.0
+FINGERPRINT = re.compile(r"\b[0-9a-f]{4}(?:-[0-9a-f]{4}){4}\b")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -91,6 +93,9 @@ def _run_three_parties(driver: PageDriver, lang: str) -> None:
     for role in ("applicant", "bank", "credit_bureau"):
         assert app.tr(lang, f"party_{role}").capitalize() in progress
     assert progress.count("MB") >= 6, progress
+    # Each party's identity fingerprint, and each verification done by all three.
+    assert len(set(FINGERPRINT.findall(progress))) == 3, progress
+    assert progress.count("✓") >= 9, progress
     assert bool(CJK.search(verdict + progress)) is (lang == "zh")
 
 

@@ -99,6 +99,24 @@ def party_rows(role: str, fields: Mapping[str, Any], mode: str, layout: Layout) 
     return np.tile(row, (blocks, 1))
 
 
+def clear_verdicts(fields: Mapping[str, Mapping[str, Any]], mode: str, layout: Layout) -> list[int]:
+    """What the evaluation must give, in clear: the tree on the parties' rows (and candidates).
+
+    Args:
+        fields: {role: its fields}.
+        mode: "predict" or "explain" (blocks 1.. then hold the public candidate rows).
+        layout: the slot layout.
+
+    Returns:
+        One 0/1 verdict per block.
+    """
+    rows = {role: party_rows(role, fields[role], mode, layout) for role in protocol.ROLES}
+    candidates = layout.candidates_for(mode)
+    if candidates is not None:
+        rows[engine.EXPLAIN_PARTY] = np.vstack([rows[engine.EXPLAIN_PARTY], candidates])
+    return [int(v) for v in layout.clear_verdicts(rows)]
+
+
 def read_verdict(mode: str, bits: list[int], layout: Layout) -> dict[str, Any]:
     """Turn the fused bits (one per block) into the verdict and, in explain mode, the bins.
 

@@ -14,14 +14,12 @@ import stat
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from fhe_server.launcher import REPO_DIR
 from tests.helpers_server import running_server
-from threeparty import processes, protocol
+from threeparty import party, processes, protocol
 from threeparty.layout import load_layout
-from threeparty.party import party_rows
 
 APPLICANT = processes.EXAMPLE_APPLICANT
 # Seconds a party waits for another in the time-out test: long enough for the other two to get
@@ -76,13 +74,7 @@ def run_three(url: str, session: tuple, fields: dict, keys) -> dict[str, list[di
 
 
 def clear_verdicts(fields: dict, mode: str) -> list[int]:
-    """The clear tree on the parties' rows (explain: the public candidates in blocks 1..)."""
-    layout = load_layout()
-    rows = {role: party_rows(role, fields[role], mode, layout) for role in protocol.ROLES}
-    if mode == "explain":
-        own = rows["credit_bureau"]
-        rows["credit_bureau"] = np.vstack([own, layout.candidates_for(mode)])
-    return [int(v) for v in layout.clear_verdicts(rows)]
+    return party.clear_verdicts(fields, mode, load_layout())
 
 
 def test_explain_flow_as_three_processes_gives_the_clear_verdict(url, tmp_path):

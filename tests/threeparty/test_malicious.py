@@ -31,7 +31,7 @@ from tests.threeparty.support import (
 )
 from threeparty import engine, protocol, transcript
 from threeparty.layout import load_layout
-from threeparty.party import PartyClient, party_rows
+from threeparty.party import PartyClient, clear_verdicts
 
 SHORT_WAIT = 8.0
 
@@ -320,17 +320,7 @@ def test_a_crafted_explain_vector_reaches_block_zero_only(url, kit, layout):
     assert not outcome.errors, outcome.errors
     # The six bins' verdicts are those of the public candidates with the applicant's real row,
     # not slots of the applicant's leaf vector.
-    rows = {
-        "applicant": party_rows("applicant", FIELDS["applicant"], "explain", layout),
-        "bank": party_rows("bank", FIELDS["bank"], "explain", layout),
-        "credit_bureau": np.vstack(
-            [
-                party_rows("credit_bureau", FIELDS["credit_bureau"], "explain", layout),
-                layout.candidates_for("explain"),
-            ]
-        ),
-    }
-    clear = [int(v) for v in layout.clear_verdicts(rows)]
+    clear = clear_verdicts(FIELDS, "explain", layout)
     bins = layout.explain_candidates["years_employed"]
     want = [b for b, v in zip(bins, clear[1:], strict=True) if v]
     for role in protocol.RECIPIENTS:

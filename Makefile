@@ -26,7 +26,7 @@ TP_VENV ?= .venv-threeparty
 TP_PY := $(TP_VENV)/bin/python
 TP_STAMP := $(TP_VENV)/.installed
 
-.PHONY: run test test-busy test-threeparty threeparty-env lint train bench bench-threeparty cluster
+.PHONY: run test test-busy test-threeparty threeparty-env lint train bench bench-threeparty fuzz-threeparty cluster
 
 run: $(RUN_STAMP)
 	@$(MAKE) --no-print-directory threeparty-env || \
@@ -60,6 +60,10 @@ threeparty-env: $(TP_STAMP)
 
 bench-threeparty: $(TP_STAMP)
 	OMP_NUM_THREADS=1 $(TP_PY) -m development.bench_threeparty
+
+# Mutated OpenFHE blobs of every kind against a real three-party server (README, threat model).
+fuzz-threeparty: $(TP_STAMP)
+	OMP_NUM_THREADS=1 $(TP_PY) -m development.threeparty_fuzz
 
 # The suite as on a loaded machine: stress-ng keeps $(BUSY_CPU_HOGS) CPU hogs running beside
 # `make test` for its whole duration (Debian: apt-get install stress-ng); exits with its status.

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fhe_server import protocol
@@ -132,6 +132,19 @@ CHOSEN_MAX_DEPTH = 5
 # ---------------------------------------------------------------------------------------------
 # Server limits, overridable by environment variables (prefix FHE_, e.g. FHE_MAX_SESSIONS=50)
 # ---------------------------------------------------------------------------------------------
+
+
+def split_list(value: Any) -> Any:
+    """Read a list from its environment variable as comma-separated items."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(split_list)]
+"""A list setting given as comma-separated items in its environment variable (both servers)."""
+
+
 class ServerSettings(BaseSettings):
     """Limits and paths of the FHE server; every field can be set by an FHE_* variable."""
 
@@ -158,18 +171,10 @@ class ServerSettings(BaseSettings):
     # loopback, where the page's process (which limits its own users) is the client.
     session_quota: int = 30
     session_quota_window_seconds: float = 600.0
-    session_quota_exempt: Annotated[list[str], NoDecode] = ["127.0.0.1", "::1"]
+    session_quota_exempt: CommaList = ["127.0.0.1", "::1"]
     # Host names the server answers (any port), comma-separated in FHE_ALLOWED_HOSTS:
     # "*.example.org" matches its subdomains, "*" any host. Loopback only by default.
-    allowed_hosts: Annotated[list[str], NoDecode] = ["localhost", "127.0.0.1", "[::1]"]
-
-    @field_validator("allowed_hosts", "session_quota_exempt", mode="before")
-    @classmethod
-    def _split_list(cls, value: Any) -> Any:
-        """Read a list from its environment variable as comma-separated items."""
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
+    allowed_hosts: CommaList = ["localhost", "127.0.0.1", "[::1]"]
 
 
 @lru_cache(maxsize=1)

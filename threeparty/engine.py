@@ -873,7 +873,7 @@ def self_test(
     layout: Layout | None = None,
     multiparty_mode: str = MULTIPARTY_MODE,
     tamper: Callable[[bytes], bytes] | None = None,
-) -> None:
+) -> dict[str, int]:
     """Parameter check and known answer: a throwaway key set decides the layout's probe rows.
 
     Checks the parameters (``check_parameters``), then runs the whole protocol in this process
@@ -884,6 +884,10 @@ def self_test(
         layout: the slot layout (default: the deployed one).
         multiparty_mode: OpenFHE's multiparty mode (tests pass a wrong one).
         tamper: applied to the output ciphertext before decryption (tests corrupt it).
+
+    Returns:
+        The size of each kind of blob the flow made (``blob_sizes``): a server refuses blobs far
+        from them before it parses anything.
 
     Raises:
         SelfTestError: wrong parameters, or verdicts that differ from the known answer or do
@@ -904,6 +908,21 @@ def self_test(
             f"the known-answer check gave {flow['verdicts']}, expected {expected} "
             f"({multiparty_mode})"
         )
+    return blob_sizes(flow)
+
+
+def blob_sizes(flow: Mapping[str, Any]) -> dict[str, int]:
+    """The largest blob of each kind in a ``run_flow`` result (sizes hardly vary by content)."""
+    round1 = list(flow["round1"].values())
+    ciphertexts = [b for blobs in flow["ciphertexts"].values() for b in blobs.values()]
+    return {
+        "public_key": max(len(r.public_key) for r in round1),
+        "eval_key": max(len(r.eval_mult) for r in round1),
+        "rotation_keys": max(len(r.rotation) for r in round1),
+        "mult_key": max(len(b) for b in flow["round2"].values()),
+        "ciphertext": max([len(flow["output"]), *map(len, ciphertexts)]),
+        "partial": max(len(b) for b in flow["partials"].values()),
+    }
 
 
 def run_flow(

@@ -204,6 +204,7 @@ class PartyClient:
         values: Mapping[str, str] | None = None,
         query: Mapping[str, Any] | None = None,
         json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> bytes:
         """Call the server (retrying after a 503's Retry-After); count the bytes.
 
@@ -214,7 +215,7 @@ class PartyClient:
         for _attempt in range(30):
             try:
                 response = self._http.request(
-                    method, url, content=content, params=query, json=json_body
+                    method, url, content=content, params=query, json=json_body, headers=headers
                 )
             except httpx.HTTPError as error:
                 raise PartyError(
@@ -305,7 +306,13 @@ class PartyClient:
         statement = transcript.make_statement(self.session_id, self.role, step, blobs, refs)
         envelope = transcript.canonical(self.identity.sign(statement))
         body = protocol.pack({**blobs, protocol.STATEMENT_BLOB: envelope})
-        self._request("PUT", protocol.STEP, content=body, values={"step": step})
+        self._request(
+            "PUT",
+            protocol.STEP,
+            content=body,
+            values={"step": step},
+            headers={"Content-Type": protocol.OCTET_STREAM},
+        )
         self.status()
         return len(body)
 

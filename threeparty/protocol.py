@@ -112,6 +112,7 @@ OUTPUT = "/sessions/{sid}/output"
 STATUS_SINCE = "since"
 STATUS_WAIT = "wait"
 BEARER = "Bearer"
+OCTET_STREAM = "application/octet-stream"
 
 
 class ErrorCode(str, Enum):
@@ -123,6 +124,8 @@ class ErrorCode(str, Enum):
     not_found = "not_found"  # 404 / 405: no such route or method
     out_of_order = "out_of_order"  # 409: a step before its prerequisites, or done twice
     too_large = "too_large"  # 413: a body over its limit
+    unsupported_media_type = "unsupported_media_type"  # 415: a body not application/octet-stream
+    too_many_sessions = "too_many_sessions"  # 429 + Retry-After: this client's session quota
     invalid_blob = "invalid_blob"  # 422: bytes that are not what the route expects
     bad_signature = "bad_signature"  # 422: a statement that its party's key did not sign
     other_session = "other_session"  # 422: a share or ciphertext made for another session
@@ -142,6 +145,8 @@ _STATUS = {
     ErrorCode.not_found: 404,
     ErrorCode.out_of_order: 409,
     ErrorCode.too_large: 413,
+    ErrorCode.unsupported_media_type: 415,
+    ErrorCode.too_many_sessions: 429,
     ErrorCode.invalid_blob: 422,
     ErrorCode.bad_signature: 422,
     ErrorCode.other_session: 422,

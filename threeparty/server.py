@@ -35,7 +35,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,9 +51,15 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fhe_server import body as request_body
+from fhe_server import errors as fhe_errors
+from fhe_server.hosts import AllowedHostsMiddleware
+from fhe_server.runtime import SessionQuota
+from settings import CommaList
 from threeparty import engine, protocol, transcript
 from threeparty.layout import LAYOUT_PATH, Layout, load_layout
 from threeparty.protocol import ErrorCode
+from threeparty.sandbox import Sandbox, SandboxError, blob_kind
 
 logger = logging.getLogger("threeparty.server")
 
@@ -78,6 +84,23 @@ class ThreePartySettings(BaseSettings):
     max_concurrent_evaluations: int = 1
     max_waiting_evaluations: int = 4
     max_status_wait_seconds: float = 20.0
+    # Uploads read at once; more get 503 before their body is read.
+    max_concurrent_uploads: int = 4
+    # OpenFHE work on what clients send runs in worker processes (threeparty.sandbox), each with
+    # an address-space limit; a call past its time limit kills its worker.
+    sandbox_workers: int = 2
+    sandbox_memory_mib: int = 3072
+    parse_seconds: float = 10.0
+    evaluate_seconds: float = 120.0
+    # A blob's size may differ from this parameter set's by this fraction before it is parsed.
+    blob_size_tolerance: float = 0.02
+    # Sessions one client (IP address) may create per window; 0 turns the quota off. Addresses in
+    # session_quota_exempt have none: by default the loopback (the page's own process).
+    session_quota: int = 8
+    session_quota_window_seconds: float = 600.0
+    session_quota_exempt: CommaList = ["127.0.0.1", "::1"]
+    # Host names the server answers (any port), comma-separated: loopback only by default.
+    allowed_hosts: CommaList = ["localhost", "127.0.0.1", "[::1]"]
     # The public slot layout the server evaluates and checks its known answer on.
     layout_path: Path = LAYOUT_PATH
 
@@ -116,38 +139,26 @@ def out_of_order(detail: str) -> ServiceError:
     return ServiceError(ErrorCode.out_of_order, detail)
 
 
-def blob_error(error: engine.EngineError, what: str) -> ServiceError:
-    """422 for what the engine refused (``other_session`` when made under another key set)."""
-    code = (
-        ErrorCode.other_session if isinstance(error, engine.KeyTagError) else ErrorCode.invalid_blob
-    )
+def sandbox_error(error: SandboxError, what: str) -> ServiceError:
+    """422 for what a worker refused, died on or timed out on (the server goes on)."""
+    code = ErrorCode.other_session if error.code == "other_session" else ErrorCode.invalid_blob
     return ServiceError(code, f"{what}: {error}")
 
 
-# The engine's kind of each blob the server parses before it stores it (None: not parsed here:
-# the box key is checked by size, sealed partials cannot be parsed by anyone but their recipient).
-ROUND1_BLOB_KINDS = {
-    "public_key": "public_key",
-    "eval_mult": "eval_key",
-    "rotation": "rotation_keys",
-}
-
-
-def check_blobs(step: str, blobs: dict[str, bytes], key_tag: str | None) -> None:
-    """Refuse blobs of a step that do not deserialize as their kinds (of the joint key set).
-
-    Raises:
-        engine.EngineError: on the first blob that does not check.
-    """
+def check_sizes(
+    blobs: dict[str, bytes], step: str, sizes: dict[str, int], tolerance: float
+) -> None:
+    """Refuse, before any parsing, a blob whose size is not its kind's for these parameters."""
     for name, data in blobs.items():
-        if step == "round1" and name in ROUND1_BLOB_KINDS:
-            engine.check_blob(ROUND1_BLOB_KINDS[name], data)
-        elif step == "challenge" or name.startswith("ct_"):
-            engine.check_blob("ciphertext", data, key_tag)
-        elif name == protocol.ROUND2_BLOB:
-            engine.check_blob("mult_key", data, key_tag)
-        elif name == protocol.PARTIAL_BLOB:
-            engine.check_blob("partial", data)
+        kind = blob_kind(step, name)
+        if kind is None or kind not in sizes:
+            continue
+        expected = sizes[kind]
+        if abs(len(data) - expected) > tolerance * expected:
+            raise ServiceError(
+                ErrorCode.invalid_blob,
+                f"{name} is {len(data)} bytes; a {kind} of these parameters is about {expected}",
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,23 +373,68 @@ _PREREQUISITE = {
 class ThreePartyService:
     """What the routes do: order checks, engine calls in worker threads, storage."""
 
-    def __init__(self, config: ThreePartySettings, layout: Layout):
-        """Create the store and the worker limits (inside the event loop)."""
+    def __init__(
+        self,
+        config: ThreePartySettings,
+        layout: Layout,
+        sandbox: Sandbox,
+        sizes: dict[str, int],
+    ):
+        """Create the store and the worker limits (inside the event loop).
+
+        Args:
+            config: the settings.
+            layout: the public slot layout.
+            sandbox: the worker processes that do OpenFHE work on what clients send.
+            sizes: each blob kind's size under these parameters (``engine.self_test``).
+        """
         self.config = config
         self.layout = layout
+        self.sandbox = sandbox
+        self.sizes = sizes
         self.store = SessionStore(config)
-        # Every engine call goes through one limiter: OpenFHE's key caches are process-global.
-        self.crypto = anyio.CapacityLimiter(max(1, config.max_concurrent_evaluations))
+        self.quota = SessionQuota(
+            config.session_quota,
+            config.session_quota_window_seconds,
+            exempt=config.session_quota_exempt,
+        )
+        # Threads that wait on the workers: one per worker, so no call waits in a thread pool.
+        self.workers = anyio.CapacityLimiter(max(1, config.sandbox_workers))
         self.evaluations_admitted = 0
+        self.uploads = 0
 
-    async def _crypto(self, func: Callable[..., T], *args: Any) -> T:
-        return await anyio.to_thread.run_sync(lambda: func(*args), limiter=self.crypto)
-
-    async def _check(self, what: str, func: Callable[..., T], *args: Any) -> T:
+    async def _sandbox(
+        self,
+        what: str,
+        op: str,
+        args: dict[str, Any],
+        blobs: dict[str, bytes],
+        seconds: float,
+    ) -> dict[str, bytes]:
+        """Run ``op`` in a worker process; its refusal, death or time-out is a 422."""
         try:
-            return await self._crypto(func, *args)
-        except engine.EngineError as error:
-            raise blob_error(error, what) from None
+            return await anyio.to_thread.run_sync(
+                lambda: self.sandbox.call(op, args, blobs, seconds), limiter=self.workers
+            )
+        except SandboxError as error:
+            if error.code in ("crashed", "timeout"):
+                logger.warning("%s: a sandbox worker was replaced (%s)", what, error)
+            raise sandbox_error(error, what) from None
+
+    @contextlib.contextmanager
+    def upload_slot(self) -> Iterator[None]:
+        """Hold one of the concurrent uploads (503 before the body is read when none is free).
+
+        Raises:
+            ServiceError: busy with Retry-After.
+        """
+        if self.uploads >= self.config.max_concurrent_uploads:
+            raise ServiceError(ErrorCode.busy, "too many uploads at once", retry_after=1)
+        self.uploads += 1
+        try:
+            yield
+        finally:
+            self.uploads -= 1
 
     def step_limit(self, step: str) -> int:
         """The largest body a step may have."""
@@ -449,19 +505,22 @@ class ThreePartyService:
         """Check and store one party's signed step; combine keys when a round is complete."""
         self._require_turn(session, role, step)
         envelope, blobs = self._signed(session, role, step, body)
+        check_sizes(blobs, step, self.sizes, self.config.blob_size_tolerance)
         key_tag = session.joint.key_tag if session.joint is not None else None
-        await self._check(f"the {role}'s {step}", check_blobs, step, blobs, key_tag)
+        await self._sandbox(
+            f"the {role}'s {step}",
+            "check",
+            {"step": step, "key_tag": key_tag},
+            blobs,
+            self.config.parse_seconds,
+        )
         async with session.lock:
             self._require_turn(session, role, step)
             session.statements.setdefault(role, {})[step] = envelope
             session.blobs[(role, step)] = blobs
             try:
                 if step == "round1" and session.all_done("round1"):
-                    session.joint = await self._check(
-                        "combining round 1",
-                        engine.combine_round1,
-                        [self._round1(session, r) for r in protocol.ROLES],
-                    )
+                    session.joint = await self._combine_round1(session)
                 if step == "inputs" and session.all_done("inputs"):
                     session.keys = await self._evaluation_keys(session)
             except ServiceError:
@@ -470,22 +529,41 @@ class ThreePartyService:
                 raise
             session.touch()
 
-    @staticmethod
-    def _round1(session: Session, role: str) -> engine.Round1Blobs:
-        blobs = session.blobs[(role, "round1")]
-        return engine.Round1Blobs(
-            public_key=blobs["public_key"], eval_mult=blobs["eval_mult"], rotation=blobs["rotation"]
+    async def _combine_round1(self, session: Session) -> engine.JointRound1:
+        blobs = {
+            "public_key_credit_bureau": session.blobs[("credit_bureau", "round1")]["public_key"]
+        }
+        for role in protocol.ROLES:
+            own = session.blobs[(role, "round1")]
+            blobs |= {f"eval_mult_{role}": own["eval_mult"], f"rotation_{role}": own["rotation"]}
+        joint = await self._sandbox(
+            "combining round 1", "combine_round1", {}, blobs, self.config.evaluate_seconds
+        )
+        return engine.JointRound1(
+            joint_public_key=joint["joint_public_key"],
+            joint_eval_mult_round1=joint["joint_eval_mult_round1"],
+            joint_rotation=joint["joint_rotation"],
+            key_tag=joint["key_tag"].decode(),
         )
 
     async def _evaluation_keys(self, session: Session) -> engine.EvaluationKeys:
         joint = session.joint
         assert joint is not None  # inputs come after round 1
-        shares = [session.blobs[(r, "inputs")][protocol.ROUND2_BLOB] for r in protocol.ROLES]
-        relinearization = await self._check(
-            "combining round 2", engine.combine_round2, shares, joint.key_tag
+        shares = {
+            f"round2_{r}": session.blobs[(r, "inputs")][protocol.ROUND2_BLOB]
+            for r in protocol.ROLES
+        }
+        combined = await self._sandbox(
+            "combining round 2",
+            "combine_round2",
+            {"key_tag": joint.key_tag},
+            shares,
+            self.config.evaluate_seconds,
         )
         return engine.EvaluationKeys(
-            key_tag=joint.key_tag, relinearization=relinearization, rotation=joint.joint_rotation
+            key_tag=joint.key_tag,
+            relinearization=combined["relinearization"],
+            rotation=joint.joint_rotation,
         )
 
     def blob(self, session: Session, role: str, step: str, name: str) -> bytes:
@@ -524,24 +602,25 @@ class ThreePartyService:
 
     async def _evaluate(self, session: Session) -> None:
         assert session.keys is not None
-        ciphertexts = {
-            role: {
-                index: session.blobs[(role, "inputs")][protocol.ciphertext_blob(index)]
-                for index in self.layout.party_vectors(role)
-            }
+        blobs = {
+            f"ct_{role}_{index}": session.blobs[(role, "inputs")][protocol.ciphertext_blob(index)]
             for role in protocol.ROLES
+            for index in self.layout.party_vectors(role)
         }
-        candidates = self.layout.candidates_for(session.mode)
+        blobs |= {
+            "relinearization": session.keys.relinearization,
+            "rotation": session.keys.rotation,
+        }
+        args = {
+            "key_tag": session.keys.key_tag,
+            "mode": session.mode,
+            "blocks": protocol.blocks_for(session.mode),
+        }
         start = time.perf_counter()
-        output = await self._check(
-            "evaluation",
-            engine.evaluate,
-            session.keys,
-            ciphertexts,
-            protocol.blocks_for(session.mode),
-            self.layout,
-            candidates,
+        answer = await self._sandbox(
+            "evaluation", "evaluate", args, blobs, self.config.evaluate_seconds
         )
+        output = answer["output"]
         session.evaluation_seconds = time.perf_counter() - start
         session.output = output
         session.touch()
@@ -585,16 +664,19 @@ def unpack(body: bytes, names: tuple[str, ...] | None, what: str) -> dict[str, b
 # HTTP
 # ---------------------------------------------------------------------------------------------
 async def read_body(request: Request, limit: int, what: str) -> bytes:
-    """Read a body, refusing it (413) as soon as it is over ``limit``."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise ServiceError(ErrorCode.too_large, f"{what} over the limit of {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ServiceError(ErrorCode.too_large, f"{what} over the limit of {limit} bytes")
-    return bytes(body)
+    """Read an octet-stream body within ``limit`` with the single-key server's reader.
+
+    Raises:
+        ServiceError: too_large (413), unsupported_media_type (415) or invalid_request.
+    """
+    try:
+        return await request_body.read_body(request, limit, limit, what)
+    except fhe_errors.PayloadTooLargeError as error:
+        raise ServiceError(ErrorCode.too_large, str(error)) from None
+    except fhe_errors.UnsupportedMediaTypeError as error:
+        raise ServiceError(ErrorCode.unsupported_media_type, str(error)) from None
+    except fhe_errors.ServiceError as error:
+        raise ServiceError(ErrorCode.invalid_request, str(error)) from None
 
 
 class ErrorBody(BaseModel):
@@ -693,23 +775,29 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
         start = time.perf_counter()
         try:
             layout = load_layout(config.layout_path)
-            await anyio.to_thread.run_sync(engine.self_test, layout)
+            sizes = await anyio.to_thread.run_sync(engine.self_test, layout)
         except Exception as error:
             logger.error("known-answer self-test FAILED, refusing to serve: %s", error)
             raise RuntimeError(f"three-party self-test failed: {error}") from error
         logger.info("known-answer self-test passed in %.1f s", time.perf_counter() - start)
-        app.state.service = ThreePartyService(config, layout)
+        sandbox = Sandbox(
+            config.sandbox_workers, config.sandbox_memory_mib * MiB, config.layout_path
+        )
+        app.state.service = ThreePartyService(config, layout, sandbox, sizes)
         period = min(30.0, max(0.5, config.session_ttl_seconds / 4))
-        async with anyio.create_task_group() as tasks:
+        try:
+            async with anyio.create_task_group() as tasks:
 
-            async def purge() -> None:
-                while True:
-                    await anyio.sleep(period)
-                    app.state.service.store.purge_expired()
+                async def purge() -> None:
+                    while True:
+                        await anyio.sleep(period)
+                        app.state.service.store.purge_expired()
 
-            tasks.start_soon(purge)
-            yield
-            tasks.cancel_scope.cancel()
+                tasks.start_soon(purge)
+                yield
+                tasks.cancel_scope.cancel()
+        finally:
+            sandbox.close()
 
     app = FastAPI(
         title="Encrypted credit-card approval: three-party server",
@@ -717,6 +805,7 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    app.add_middleware(AllowedHostsMiddleware, allowed_hosts=config.allowed_hosts)
     bearer = HTTPBearer(auto_error=False, description="The token part of the party's code.")
 
     def service_of(request: Request) -> ThreePartyService:
@@ -769,11 +858,19 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
         status_code=201,
         response_model=SessionCreated,
         summary="Create a session for a roster of three verify keys; returns three invitations",
-        responses=_errors(422, 503),
+        responses=_errors(422, 429, 503),
     )
     async def create_session(request: Request, body: NewSession) -> SessionCreated:
-        store = service_of(request).store
-        session, invitations = store.create(body.mode, body.roster.model_dump())
+        service = service_of(request)
+        store = service.store
+        client = request.client.host if request.client is not None else "unknown"
+        try:
+            with service.quota.admit(client):
+                session, invitations = store.create(body.mode, body.roster.model_dump())
+        except fhe_errors.TooManySessionsError as error:
+            raise ServiceError(
+                ErrorCode.too_many_sessions, str(error), retry_after=error.retry_after
+            ) from None
         return SessionCreated(
             session_id=session.session_id,
             mode=session.mode,
@@ -821,7 +918,7 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
         protocol.STEP,
         status_code=204,
         summary="Upload one of the caller's steps: its blobs and its signed statement",
-        responses=_errors(401, 404, 409, 413, 422),
+        responses=_errors(401, 404, 409, 413, 415, 422, 503),
         openapi_extra=_binary_body(
             "A frame (threeparty.protocol.pack) of the step's blobs and `statement`, the "
             "signed envelope (JSON) over their hashes."
@@ -833,8 +930,9 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
         c: Caller = caller_dep,
     ) -> Response:
         service, session, role = c
-        data = await read_body(request, service.step_limit(step), f"the {step} upload")
-        await service.put_step(session, role, step, data)
+        with service.upload_slot():
+            data = await read_body(request, service.step_limit(step), f"the {step} upload")
+            await service.put_step(session, role, step, data)
         return Response(status_code=204)
 
     @app.get(

@@ -90,10 +90,17 @@ class RawParty:
             self.http.headers["Authorization"] = f"Bearer {self.token}"
         return response
 
-    def call(self, method: str, route: str, content: bytes | None = None, **values: str):
-        return self.http.request(
-            method, route.format(sid=self.session_id, **values), content=content
-        )
+    def call(
+        self,
+        method: str,
+        route: str,
+        content: bytes | None = None,
+        media_type: str = protocol.OCTET_STREAM,
+        **values: str,
+    ):
+        headers = {"Content-Type": media_type} if content is not None else {}
+        url = route.format(sid=self.session_id, **values)
+        return self.http.request(method, url, content=content, headers=headers)
 
     def body(
         self,

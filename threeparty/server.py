@@ -516,17 +516,19 @@ class ThreePartyService:
         )
         async with session.lock:
             self._require_turn(session, role, step)
-            session.statements.setdefault(role, {})[step] = envelope
+            # The step shows in the status (statements) only once what it completes is done, so
+            # no party sees every input in while the evaluation keys are still being combined.
             session.blobs[(role, step)] = blobs
+            completes = set(session.done(step)) | {role} == set(protocol.step_roles(step))
             try:
-                if step == "round1" and session.all_done("round1"):
+                if step == "round1" and completes:
                     session.joint = await self._combine_round1(session)
-                if step == "inputs" and session.all_done("inputs"):
+                if step == "inputs" and completes:
                     session.keys = await self._evaluation_keys(session)
             except ServiceError:
-                del session.statements[role][step]
                 del session.blobs[(role, step)]
                 raise
+            session.statements.setdefault(role, {})[step] = envelope
             session.touch()
 
     async def _combine_round1(self, session: Session) -> engine.JointRound1:

@@ -178,6 +178,7 @@ class PartyClient:
             base_url=server_url.rstrip("/"), timeout=HTTP_TIMEOUT_SECONDS, transport=transport
         )
         self._status: dict[str, Any] = {"version": -1}
+        self._started = time.perf_counter()
         self._blobs: dict[tuple[str, str, str], bytes] = {}
         self.transcript: Transcript | None = None
         self.identity: Identity | None = None
@@ -292,6 +293,7 @@ class PartyClient:
             {
                 "step": step,
                 "role": self.role,
+                "elapsed": round(time.perf_counter() - self._started, 3),
                 **values,
                 "bytes_up": self.bytes_up,
                 "bytes_down": self.bytes_down,
@@ -381,7 +383,7 @@ class PartyClient:
         Raises:
             PartyError: with a readable reason (server refusal, tampering, time-out, bad fields).
         """
-        started = time.perf_counter()
+        started = self._started = time.perf_counter()
         self._prepare_key_dir()
         layout = load_layout()
         self._join()
@@ -621,9 +623,7 @@ class PartyClient:
                         f"refused: the {role} uploaded other inputs than it committed to",
                         "tampered",
                     )
-        evaluated = json.loads(self._request("POST", protocol.EVALUATE))
-        self.status()
-        self._progress("evaluated", evaluation_seconds=round(evaluated["evaluation_seconds"], 3))
+        # The server evaluates as soon as every input is in; this party evaluates meanwhile.
         start = time.perf_counter()
         inputs = {
             role: {
@@ -654,6 +654,10 @@ class PartyClient:
             raise PartyError(
                 f"refused: the signed inputs do not evaluate: {error}", "bad_chain"
             ) from None
+        seconds = time.perf_counter() - start
+        evaluated = json.loads(self._request("POST", protocol.EVALUATE))
+        self.status()
+        self._progress("evaluated", evaluation_seconds=round(evaluated["evaluation_seconds"], 3))
         if self._status.get("output_digest") != transcript.digest(output):
             raise PartyError(
                 "refused: the server's output is not the evaluation of the signed inputs "
@@ -662,7 +666,7 @@ class PartyClient:
             )
         self._progress(
             "verified",
-            seconds=round(time.perf_counter() - start, 3),
+            seconds=round(seconds, 3),
             output_digest=transcript.digest(output)[:16],
         )
         return output

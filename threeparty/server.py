@@ -402,6 +402,7 @@ class ThreePartyService:
         self.workers = anyio.CapacityLimiter(max(1, config.sandbox_workers))
         self.evaluations_admitted = 0
         self.uploads = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def _sandbox(
         self,
@@ -530,6 +531,11 @@ class ThreePartyService:
                 raise
             session.statements.setdefault(role, {})[step] = envelope
             session.touch()
+        if step == "inputs" and session.keys is not None and session.output is None:
+            # Every input is in: evaluate now, while the parties evaluate again on their side.
+            task = asyncio.get_running_loop().create_task(self._evaluate_soon(session))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _combine_round1(self, session: Session) -> engine.JointRound1:
         blobs = {
@@ -576,6 +582,11 @@ class ThreePartyService:
         if name not in blobs:
             raise ServiceError(ErrorCode.not_found, f"the {role}'s {step} has no blob {name!r}")
         return blobs[name]
+
+    async def _evaluate_soon(self, session: Session) -> None:
+        """Evaluate in the background; a refusal (a full queue) waits for a party's own call."""
+        with contextlib.suppress(ServiceError):
+            await self.evaluate(session)
 
     async def evaluate(self, session: Session) -> float:
         """Evaluate once (later calls get the same output); return the evaluation's seconds."""

@@ -386,6 +386,7 @@ class PartyClient:
         started = self._started = time.perf_counter()
         self._prepare_key_dir()
         layout = load_layout()
+        party_rows(self.role, fields, "predict", layout)  # bad fields stop it before it joins
         self._join()
         mode = self._status["mode"]
         rows = party_rows(self.role, fields, mode, layout)

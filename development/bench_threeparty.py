@@ -32,12 +32,19 @@ and timed from their start to the last one's exit (process start-up included), i
 explain mode, after one warm-up run; with each party's own ``seconds`` and bytes up/down from its
 ``done`` line. ``--stages processes`` alone keeps the engine figures of the existing results file.
 
+Then a bank's portfolio (``--stages portfolio``): the data set's first 2,048 applications in one
+batch session, each party's process reading a CSV of its own columns and the recipients writing
+each verdict (``--csv``/``--out``), timed from the processes' start to the last exit, every
+verdict checked against the clear tree.
+
 Results: development/bench_threeparty_results.json and .md (the README table comes from it).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import itertools
 import json
 import os
 import platform
@@ -54,8 +61,15 @@ import numpy as np
 from fhe_server.launcher import ServerProcess
 from threeparty import PARTIES, engine, processes, protocol
 from threeparty.layout import Layout, load_layout
-from threeparty.party import clear_verdicts, create_session, delete_session
+from threeparty.party import (
+    clear_verdicts,
+    create_session,
+    delete_session,
+    party_fields,
+    read_rows,
+)
 
+DATA_PATH = Path(__file__).resolve().parent.parent / "data" / "applications.csv"
 FIXTURE_PATH = Path(__file__).resolve().parent.parent / "tests/threeparty/data/heldout_rows.json"
 OUT_DIR = Path(__file__).resolve().parent
 CHOICES: dict[str, tuple[int, ...]] = {"rotation 1": (1,), "rotations 1,2,4": (1, 2, 4)}
@@ -64,7 +78,10 @@ MB = 1e6
 TARGET_FLOW_S = 6.0
 TARGET_TRAFFIC_MB = 70.0
 STRETCH_TRAFFIC_MB = 30.0
-STAGES = ("engine", "processes")
+STAGES = ("engine", "processes", "portfolio")
+FLOW_MODES = ("predict", "explain")
+PORTFOLIO_SIZE = protocol.MAX_APPLICATIONS
+TARGET_PORTFOLIO_S = 6.0
 PROCESS_WARMUPS = 1
 PARTY_WAIT_SECONDS = 120.0
 PROCESS_FIELDS: dict[str, dict[str, Any]] = {
@@ -179,13 +196,11 @@ def measure_processes(runs: int, layout: Layout) -> dict[str, Any]:
     waits for all three to exit and deletes the session; the recipients' verdicts must equal the
     clear tree's.
     """
-    expected = {
-        mode: bool(clear_verdicts(PROCESS_FIELDS, mode, layout)[0]) for mode in protocol.MODES
-    }
+    expected = {mode: bool(clear_verdicts(PROCESS_FIELDS, mode, layout)[0]) for mode in FLOW_MODES}
     result: dict[str, Any] = {"runs": runs, "warmups": PROCESS_WARMUPS, "modes": {}}
     loads = [os.getloadavg()[0]]
     with ServerProcess("threeparty.server:app", env={"OMP_NUM_THREADS": "1"}) as server:
-        for mode in protocol.MODES:
+        for mode in FLOW_MODES:
             walls: list[float] = []
             own: list[float] = []
             moved: dict[str, dict[str, list[float]]] = {
@@ -233,6 +248,95 @@ def measure_processes(runs: int, layout: Layout) -> dict[str, Any]:
     result["load_average_1min"] = _spread(loads)
     result["measured"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return result
+
+
+def _portfolio_csvs(folder: Path, size: int) -> dict[str, Any]:
+    """The data set's first ``size`` applications, one CSV of its own columns per party."""
+    with open(DATA_PATH, newline="") as handle:
+        rows = list(itertools.islice(csv.DictReader(handle), size))
+    fields = {}
+    for role in protocol.ROLES:
+        columns = party_fields(role)
+        with open(folder / f"{role}.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows({c: row[c] for c in columns} for row in rows)
+        fields[role] = read_rows(folder / f"{role}.csv", role)
+    return fields
+
+
+def measure_portfolio(runs: int, layout: Layout, size: int = PORTFOLIO_SIZE) -> dict[str, Any]:
+    """A portfolio of ``size`` applications, CSV to CSV, three party processes, a real server.
+
+    Timed from the three processes' start to the last one's exit (identities made before, as a
+    party makes its own once); every written verdict must be the clear tree's.
+    """
+    walls, loads = [], [os.getloadavg()[0]]
+    with ServerProcess("threeparty.server:app", env={"OMP_NUM_THREADS": "1"}) as server:
+        for index in range(PROCESS_WARMUPS + runs):
+            with tempfile.TemporaryDirectory() as root:
+                folder = Path(root)
+                fields = _portfolio_csvs(folder, size)
+                known = processes.identities(folder / "keys")
+                roster = {r: known[r]["verify_key"] for r in protocol.ROLES}
+                invitations = create_session(server.url, roster, "batch", size)["invitations"]
+                start = time.perf_counter()
+                started = {
+                    role: processes.start_party(
+                        server.url,
+                        role,
+                        invitations[role],
+                        {},
+                        folder / "keys" / role,
+                        PARTY_WAIT_SECONDS,
+                        processes.peers_of(role, known),
+                        [
+                            "--csv",
+                            str(folder / f"{role}.csv"),
+                            "--out",
+                            str(folder / f"{role}.out"),
+                        ],
+                    )
+                    for role in protocol.ROLES
+                }
+                done = {role: processes.finish_party(p, role) for role, p in started.items()}
+                seconds = time.perf_counter() - start
+                delete_session(server.url, folder / "keys" / "bank", invitations["bank"])
+                for role, run in done.items():
+                    assert run.returncode == 0, (role, run.lines[-1:], run.stderr[-2000:])
+                expected = clear_verdicts(fields, "batch", layout)
+                for role in protocol.RECIPIENTS:
+                    with open(folder / f"{role}.out", newline="") as handle:
+                        got = [row["approved"] == "true" for row in csv.DictReader(handle)]
+                    assert got == [bool(v) for v in expected], role
+            if index >= PROCESS_WARMUPS:
+                walls.append(seconds)
+                loads.append(os.getloadavg()[0])
+    wall = _spread(walls)
+    return {
+        "applications": size,
+        "runs": runs,
+        "whole_seconds": wall,
+        "applications_per_second": size / wall["median"],
+        "load_average_1min": _spread(loads),
+        "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def portfolio_markdown(measured: dict[str, Any]) -> list[str]:
+    """The portfolio stage's lines of the Markdown results."""
+    wall, load = measured["whole_seconds"], measured["load_average_1min"]
+    return [
+        "",
+        f"Portfolio: {measured['applications']} applications in one evaluation, CSV to CSV, "
+        f"three party processes and a real server (medians of {measured['runs']} runs, "
+        f"min-max; measured {measured['measured']}, 1-minute load average "
+        f"{load['min']:.1f}-{load['max']:.1f}): {wall['median']:.2f} s "
+        f"({wall['min']:.2f}-{wall['max']:.2f}), "
+        f"{measured['applications_per_second']:.0f} applications/s "
+        f"(target <= {TARGET_PORTFOLIO_S:g} s: "
+        f"{'met' if wall['median'] <= TARGET_PORTFOLIO_S else 'MISSED'})",
+    ]
 
 
 def processes_markdown(measured: dict[str, Any]) -> list[str]:
@@ -296,6 +400,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {party} | " + " | ".join(cells) + " |")
     if "processes" in results:
         lines += processes_markdown(results["processes"])
+    if "portfolio" in results:
+        lines += portfolio_markdown(results["portfolio"])
     lines += ["", "Targets: whole flow <= 6 s; traffic per party <= 70 MB (stretch 30 MB)."]
     for n in names:
         flow_s = choices[n]["seconds"]["whole flow (one application)"]
@@ -335,6 +441,8 @@ def main(
         results = json.loads(json_path.read_text())
     if "processes" in stages:
         results["processes"] = measure_processes(runs, layout)
+    if "portfolio" in stages:
+        results["portfolio"] = measure_portfolio(runs, layout)
     json_path.write_text(json.dumps(results, indent=1) + "\n")
     table = markdown(results)
     (out_dir / "bench_threeparty_results.md").write_text(table)
@@ -348,7 +456,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--stages",
         default=",".join(STAGES),
-        help="comma-separated stages to measure: engine, processes (default both)",
+        help="comma-separated stages to measure: engine, processes, portfolio (default all)",
     )
     arguments = parser.parse_args()
     chosen = tuple(stage.strip() for stage in arguments.stages.split(",") if stage.strip())

@@ -16,6 +16,12 @@ JSON on stdin, one JSON line per step on stdout)::
     python -m threeparty --role bank --server URL --session INVITATION --keys DIR \
         --peer applicant=FINGERPRINT --peer credit_bureau=FINGERPRINT < bank.json
 
+A bank's portfolio: a session for N applications (``new-session --mode batch --applications N``),
+each party with a CSV of its own columns, one row per application, in the same order; the
+applicant and the bank write each application's verdict (a progress bar goes to stderr)::
+
+    python -m threeparty --role bank ... --csv bank.csv --out verdicts.csv
+
 Exit codes: 0 done; 1 the flow failed or was refused (the last line is {"step": "error",
 "message", "code"} and the message is also on stderr); 2 bad arguments or input.
 """
@@ -23,6 +29,7 @@ Exit codes: 0 done; 1 the flow failed or was refused (the last line is {"step": 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -30,7 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from threeparty import protocol
-from threeparty.party import DEFAULT_WAIT_SECONDS, PartyClient, PartyError, create_session
+from threeparty.party import (
+    DEFAULT_WAIT_SECONDS,
+    PartyClient,
+    PartyError,
+    create_session,
+    read_rows,
+)
 from threeparty.transcript import Identity
 
 WAIT_VARIABLE = "THREEPARTY_PARTY_WAIT_SECONDS"
@@ -77,6 +90,14 @@ def _party_parser() -> argparse.ArgumentParser:
         help="another party's fingerprint, compared out of band (one flag per other party)",
     )
     parser.add_argument(
+        "--csv",
+        type=Path,
+        help="batch mode: this party's columns, one row per application (instead of stdin)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="batch mode (recipients): where to write each verdict as CSV"
+    )
+    parser.add_argument(
         "--wait",
         type=float,
         default=float(os.environ.get(WAIT_VARIABLE, DEFAULT_WAIT_SECONDS)),
@@ -110,6 +131,12 @@ def _new_session(argv: list[str]) -> int:
     parser.add_argument("--server", required=True, help="the three-party server's URL")
     parser.add_argument("--mode", choices=protocol.MODES, default="predict")
     parser.add_argument(
+        "--applications",
+        type=int,
+        default=1,
+        help=f"batch mode: applications in one evaluation (1-{protocol.MAX_APPLICATIONS})",
+    )
+    parser.add_argument(
         "--roster", nargs=3, required=True, metavar="ROLE=VERIFY_KEY", help="the three keys"
     )
     args = parser.parse_args(argv)
@@ -118,7 +145,7 @@ def _new_session(argv: list[str]) -> int:
     except argparse.ArgumentTypeError as error:
         return _fail(str(error), "invalid_request", 2)
     try:
-        _emit(create_session(args.server, roster, args.mode))
+        _emit(create_session(args.server, roster, args.mode, args.applications))
     except PartyError as error:
         return _fail(str(error), error.code, 1)
     return 0
@@ -137,12 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentTypeError as error:
         return _fail(str(error), "invalid_request", 2)
     try:
-        fields = json.loads(sys.stdin.read() or "null")
-    except ValueError as error:
-        return _fail(f"the fields on stdin are not JSON: {error}", "invalid_field", 2)
-    if not isinstance(fields, dict):
-        return _fail("the fields on stdin must be a JSON object", "invalid_field", 2)
-    try:
+        fields = _fields(args)
+        progress = _emit if args.csv is None else _with_bar(_emit)
         with PartyClient(
             args.role,
             args.server,
@@ -150,13 +173,60 @@ def main(argv: list[str] | None = None) -> int:
             args.keys,
             peers,
             args.wait,
-            on_progress=_emit,
+            on_progress=progress,
         ) as client:
-            client.run(fields)
+            result = client.run(fields)
+        if args.out is not None and isinstance(result.get("approved"), list):
+            _write_verdicts(args.out, result["approved"])
     except PartyError as error:
         exit_code = 2 if error.code in ("invalid_field", "invalid_code") else 1
         return _fail(str(error), error.code, exit_code)
     return 0
+
+
+def _fields(args: argparse.Namespace) -> Any:
+    """The party's fields: its CSV (batch), or one JSON object on stdin.
+
+    Raises:
+        PartyError: invalid_field.
+    """
+    if args.csv is not None:
+        return read_rows(args.csv, args.role)
+    try:
+        fields = json.loads(sys.stdin.read() or "null")
+    except ValueError as error:
+        raise PartyError(f"the fields on stdin are not JSON: {error}", "invalid_field") from None
+    if not isinstance(fields, dict):
+        raise PartyError("the fields on stdin must be a JSON object", "invalid_field")
+    return fields
+
+
+STEPS = ("joined", "round1", "chain_verified", "key_confirmed", "uploaded", "evaluated")
+STEPS += ("verified", "partial_decrypted", "done")
+
+
+def _with_bar(emit: Any) -> Any:
+    """``emit`` plus a progress bar on stderr (one step of the flow after the other)."""
+
+    def progress(event: dict[str, Any]) -> None:
+        emit(event)
+        if event["step"] in STEPS:
+            done = STEPS.index(event["step"]) + 1
+            bar = "#" * (3 * done) + "." * (3 * (len(STEPS) - done))
+            end = "\n" if event["step"] == "done" else ""
+            print(f"\r[{bar}] {done}/{len(STEPS)} {event['step']:<18}", end=end, file=sys.stderr)
+
+    return progress
+
+
+def _write_verdicts(path: Path, approved: list[bool]) -> None:
+    """Each application's verdict, in the CSV's order (written whole, then moved in place)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["application", "approved"])
+        writer.writerows([index, str(verdict).lower()] for index, verdict in enumerate(approved))
+    os.replace(temporary, path)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,13 @@ Progress is reported as one dict per step (the CLI prints them as JSON lines): `
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,30 +82,46 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-def party_rows(role: str, fields: Mapping[str, Any], mode: str, layout: Layout) -> np.ndarray:
+Fields = Mapping[str, Any] | Sequence[Mapping[str, Any]]
+"""A party's fields: one application's, or (batch mode) one mapping per application."""
+
+
+def party_rows(role: str, fields: Fields, mode: str, layout: Layout) -> np.ndarray:
     """The party's quantized inputs, one row per block it encrypts.
 
     The applicant and the bank repeat their application in every block of the mode; the credit
     bureau encrypts its own row only (block 0): in explain mode the candidate rows of blocks 1..
-    are public and added by whoever evaluates (``Layout.candidates_for``).
+    are public and added by whoever evaluates (``Layout.candidates_for``). In batch mode every
+    party sends its own row of each application, in the same order.
 
     Raises:
         PartyError: invalid_field, if the fields do not fit the party's preprocessing.
     """
+    preprocessor = PartyPreprocessor.load_all()[role]
+    applications = [fields] if isinstance(fields, Mapping) else list(fields)
+    if mode == "batch" and isinstance(fields, Mapping):
+        raise PartyError("a batch takes one set of fields per application", "invalid_field")
+    if not applications or len(applications) > protocol.MAX_APPLICATIONS:
+        raise PartyError(
+            f"from 1 to {protocol.MAX_APPLICATIONS} applications, got {len(applications)}",
+            "invalid_field",
+        )
     try:
-        row = PartyPreprocessor.load_all()[role].transform(dict(fields))
+        rows = np.vstack([preprocessor.transform(dict(one)) for one in applications])
     except InvalidFieldError as error:
         raise PartyError(f"the {role}'s fields are invalid: {error}", "invalid_field") from None
+    if mode == "batch":
+        return rows
     blocks = 1 if role == engine.EXPLAIN_PARTY else protocol.blocks_for(mode)
-    return np.tile(row, (blocks, 1))
+    return np.tile(rows[0], (blocks, 1))
 
 
-def clear_verdicts(fields: Mapping[str, Mapping[str, Any]], mode: str, layout: Layout) -> list[int]:
+def clear_verdicts(fields: Mapping[str, Fields], mode: str, layout: Layout) -> list[int]:
     """What the evaluation must give, in clear: the tree on the parties' rows (and candidates).
 
     Args:
         fields: {role: its fields}.
-        mode: "predict" or "explain" (blocks 1.. then hold the public candidate rows).
+        mode: "predict", "explain" (blocks 1.. then hold the public candidate rows) or "batch".
         layout: the slot layout.
 
     Returns:
@@ -117,13 +134,57 @@ def clear_verdicts(fields: Mapping[str, Mapping[str, Any]], mode: str, layout: L
     return [int(v) for v in layout.clear_verdicts(rows)]
 
 
+def party_fields(role: str) -> list[str]:
+    """The names of a party's own fields (its CSV columns), in the circuit's order."""
+    return [feature.field for feature in PartyPreprocessor.load_all()[role].features]
+
+
+def read_rows(path: Path, role: str) -> list[dict[str, Any]]:
+    """A party's applications from a CSV of its own columns (one row per application).
+
+    The header names the party's fields; booleans are true/false (or 1/0), numbers plain.
+
+    Raises:
+        PartyError: invalid_field when the file cannot be read or has other columns.
+    """
+    features = {f.field: f for f in PartyPreprocessor.load_all()[role].features}
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = set(reader.fieldnames or ())
+            if columns != set(features):
+                raise PartyError(
+                    f"{path}: the {role}'s columns are {sorted(features)}, got {sorted(columns)}",
+                    "invalid_field",
+                )
+            return [{k: _cell(features[k], v) for k, v in row.items()} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise PartyError(f"cannot read {path}: {error}", "invalid_field") from None
+
+
+def _cell(feature: Any, text: str | None) -> Any:
+    value = (text or "").strip()
+    if feature.kind == "bool":
+        return {"true": True, "1": True, "false": False, "0": False}.get(value.lower(), value)
+    if feature.kind == "category":
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() else number
+
+
 def read_verdict(mode: str, bits: list[int], layout: Layout) -> dict[str, Any]:
     """Turn the fused bits (one per block) into the verdict and, in explain mode, the bins.
 
     Returns:
         {"approved": bool} and, in explain mode, "approved_years_employed" (the bins that,
-        with employed = yes, give approval) and "fewest_years_employed" (the smallest, or None).
+        with employed = yes, give approval) and "fewest_years_employed" (the smallest, or None);
+        in batch mode {"approved": [bool, one per application]}.
     """
+    if mode == "batch":
+        return {"approved": [bool(bit) for bit in bits]}
     result: dict[str, Any] = {"approved": bool(bits[0])}
     if mode == "explain":
         bins = list(layout.explain_candidates["years_employed"])
@@ -377,7 +438,7 @@ class PartyClient:
             ) from None
 
     # -- the flow -------------------------------------------------------------------------------
-    def run(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+    def run(self, fields: Fields) -> dict[str, Any]:
         """Take part in the whole session; return the verdict (recipients) or {} (the bureau).
 
         Raises:
@@ -386,10 +447,18 @@ class PartyClient:
         started = self._started = time.perf_counter()
         self._prepare_key_dir()
         layout = load_layout()
-        party_rows(self.role, fields, "predict", layout)  # bad fields stop it before it joins
+        batch = not isinstance(fields, Mapping)
+        # Bad fields stop it before it joins.
+        party_rows(self.role, fields, "batch" if batch else "predict", layout)
         self._join()
         mode = self._status["mode"]
         rows = party_rows(self.role, fields, mode, layout)
+        if mode == "batch" and len(rows) != self._status["blocks"]:
+            raise PartyError(
+                f"the session scores {self._status['blocks']} applications; this party has "
+                f"{len(rows)}",
+                "invalid_field",
+            )
         share = self._round1()
         joint_public_key = self._check_chain()
         self._confirm_key(share, joint_public_key)
@@ -649,7 +718,7 @@ class PartyClient:
                 for role in protocol.ROLES
             }
             output = engine.evaluate(
-                keys, ciphertexts, protocol.blocks_for(mode), layout, layout.candidates_for(mode)
+                keys, ciphertexts, self._status["blocks"], layout, layout.candidates_for(mode)
             )
         except engine.EngineError as error:
             raise PartyError(
@@ -731,7 +800,7 @@ class PartyClient:
             partials[sender] = partial
         try:
             bits = engine.fuse(
-                [partials[r] for r in protocol.ROLES], protocol.blocks_for(mode), layout
+                [partials[r] for r in protocol.ROLES], self._status["blocks"], layout
             )
         except engine.EngineError as error:
             raise PartyError(
@@ -743,14 +812,15 @@ class PartyClient:
 
 
 def create_session(
-    server_url: str, roster: Mapping[str, str], mode: str = "predict"
+    server_url: str, roster: Mapping[str, str], mode: str = "predict", applications: int = 1
 ) -> dict[str, Any]:
     """Create a session for a roster; return {"session_id", "mode", "roster", "invitations"...}.
 
     Args:
         server_url: the three-party server's base URL.
         roster: {role: verify key hex} of the three parties (``python -m threeparty identity``).
-        mode: "predict" or "explain".
+        mode: "predict", "explain" or "batch".
+        applications: how many applications a batch scores (1 to ``protocol.MAX_APPLICATIONS``).
 
     Raises:
         PartyError: if the server cannot be reached or refuses.
@@ -761,7 +831,7 @@ def create_session(
         protocol.SESSIONS,
         201,
         "create a session",
-        json={"mode": mode, "roster": dict(roster)},
+        json={"mode": mode, "roster": dict(roster), "applications": applications},
     )
     return response.json()
 

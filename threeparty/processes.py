@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,7 @@ def start_party(
     keys_dir: Path,
     wait: float,
     peers: Mapping[str, str],
+    extra: Sequence[str] = (),
 ) -> subprocess.Popen[str]:
     """Start one party's command line with this Python; its fields go to its stdin.
 
@@ -106,11 +107,13 @@ def start_party(
         keys_dir: the party's own key folder.
         wait: seconds the party waits for another before a time-out (``--wait``).
         peers: {role: fingerprint} of the two other parties.
+        extra: more arguments (``--csv FILE --out FILE`` for a portfolio; fields then {}).
     """
     command = [sys.executable, "-m", "threeparty", "--role", role, "--server", server_url]
     command += ["--session", invitation, "--keys", str(keys_dir), "--wait", str(wait)]
     for other, print_ in peers.items():
         command += ["--peer", f"{other}={print_}"]
+    command += list(extra)
     process = subprocess.Popen(
         command,
         cwd=REPO_DIR,

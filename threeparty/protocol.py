@@ -26,7 +26,10 @@ API_VERSION = "2"
 ROLES: tuple[str, ...] = ("applicant", "bank", "credit_bureau")
 LEAD = ROLES[0]
 RECIPIENTS: tuple[str, ...] = ("applicant", "bank")
-MODES: tuple[str, ...] = ("predict", "explain")
+MODES: tuple[str, ...] = ("predict", "explain", "batch")
+MAX_APPLICATIONS = 2048
+"""Applications one batch session scores in one evaluation: the blocks of one ciphertext
+(16,384 slots, 8 per application)."""
 
 # X25519 public keys (PyNaCl) are 32 bytes.
 BOX_PUBLIC_KEY_BYTES = 32
@@ -161,13 +164,16 @@ def previous_role(role: str) -> str | None:
     return ROLES[index - 1] if index else None
 
 
-def blocks_for(mode: str) -> int:
-    """Applications (blocks) one evaluation scores in a mode.
+def blocks_for(mode: str, applications: int = 1) -> int:
+    """Blocks (applications or candidates) one evaluation scores in a mode.
 
-    predict: the application itself. explain: the application itself in block 0, then the credit
-    bureau's six candidate rows (employed, each years-employed bin) in blocks 1..6, so one
-    evaluation gives the verdict and the explanation.
+    predict: the application itself. explain: the application itself in block 0, then the six
+    public candidate rows (employed, each years-employed bin) in blocks 1..6, so one evaluation
+    gives the verdict and the explanation. batch: ``applications`` applications (a portfolio),
+    one per block, each party sending its own columns of each.
     """
+    if mode == "batch":
+        return applications
     return 1 if mode == "predict" else 7
 
 

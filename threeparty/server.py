@@ -191,6 +191,7 @@ class Session:
     invitation_digests: dict[str, bytes]
     created: float
     last_used: float
+    applications: int = 1
     token_digests: dict[str, str] = field(default_factory=dict)
     version: int = 0
     statements: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -231,7 +232,8 @@ class Session:
         return {
             "session_id": self.session_id,
             "mode": self.mode,
-            "blocks": protocol.blocks_for(self.mode),
+            "applications": self.applications,
+            "blocks": protocol.blocks_for(self.mode, self.applications),
             "version": self.version,
             "expires_in": expires_in,
             "roster": dict(self.roster),
@@ -273,7 +275,9 @@ class SessionStore:
             session.touch()  # wake its long-polls: they answer 404 next time
             logger.info("session %s dropped (%s)", session_id[:8], reason)
 
-    def create(self, mode: str, roster: dict[str, str]) -> tuple[Session, dict[str, str]]:
+    def create(
+        self, mode: str, roster: dict[str, str], applications: int = 1
+    ) -> tuple[Session, dict[str, str]]:
         """A new session and each party's invitation secret.
 
         Raises:
@@ -292,6 +296,7 @@ class SessionStore:
         session = Session(
             session_id=secrets.token_hex(16),
             mode=mode,
+            applications=applications,
             roster=dict(roster),
             invitation_digests={r: _digest(t) for r, t in secrets_by_role.items()},
             created=now,
@@ -627,7 +632,7 @@ class ThreePartyService:
         args = {
             "key_tag": session.keys.key_tag,
             "mode": session.mode,
-            "blocks": protocol.blocks_for(session.mode),
+            "blocks": protocol.blocks_for(session.mode, session.applications),
         }
         start = time.perf_counter()
         answer = await self._sandbox(
@@ -713,8 +718,14 @@ class Roster(BaseModel):
 class NewSession(BaseModel):
     """What ``POST /sessions`` takes."""
 
-    mode: str = Field(default="predict", pattern="^(predict|explain)$")
+    mode: str = Field(default="predict", pattern="^(predict|explain|batch)$")
     roster: Roster
+    applications: int = Field(
+        default=1,
+        ge=1,
+        le=protocol.MAX_APPLICATIONS,
+        description="Applications scored in one evaluation (batch mode; 1 otherwise)",
+    )
 
 
 class SessionCreated(BaseModel):
@@ -722,6 +733,7 @@ class SessionCreated(BaseModel):
 
     session_id: str
     mode: str
+    applications: int
     roster: dict[str, str]
     invitations: dict[str, str] = Field(
         description="Each party's single-use invitation: <session id>.<secret>"
@@ -877,9 +889,15 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
         service = service_of(request)
         store = service.store
         client = request.client.host if request.client is not None else "unknown"
+        if body.mode != "batch" and body.applications != 1:
+            raise ServiceError(
+                ErrorCode.invalid_request, "several applications need the batch mode"
+            )
         try:
             with service.quota.admit(client):
-                session, invitations = store.create(body.mode, body.roster.model_dump())
+                session, invitations = store.create(
+                    body.mode, body.roster.model_dump(), body.applications
+                )
         except fhe_errors.TooManySessionsError as error:
             raise ServiceError(
                 ErrorCode.too_many_sessions, str(error), retry_after=error.retry_after
@@ -887,6 +905,7 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
         return SessionCreated(
             session_id=session.session_id,
             mode=session.mode,
+            applications=session.applications,
             roster=session.roster,
             invitations={
                 r: protocol.session_code(session.session_id, t) for r, t in invitations.items()

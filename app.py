@@ -33,7 +33,15 @@ import backend
 import settings
 import threeparty_page
 from page import strings
-from page.limits import KeyFolders, LimitExceeded, RateLimiter, SessionRegistry, client_address
+from page.limits import (
+    Admissions,
+    KeyFolders,
+    LimitExceeded,
+    RateLimiter,
+    SessionRegistry,
+    client_address,
+    limits_are_local,
+)
 from page.strings import category_key, party_list
 
 logger = logging.getLogger(__name__)
@@ -75,8 +83,18 @@ class PageRuntime:
             no_heartbeat_ttl=client_settings.page_no_heartbeat_ttl_seconds,
         )
         window = client_settings.page_rate_window_seconds
-        self.keygen_limiter = RateLimiter(client_settings.page_keygen_per_client, window)
-        self.step_limiter = RateLimiter(client_settings.page_steps_per_client, window)
+        # On loopback only (a person on their own computer) the per-client rates are off.
+        self.limits_local = limits_are_local(
+            client_settings.page_limits,
+            client_settings.page_host,
+            client_settings.page_trusted_proxies,
+        )
+        local = self.limits_local
+        keygens = None if local else client_settings.page_keygen_per_client
+        self.keygen_limiter = RateLimiter(keygens, window)
+        steps = None if local else client_settings.page_steps_per_client
+        self.step_limiter = RateLimiter(steps, window)
+        self.admissions = Admissions(max_age=window)
         self.key_folders = KeyFolders(client_settings.client_keys_dir)
         self._client_factory = client_factory or (
             lambda key_dir: backend.new_client(
@@ -109,6 +127,44 @@ class PageRuntime:
         headers = _headers(request)
         peer = getattr(getattr(request, "client", None), "host", None)
         return client_address(headers, peer, self.settings.page_trusted_proxies)
+
+    def _limiter(self, kind: str) -> tuple[RateLimiter, str]:
+        if kind == "keygen":
+            return self.keygen_limiter, "err_rate_keygen"
+        return self.step_limiter, "err_rate_steps"
+
+    def admit(self, kind: str, request: gr.Request | None) -> None:
+        """A check event: count one "keygen" or "steps" event of the client, for its step.
+
+        Raises:
+            LimitExceeded: the client's rate limit is reached (nothing counted).
+        """
+        limiter, key = self._limiter(kind)
+        limiter.acquire(self.client_of(request), key)
+        self.admissions.add(session_key(request), kind)
+
+    def use_admission(self, kind: str, request: gr.Request | None) -> None:
+        """A step: use its check's admission, or count the event now (a call without check).
+
+        Raises:
+            LimitExceeded: no admission and the client's rate limit is reached.
+        """
+        if not self.admissions.take(session_key(request), kind):
+            limiter, key = self._limiter(kind)
+            limiter.acquire(self.client_of(request), key)
+
+    def limits_text(self, lang: str, request: gr.Request | None) -> str:
+        """What the client may still do before a rate limit refuses it, in ``lang``."""
+        if self.limits_local:
+            return tr(lang, "limits_local", host=self.settings.page_host)
+        client = self.client_of(request)
+        return tr(
+            lang,
+            "limits_left",
+            keygens=self.keygen_limiter.remaining(client),
+            steps=self.step_limiter.remaining(client),
+            minutes=f"{self.settings.page_rate_window_seconds / 60:g}",
+        )
 
 
 def _headers(request: gr.Request | None) -> dict[str, str]:
@@ -270,7 +326,7 @@ class PageSteps:
         if not self.runtime.registry.holds(session_key(request), client):
             raise _page_error(lang, "err_session_expired")
         with page_errors(lang):
-            self.runtime.step_limiter.acquire(self.runtime.client_of(request), "err_rate_steps")
+            self.runtime.use_admission("steps", request)
         return client
 
     def keygen(self, client: Any, request: gr.Request) -> tuple[Any, ...]:
@@ -287,7 +343,7 @@ class PageSteps:
         with page_errors(lang, runtime):
             runtime.registry.reserve(session)
             try:
-                runtime.keygen_limiter.acquire(runtime.client_of(request), "err_rate_keygen")
+                runtime.use_admission("keygen", request)
                 if created:
                     client = runtime.new_client()
                 try:
@@ -394,22 +450,57 @@ class PageSteps:
         verdict = tr(lang, "verdict_approved" if approved else "verdict_refused")
         return encrypted_output, verdict, ""
 
-    def explain(self, client: Any, stale: list[str], request: gr.Request) -> str:
+    def explain(self, client: Any, stale: list[str], employed: str, request: gr.Request) -> str:
         """Step 5: encrypt the candidate rows, score them in one FHE run, decrypt the answer.
 
+        Args:
+            client: the session's client.
+            stale: the parties edited since they were sent (none, or the step is refused).
+            employed: the credit bureau's employed radio; as sent, since no party is stale.
+            request: the Gradio request.
+
         Returns:
-            The explanation: one sentence in the page's language.
+            The explanation: one sentence in the page's language, naming every change.
         """
         lang = request_language(request)
         client = self._live_client(lang, "explain", client, stale, request)
         with page_errors(lang, self.runtime):
             explanation = backend.explain_encrypt_run_decrypt(client)
-        if explanation.outcome == "already_approved":
-            return tr(lang, "explain_already")
-        if explanation.outcome == "no_change":
-            return tr(lang, "explain_none")
-        years = tr(lang, category_key("years_employed", str(explanation.years_employed)))
-        return tr(lang, "explain_years", years=years)
+        return strings.explanation_text(
+            lang,
+            approved=explanation.outcome == "already_approved",
+            years=explanation.years_employed if explanation.outcome == "years_needed" else None,
+            employed=employed != NO,
+        )
+
+    def check_keygen(self, request: gr.Request) -> None:
+        """Step 1's check (no outputs): a free session slot and the client's key-generation rate.
+
+        Raises:
+            gr.Error: the page is full or the client's rate limit is reached (nothing counted
+                when full).
+        """
+        lang = request_language(request)
+        with page_errors(lang):
+            if not self.runtime.registry.has_room(session_key(request)):
+                raise LimitExceeded("err_page_full", limit=self.runtime.registry.max_sessions)
+            self.runtime.admit("keygen", request)
+
+    def step_check(self, step: str) -> Callable[..., None]:
+        """The check event of a step (no outputs): its order, then the client's step rate."""
+        in_order = order_check(step)
+
+        def check(client: Any, stale: list[str], request: gr.Request) -> None:
+            in_order(client, stale, request)
+            with page_errors(request_language(request)):
+                self.runtime.admit("steps", request)
+
+        check.__name__ = f"check_{step}"
+        return check
+
+    def limits_text(self, request: gr.Request) -> str:
+        """The line under Step 1: what the client may still do (or that nothing is limited)."""
+        return self.runtime.limits_text(request_language(request), request)
 
     def end_session(self, request: gr.Request) -> None:
         """demo.unload: the tab was closed; delete its server session and its keys now."""
@@ -421,16 +512,23 @@ class PageSteps:
             self.runtime.registry.forget(client)
 
 
-def three_party_admission(runtime: PageRuntime) -> Callable[[gr.Request], None]:
+def three_party_admission(runtime: PageRuntime) -> Callable[[gr.Request, bool], None]:
     """The three-party section's gate: a run makes three key sets, so it counts as key generation.
+
+    The returned ``admit(request, checking)`` counts the run in the section's check event
+    (``checking``: no outputs, so a refusal marks none), and in the run itself only when no
+    check admitted it.
 
     Raises (from the returned function):
         gr.Error: the client's key-generation rate limit is reached (nothing runs).
     """
 
-    def admit(request: gr.Request) -> None:
+    def admit(request: gr.Request, checking: bool = False) -> None:
         with page_errors(request_language(request)):
-            runtime.keygen_limiter.acquire(runtime.client_of(request), "err_rate_keygen")
+            if checking:
+                runtime.admit("keygen", request)
+            else:
+                runtime.use_admission("keygen", request)
 
     return admit
 
@@ -596,6 +694,7 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
         step_intro(1, "step1_who", "step1_body")
         keygen_button = gr.Button(i18n("btn_keygen"), elem_id="keygen-button", variant="primary")
         evaluation_key = output_box(label_key="label_evaluation_key", elem_id="evaluation-key")
+        limits_left = gr.Markdown(elem_id="limits-left")
 
         # Step 2
         step_intro(2, "step2_who", "step2_body")
@@ -677,7 +776,7 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
             label=i18n("label_explain"), interactive=False, elem_id="explain-result"
         )
         applicant_fields = [assets, num_children, household_size, total_income, age]
-        threeparty_page.build_section(
+        tp_admitted = threeparty_page.build_section(
             i18n,
             [*applicant_fields, *dropdowns.values()],
             [account_age],
@@ -700,7 +799,26 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
             *(dropdowns[f] for f in settings.APPLICANT_FIELDS[7:]),
         ]
         private: dict[str, Any] = {"api_visibility": "private"}
+        refresh_limits: dict[str, Any] = {
+            "fn": _plain(steps.limits_text),
+            "outputs": [limits_left],
+            "show_progress": "hidden",
+            "queue": False,
+            **private,
+        }
+        demo.load(**refresh_limits)
+        if tp_admitted is not None:
+            tp_admitted.success(**refresh_limits)
+        # The check has no outputs: a refusal (page full, rate limit) shows its message and
+        # marks no box, as a click out of order does.
         keygen_button.click(
+            _plain(steps.check_keygen),
+            inputs=None,
+            outputs=None,
+            show_progress="hidden",
+            concurrency_limit=None,
+            **private,
+        ).success(
             _plain(steps.keygen),
             inputs=[client_state],
             outputs=[
@@ -715,7 +833,7 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
             concurrency_limit=limits.page_keygen_workers,
             concurrency_id="keygen",
             **private,
-        )
+        ).then(**refresh_limits)
         session_inputs = [client_state, stale_state]
         for button, step, handler, inputs, outputs in (
             (
@@ -747,11 +865,11 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
                 [],
                 [encrypted_output, verdict, explain_result],
             ),
-            (explain_button, "explain", steps.explain, [], [explain_result]),
+            (explain_button, "explain", steps.explain, [employed], [explain_result]),
         ):
             # The check has no outputs: a click out of order shows its message and marks no box.
             button.click(
-                order_check(step),
+                _plain(steps.step_check(step)),
                 inputs=session_inputs,
                 outputs=None,
                 show_progress="hidden",
@@ -764,7 +882,7 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
                 concurrency_limit=limits.page_step_concurrency,
                 concurrency_id="fhe-steps",
                 **private,
-            )
+            ).then(**refresh_limits)
 
         # Editing an input after sending it: that party is "not sent" until sent again.
         for components, handler, ciphertext_box in (

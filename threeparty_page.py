@@ -37,7 +37,7 @@ import gradio as gr
 import httpx
 
 import settings
-from page.strings import display_name
+from page.strings import explanation_text
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +91,6 @@ _EN = {
     "tp_waiting": "waiting",
     "tp_no_ciphertext": "no encrypted input (the tree reads none of its fields)",
     "tp_not_recipient": "not a recipient",
-    "tp_explain_years": (
-        "With employed = yes, the fewest years employed that would most likely be approved: "
-        "{years}."
-    ),
-    "tp_explain_none": "No years-employed bin alone (with employed = yes) gives approval.",
     "tp_err_failed": "The {party} process stopped: {detail}",
     "tp_err_party_timeout": "The {party} process waited too long for another party. ({detail})",
     "tp_err_timeout": "The three-party run did not finish within {seconds} s.",
@@ -154,8 +149,6 @@ _ZH = {
     "tp_waiting": "等待中",
     "tp_no_ciphertext": "无加密输入（决策树不读取其字段）",
     "tp_not_recipient": "不是接收方",
-    "tp_explain_years": "在职（是）时，最有可能获批的最短工作年限：{years}。",
-    "tp_explain_none": "仅靠工作年限区间（在职=是）无法获批。",
     "tp_err_failed": "{party}进程已停止：{detail}",
     "tp_err_party_timeout": "{party}进程等待其他方超时。（{detail}）",
     "tp_err_timeout": "三方运行未在 {seconds} 秒内完成。",
@@ -394,8 +387,17 @@ def _megabytes(count: int) -> str:
     return f"{count / 1e6:.1f} MB"
 
 
-def render(state: FlowState, lang: str, translate: Callable[..., str]) -> tuple[str, str, str]:
-    """The progress table, the verdict and the explanation in the page's language."""
+def render(
+    state: FlowState, lang: str, translate: Callable[..., str], employed: bool = True
+) -> tuple[str, str, str]:
+    """The progress table, the verdict and the explanation in the page's language.
+
+    Args:
+        state: what the processes reported.
+        lang: the page's language.
+        translate: the page's ``tr``.
+        employed: the credit bureau's employed field (the explanation names what changes).
+    """
 
     def cell(role: str, step: str) -> str:
         event = state.events[role].get(step)
@@ -465,12 +467,12 @@ def render(state: FlowState, lang: str, translate: Callable[..., str]) -> tuple[
         first = fused[0]
         assert first is not None
         verdict = translate(lang, "verdict_approved" if first["approved"] else "verdict_refused")
-        fewest = first.get("fewest_years_employed")
-        if fewest is None:
-            explanation = translate(lang, "tp_explain_none")
-        else:
-            years = display_name("years_employed", fewest, lang)
-            explanation = translate(lang, "tp_explain_years", years=years)
+        explanation = explanation_text(
+            lang,
+            approved=bool(first["approved"]),
+            years=first.get("fewest_years_employed"),
+            employed=employed,
+        )
     return "\n".join(rows), verdict, explanation
 
 
@@ -485,8 +487,8 @@ def build_section(
     language: Callable[[gr.Request | None], str],
     translate: Callable[..., str],
     keys_dir: Path,
-    admit: Callable[[gr.Request], None] | None = None,
-) -> None:
+    admit: Callable[[gr.Request, bool], None] | None = None,
+) -> Any:
     """Add the three-party section to the page being built (inside ``gr.Blocks``).
 
     Args:
@@ -497,7 +499,13 @@ def build_section(
         language: the page's request -> "zh"/"en".
         translate: the page's ``tr(lang, key, **values)``.
         keys_dir: the page's keys folder (the parties' key folders go in it, one per run).
-        admit: called first in each run; raises gr.Error to refuse it (the page's rate limit).
+        admit: ``admit(request, checking)`` raises gr.Error to refuse a run (the page's rate
+            limit): called in the button's check event (``checking=True``, no outputs, so a
+            refusal marks no box), then at the start of the run (``checking=False``).
+
+    Returns:
+        The button's check event (the page chains its limits line to it), or None without
+        ``admit``.
     """
     gr.Markdown(i18n("tp_title"), elem_id="tp-title")
     gr.Markdown("<hr />")
@@ -522,9 +530,13 @@ def build_section(
     applicant_inputs, bank_inputs = list(applicant_inputs), list(bank_inputs)
     bureau_inputs = list(bureau_inputs)
 
+    def check(request: gr.Request) -> None:
+        if admit is not None:
+            admit(request, True)
+
     def run(values: dict[Any, Any], request: gr.Request) -> Iterator[tuple[str, str, str]]:
         if admit is not None:
-            admit(request)
+            admit(request, False)
         lang = language(request)
         problem = unavailable_reason()
         url = server_url()
@@ -543,7 +555,7 @@ def build_section(
         state = FlowState()
         try:
             for state in run_parties(url, fields, keys_root):
-                yield render(state, lang, translate)
+                yield render(state, lang, translate, fields["credit_bureau"]["employed"])
         except (TimeoutError, httpx.HTTPError) as error:
             logger.warning("three-party run failed: %r", error)
             raise gr.Error(
@@ -563,9 +575,12 @@ def build_section(
                 print_exception=False,
             )
 
-    button.click(
+    private: dict[str, Any] = {"api_visibility": "private"}  # only the page calls them
+    checked = button.click(check, None, None, show_progress="hidden", **private)
+    checked.success(
         run,
         inputs={*applicant_inputs, *bank_inputs, *bureau_inputs},  # a set: run gets a dict
         outputs=[progress, verdict, explanation],
-        api_visibility="private",  # only the page calls it (see page/guard.py)
+        **private,
     )
+    return checked if admit is not None else None

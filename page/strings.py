@@ -124,3 +124,23 @@ TOAST_TITLE_CSS = (
 def page_css() -> str:
     """The page's stylesheet (the Chinese toast title)."""
     return TOAST_TITLE_CSS % tr("zh", "error_title")
+
+
+def explanation_text(lang: str, *, approved: bool, years: str | None, employed: bool) -> str:
+    """The explanation sentence of both modes, naming every change the candidate rows make.
+
+    The candidate rows are employed = yes with each years-employed bin: for an applicant sent
+    as not employed, the answer names both changes (being employed and the years).
+
+    Args:
+        lang: the page's language.
+        approved: whether the applicant's own inputs are already most likely approved.
+        years: the fewest approving bin (canonical value), or None when no candidate approves.
+        employed: whether the credit bureau sent employed = yes.
+    """
+    if approved:
+        return tr(lang, "explain_already")
+    if years is None:
+        return tr(lang, "explain_none" if employed else "explain_none_unemployed")
+    shown = display_name("years_employed", years, lang)
+    return tr(lang, "explain_years" if employed else "explain_employed_years", years=shown)

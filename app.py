@@ -32,7 +32,7 @@ import gradio as gr
 import backend
 import settings
 import threeparty_page
-from page import strings
+from page import language, strings
 from page.limits import (
     Admissions,
     KeyFolders,
@@ -53,6 +53,23 @@ YES, NO = "yes", "no"
 PAGE_TITLE = "信用卡审批预测 · Credit-card approval with FHE"
 # Seconds a session's gr.State lives after its last update (the registry's TTL decides the keys).
 STATE_TTL_SLACK_SECONDS = 60
+# The three-party section's outputs, and the phrases of its progress table (language switch).
+TP_OUTPUT_IDS = ("tp-explain", "tp-progress", "tp-verdict")
+TP_TABLE_KEYS = (
+    "tp_step",
+    "tp_row_joined",
+    "tp_row_round1",
+    "tp_row_round2",
+    "tp_row_uploaded",
+    "tp_row_evaluated",
+    "tp_row_partial",
+    "tp_row_verdict",
+    "tp_row_traffic",
+    "tp_no_ciphertext",
+    "tp_not_recipient",
+    "verdict_approved",
+    "verdict_refused",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +194,11 @@ def _headers(request: gr.Request | None) -> dict[str, str]:
 
 
 def tr(lang: str, key: str, **values: Any) -> str:
-    """Translate a key of the page or of its three-party section into "zh" or "en"."""
+    """Translate a key of the page or of its three-party section into a page language.
+
+    The three-party section keeps its English and Simplified Chinese texts; their Traditional
+    Chinese versions are in page/locales/zh-Hant.json with the page's.
+    """
     section = threeparty_page.TRANSLATIONS.get(lang if lang in strings.LANGUAGES else "en", {})
     if key in section:
         return section[key].format(**values) if values else section[key]
@@ -191,7 +212,7 @@ def session_key(request: gr.Request | None) -> str:
 
 
 def request_language(request: gr.Request | None) -> str:
-    """Return "zh" or "en": the language switch's cookie, else the browser's first language."""
+    """Return "zh", "zh-Hant" or "en": the switch's cookie, else the browser's first language."""
     return strings.headers_language(_headers(request))
 
 
@@ -502,6 +523,29 @@ class PageSteps:
         """The line under Step 1: what the client may still do (or that nothing is limited)."""
         return self.runtime.limits_text(request_language(request), request)
 
+    def relabel(self, shown: dict[Any, Any], request: gr.Request) -> dict[Any, str]:
+        """The language switch: the outputs shown, in the request's (new) language.
+
+        Args:
+            shown: each output component (by its elem_id: verdict, explanations, "not sent"
+                marks, the three-party table, the limits line) with its current text.
+            request: the Gradio request (its cookie holds the new language).
+
+        Returns:
+            Each component's text in the new language (ciphertexts and numbers unchanged).
+        """
+        lang = request_language(request)
+        relabelled = {}
+        for component, text in shown.items():
+            text = text if isinstance(text, str) else ""
+            if component.elem_id == "limits-left":
+                relabelled[component] = self.limits_text(request)
+            elif component.elem_id == "tp-progress":
+                relabelled[component] = language.retranslate_phrases(text, lang, tr, TP_TABLE_KEYS)
+            else:
+                relabelled[component] = language.retranslate(text, lang, tr)
+        return relabelled
+
     def end_session(self, request: gr.Request) -> None:
         """demo.unload: the tab was closed; delete its server session and its keys now."""
         self.runtime.registry.end(session_key(request))
@@ -571,7 +615,7 @@ def make_i18n() -> gr.I18n:
     """Return the page's gr.I18n (English, and Chinese under every zh locale name)."""
     tables = strings.gradio_translations()
     for locale, table in tables.items():
-        table.update(threeparty_page.TRANSLATIONS["zh" if locale.startswith("zh") else "en"])
+        table.update(threeparty_page.TRANSLATIONS.get(strings.locale_language(locale), {}))
     return gr.I18n(**tables)
 
 
@@ -661,7 +705,7 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
         )
         stale_state = gr.State([])
 
-        gr.HTML(strings.LANGUAGE_SWITCH_HTML, elem_id="language-switch", js_on_load=None)
+        gr.HTML(language.SWITCH_HTML, elem_id="language-switch", js_on_load=None)
         gr.HTML(
             _svg_img("logo.svg", alt=_both_languages("logo_alt"), width="200px"),
             elem_id="logo",
@@ -787,6 +831,8 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
             admit=three_party_admission(runtime),
         )
         gr.Markdown(i18n("footer"), elem_id="footer")
+        relabel_button = gr.Button(i18n("btn_relabel"), elem_id=language.RELABEL_BUTTON_ID)
+        tp_outputs = [c for c in demo.blocks.values() if c.elem_id in TP_OUTPUT_IDS]
 
         # ---- wiring -------------------------------------------------------------------------
         run_outputs = [fhe_execution_time, encrypted_output, verdict, explain_result]
@@ -900,6 +946,17 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
                     queue=False,
                 )
 
+        # The language switch (page/language.py): the outputs shown, in the new language.
+        shown = [encrypted_applicant, encrypted_bank, encrypted_credit_bureau, verdict]
+        shown += [explain_result, limits_left, *tp_outputs]
+        relabel_button.click(
+            _plain(steps.relabel),
+            inputs=set(shown),  # a set: the handler gets a dict
+            outputs=shown,
+            show_progress="hidden",
+            queue=False,
+            **private,
+        )
         demo.unload(_plain(steps.end_session))
     return demo
 
@@ -940,7 +997,7 @@ def serve_page(demo: gr.Blocks, runtime: PageRuntime, *, block: bool = True) -> 
         PageGuard,
         allowed_fn_ids=page_fn_ids(demo),
         on_heartbeat=runtime.registry.heartbeat_opened,
-        head_html=strings.LANGUAGE_HEAD_SCRIPT,
+        head_html=language.head_script(),
     )
     return demo.launch(
         server_name=page_settings.page_host,

@@ -37,6 +37,7 @@ import gradio as gr
 import httpx
 
 import settings
+from page.language import table_units
 from page.strings import explanation_text
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ _EN = {
     "tp_label_verdict": "Verdict fused by the applicant and the bank",
     "tp_label_explain": "Explanation (same evaluation)",
     "tp_step": "Step",
-    "tp_row_joined": "Joined (box-key fingerprint)",
+    "tp_row_joined": "Joined (fingerprint of its sealing key, for the others to check)",
     "tp_row_round1": "Key share made (round 1), public part uploaded",
     "tp_row_round2": "Round-2 share uploaded",
     "tp_row_uploaded": "Own inputs encrypted and uploaded",
@@ -125,7 +126,7 @@ _ZH = {
     "tp_intro": (
         "在此模式下，申请人、银行和信用中心各自持有联合私钥的**一个份额**（门限BFV加密，OpenFHE）。"
         "按钮会以**三个独立的操作系统进程**（`python -m threeparty --role ...`）运行三方，"
-        "每个进程有自己的密钥文件夹，使用上方（第2步）各方字段中输入的值。三方通过三方服务器转发的"
+        "每个进程有自己的密钥文件夹，使用上方（步骤2）各方字段中输入的值。三方通过三方服务器转发的"
         "多轮交互生成联合密钥，每一方只加密自己的输入，服务器仅用公开密钥在密文上评估决策树，"
         "每一方进行部分解密，申请人和银行将三份部分解密结果合并。同一次评估还会为六个工作年限区间打分（解释）。"
     ),
@@ -138,7 +139,7 @@ _ZH = {
     "tp_label_verdict": "申请人和银行合并得到的结果",
     "tp_label_explain": "解释（同一次评估）",
     "tp_step": "步骤",
-    "tp_row_joined": "加入会话（盒密钥指纹）",
+    "tp_row_joined": "加入会话（密封公钥的指纹，供各方核对）",
     "tp_row_round1": "生成密钥份额（第1轮），上传公开部分",
     "tp_row_round2": "上传第2轮份额",
     "tp_row_uploaded": "加密并上传自己的输入",
@@ -153,7 +154,7 @@ _ZH = {
     "tp_err_party_timeout": "{party}进程等待其他方超时。（{detail}）",
     "tp_err_timeout": "三方运行未在 {seconds} 秒内完成。",
     "tp_holdings": (
-        "**每个进程持有什么。** 申请人进程持有申请人的字段、其密钥份额和盒私钥"
+        "**每个进程持有什么。** 申请人进程持有申请人的字段、其密钥份额和用于拆封的私钥"
         "（在它自己的文件夹中，仅它可读）；银行和信用中心同理。三方服务器只持有公开材料："
         "各方的公钥和评估密钥份额、联合公钥和联合评估密钥、各方的密文、加密的结果，"
         "以及为接收方密封的部分解密结果——服务器无法打开它们。运行结束后密钥文件夹即被删除。\n\n"
@@ -161,9 +162,9 @@ _ZH = {
         "所有输入都用联合公钥加密，解密需要全部三个密钥份额："
         "申请人若想读取信用中心的输入，必须从银行**和**信用中心的文件夹中窃取它们的密钥份额，"
         "还要从服务器窃取信用中心的密文（服务器不会把一方的密文交给其他方）。只窃取一个份额是不够的。"
-        "银行的账户年龄从不离开银行的进程：决策树不检验它，所以银行不加密任何内容（但仍持有一个密钥份额）。"
+        "银行的开户时间从不离开银行的进程：决策树不检验它，所以银行不加密任何内容（但仍持有一个密钥份额）。"
         "结果只发给申请人和银行：每一方把自己的部分解密与另外两方的部分解密合并，"
-        "后者以其盒公钥密封送达；信用中心得不到结果。接收方会得知结果和六个区间的结果，"
+        "后者用它的密封公钥密封后送达；信用中心得不到结果。接收方会得知结果和六个区间的结果，"
         "与任何答案一样，这些结果会透露一些关于输入的信息。决策树的比较条件对各方公开。\n\n"
         "**在本演示中**，页面从您的浏览器获得全部字段，在同一台机器上启动三个进程，并只把各方自己的字段交给该方；"
         "在真实部署中，每一方在自己的机器上运行自己的进程，使用自己的会话码，任何进程都看不到其他方的字段。"
@@ -473,7 +474,7 @@ def render(
             years=first.get("fewest_years_employed"),
             employed=employed,
         )
-    return "\n".join(rows), verdict, explanation
+    return table_units("\n".join(rows), lang), verdict, explanation
 
 
 # ---------------------------------------------------------------------------------------------

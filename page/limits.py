@@ -137,7 +137,11 @@ class Admissions:
         """Record one admitted event of ``kind`` for ``session``."""
         with self._lock:
             now = self._clock()
-            stale = [k for k, times in self._admitted.items() if times[-1] < now - self.max_age]
+            stale = [
+                key
+                for key, times in self._admitted.items()
+                if not times or times[-1] < now - self.max_age
+            ]
             for key in stale:
                 del self._admitted[key]
             self._admitted.setdefault((session, kind), []).append(now)
@@ -152,6 +156,8 @@ class Admissions:
                 self._admitted.pop((session, kind), None)
                 return False
             times.pop(0)
+            if not times:
+                del self._admitted[(session, kind)]
             return True
 
 

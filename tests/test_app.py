@@ -23,6 +23,7 @@ from helpers_server import ScriptedServer
 import app
 import backend
 import settings
+import threeparty_page
 from page import strings
 from page.limits import LimitExceeded
 
@@ -97,6 +98,8 @@ def tr(lang: str, key: str, **values: Any) -> str:
 def test_both_languages_have_every_key_and_no_empty_string() -> None:
     en, zh = TRANSLATIONS["en"], TRANSLATIONS["zh"]
     assert set(en) == set(zh)
+    # Traditional Chinese also holds the three-party section's texts (kept in en and zh there).
+    assert set(TRANSLATIONS["zh-Hant"]) == set(en) | set(threeparty_page.TRANSLATIONS["en"])
     for lang, table in TRANSLATIONS.items():
         for key, text in table.items():
             assert isinstance(text, str) and text.strip(), f"{lang}:{key} is empty"
@@ -106,9 +109,11 @@ def test_placeholders_are_the_same_in_both_languages() -> None:
     def fields(text: str) -> set[str]:
         return {name for _, name, _, _ in string.Formatter().parse(text) if name}
 
-    en, zh = TRANSLATIONS["en"], TRANSLATIONS["zh"]
+    en, zh, hant = TRANSLATIONS["en"], TRANSLATIONS["zh"], TRANSLATIONS["zh-Hant"]
     for key in en:
-        assert fields(en[key]) == fields(zh[key]), key
+        assert fields(en[key]) == fields(zh[key]) == fields(hant[key]), key
+    for key, text in threeparty_page.TRANSLATIONS["en"].items():
+        assert fields(text) == fields(hant[key]), key
 
 
 def _prose(text: str) -> str:
@@ -117,9 +122,10 @@ def _prose(text: str) -> str:
     return text
 
 
-def test_chinese_table_is_chinese_with_full_width_punctuation() -> None:
+@pytest.mark.parametrize("lang", ["zh", "zh-Hant"])
+def test_chinese_table_is_chinese_with_full_width_punctuation(lang: str) -> None:
     han = re.compile(r"[\u4e00-\u9fff]")
-    for key, text in TRANSLATIONS["zh"].items():
+    for key, text in TRANSLATIONS[lang].items():
         if key in ("list_separator",):
             continue
         assert han.search(text), f"zh:{key} has no Chinese character: {text!r}"
@@ -128,7 +134,9 @@ def test_chinese_table_is_chinese_with_full_width_punctuation() -> None:
         bad = re.findall(r"[\u4e00-\u9fff][,:;?!()]|[,:;?!()][\u4e00-\u9fff]", prose)
         assert not bad, f"zh:{key} has half-width punctuation {bad}: {text!r}"
         # No English word the project wrote (FHE and the README's name are names).
-        words = set(re.findall(r"[A-Za-z]{2,}", prose)) - {"FHE", "README", "evaluation", "key"}
+        names = {"FHE", "README", "evaluation", "key", "BFV", "OpenFHE", "Python", "MB"}
+        names |= {"venv", "threeparty", "openfhe"}  # the environment's folder and module
+        words = set(re.findall(r"[A-Za-z]{2,}", prose)) - names
         assert not words, f"zh:{key} has English words {words}: {text!r}"
 
 
@@ -192,8 +200,13 @@ def test_truthful_texts() -> None:
     ("headers", "lang"),
     [
         ({"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.8"}, "zh"),
-        ({"Accept-Language": "zh-TW"}, "zh"),
-        ({"Accept-Language": "zh-HK,en;q=0.5"}, "zh"),
+        ({"Accept-Language": "zh-TW"}, "zh-Hant"),
+        ({"Accept-Language": "zh-HK,en;q=0.5"}, "zh-Hant"),
+        ({"Accept-Language": "zh-MO"}, "zh-Hant"),
+        ({"Accept-Language": "zh-Hant-TW"}, "zh-Hant"),
+        ({"Accept-Language": "zh-Hans-HK"}, "zh"),
+        ({"Accept-Language": "zh-SG"}, "zh"),
+        ({"Accept-Language": "en-US", "cookie": "page_lang=zh-Hant"}, "zh-Hant"),
         ({"accept-language": "zh"}, "zh"),
         ({"Accept-Language": "en-US,en;q=0.9"}, "en"),
         ({"Accept-Language": "fr-FR,zh;q=0.9"}, "en"),
@@ -213,9 +226,16 @@ def test_request_language_without_request() -> None:
 
 def test_every_chinese_locale_gets_the_chinese_table() -> None:
     tables = strings.gradio_translations()
-    for locale in ("zh", "zh-CN", "zh-TW", "zh-HK"):
+    for locale in ("zh", "zh-CN", "zh-SG", "zh-Hans"):
         assert tables[locale]["title"] == TRANSLATIONS["zh"]["title"]
+    for locale in ("zh-TW", "zh-HK", "zh-MO", "zh-Hant"):
+        assert tables[locale]["title"] == TRANSLATIONS["zh-Hant"]["title"]
+        assert "審批" in tables[locale]["title"]
     assert tables["en"]["title"] == TRANSLATIONS["en"]["title"]
+    # The page's gr.I18n: each script's table with the three-party section in that script.
+    i18n_tables = app.make_i18n().translations
+    assert i18n_tables["zh-TW"]["tp_title"] == TRANSLATIONS["zh-Hant"]["tp_title"]
+    assert i18n_tables["zh-CN"]["tp_title"] == threeparty_page.TRANSLATIONS["zh"]["tp_title"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,6 +289,21 @@ def test_limits_fit_where_the_page_listens(
         with pytest.raises(LimitExceeded):
             runtime.admit("keygen", request)
         assert "0 key generations" in runtime.limits_text("en", request)
+
+
+def test_admissions_are_used_once_and_forgotten_when_old() -> None:
+    now = [0.0]
+    admissions = app.Admissions(max_age=60.0, clock=lambda: now[0])
+    admissions.add("tab", "steps")
+    admissions.add("tab", "steps")
+    assert admissions.take("tab", "steps") and admissions.take("tab", "steps")
+    assert not admissions.take("tab", "steps") and not admissions.take("other", "steps")
+    admissions.add("tab", "keygen")
+    admissions.add("tab", "steps")  # after a take emptied the list: no error
+    now[0] = 61.0
+    assert not admissions.take("tab", "keygen")  # too old
+    admissions.add("tab", "steps")
+    assert admissions.take("tab", "steps") and not admissions.take("tab", "steps")
 
 
 def test_limits_line_counts_down_and_a_check_admits_its_step_once(tmp_path: Path) -> None:

@@ -1020,8 +1020,16 @@ def serve_page(demo: gr.Blocks, runtime: PageRuntime, *, block: bool = True) -> 
 # ---------------------------------------------------------------------------------------------
 # Running: the FHE server as a supervised child process, then the page
 # ---------------------------------------------------------------------------------------------
-def _raise_system_exit(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)
+def _stop_requested(signum: int, _frame: Any) -> None:
+    """SIGINT or SIGTERM: leave through main's cleanup, with status 0 (a requested, clean stop).
+
+    Later signals (a second Ctrl-C, make's SIGTERM after its SIGINT) are ignored meanwhile, so
+    that they cannot cut the cleanup short.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logger.info("%s: stopping", signal.Signals(signum).name)
+    raise SystemExit(0)
 
 
 def main() -> None:
@@ -1029,10 +1037,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Ctrl-C (SIGINT) and SIGTERM leave through the finally block below: the sessions are closed
-    # (keys deleted) and the FHE server stopped. (Gradio's own Ctrl-C handling only closes its
-    # server, and can wait there for open connections.)
-    signal.signal(signal.SIGTERM, _raise_system_exit)
-    signal.signal(signal.SIGINT, _raise_system_exit)
+    # (keys deleted) and the FHE server stopped, and the process exits with status 0 (`make run`
+    # then prints no error). (Gradio's own Ctrl-C handling only closes its server, and can wait
+    # there for open connections.)
+    signal.signal(signal.SIGTERM, _stop_requested)
+    signal.signal(signal.SIGINT, _stop_requested)
+    from fhe_server.make_parent import watch_make_parent
+
+    watch_make_parent()  # `make run`: a SIGINT to make alone stops the page too
     from fhe_server.launcher import (
         ServerStartError,
         _die_with_parent,

@@ -32,12 +32,11 @@ import gradio as gr
 import backend
 import settings
 import threeparty_page
-from page import language, strings
+from page import diagram, language, strings
 from page.limits import (
-    Admissions,
+    ClientRates,
     KeyFolders,
     LimitExceeded,
-    RateLimiter,
     SessionRegistry,
     client_address,
     limits_are_local,
@@ -53,23 +52,6 @@ YES, NO = "yes", "no"
 PAGE_TITLE = "信用卡审批预测 · Credit-card approval with FHE"
 # Seconds a session's gr.State lives after its last update (the registry's TTL decides the keys).
 STATE_TTL_SLACK_SECONDS = 60
-# The three-party section's outputs, and the phrases of its progress table (language switch).
-TP_OUTPUT_IDS = ("tp-explain", "tp-progress", "tp-verdict")
-TP_TABLE_KEYS = (
-    "tp_step",
-    "tp_row_joined",
-    "tp_row_round1",
-    "tp_row_round2",
-    "tp_row_uploaded",
-    "tp_row_evaluated",
-    "tp_row_partial",
-    "tp_row_verdict",
-    "tp_row_traffic",
-    "tp_no_ciphertext",
-    "tp_not_recipient",
-    "verdict_approved",
-    "verdict_refused",
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,12 +88,11 @@ class PageRuntime:
             client_settings.page_host,
             client_settings.page_trusted_proxies,
         )
-        local = self.limits_local
-        keygens = None if local else client_settings.page_keygen_per_client
-        self.keygen_limiter = RateLimiter(keygens, window)
-        steps = None if local else client_settings.page_steps_per_client
-        self.step_limiter = RateLimiter(steps, window)
-        self.admissions = Admissions(max_age=window)
+        self.rates = ClientRates(
+            keygens=None if self.limits_local else client_settings.page_keygen_per_client,
+            steps=None if self.limits_local else client_settings.page_steps_per_client,
+            window=window,
+        )
         self.key_folders = KeyFolders(client_settings.client_keys_dir)
         self._client_factory = client_factory or (
             lambda key_dir: backend.new_client(
@@ -145,20 +126,13 @@ class PageRuntime:
         peer = getattr(getattr(request, "client", None), "host", None)
         return client_address(headers, peer, self.settings.page_trusted_proxies)
 
-    def _limiter(self, kind: str) -> tuple[RateLimiter, str]:
-        if kind == "keygen":
-            return self.keygen_limiter, "err_rate_keygen"
-        return self.step_limiter, "err_rate_steps"
-
     def admit(self, kind: str, request: gr.Request | None) -> None:
         """A check event: count one "keygen" or "steps" event of the client, for its step.
 
         Raises:
             LimitExceeded: the client's rate limit is reached (nothing counted).
         """
-        limiter, key = self._limiter(kind)
-        limiter.acquire(self.client_of(request), key)
-        self.admissions.add(session_key(request), kind)
+        self.rates.admit(kind, self.client_of(request), session_key(request))
 
     def use_admission(self, kind: str, request: gr.Request | None) -> None:
         """A step: use its check's admission, or count the event now (a call without check).
@@ -166,22 +140,15 @@ class PageRuntime:
         Raises:
             LimitExceeded: no admission and the client's rate limit is reached.
         """
-        if not self.admissions.take(session_key(request), kind):
-            limiter, key = self._limiter(kind)
-            limiter.acquire(self.client_of(request), key)
+        self.rates.use_admission(kind, self.client_of(request), session_key(request))
 
     def limits_text(self, lang: str, request: gr.Request | None) -> str:
         """What the client may still do before a rate limit refuses it, in ``lang``."""
         if self.limits_local:
             return tr(lang, "limits_local", host=self.settings.page_host)
-        client = self.client_of(request)
-        return tr(
-            lang,
-            "limits_left",
-            keygens=self.keygen_limiter.remaining(client),
-            steps=self.step_limiter.remaining(client),
-            minutes=f"{self.settings.page_rate_window_seconds / 60:g}",
-        )
+        left = self.rates.remaining(self.client_of(request))
+        minutes = f"{self.settings.page_rate_window_seconds / 60:g}"
+        return tr(lang, "limits_left", keygens=left["keygen"], steps=left["steps"], minutes=minutes)
 
 
 def _headers(request: gr.Request | None) -> dict[str, str]:
@@ -527,24 +494,10 @@ class PageSteps:
         """The language switch: the outputs shown, in the request's (new) language.
 
         Args:
-            shown: each output component (by its elem_id: verdict, explanations, "not sent"
-                marks, the three-party table, the limits line) with its current text.
+            shown: each output component with its current text (see ``language.relabel``).
             request: the Gradio request (its cookie holds the new language).
-
-        Returns:
-            Each component's text in the new language (ciphertexts and numbers unchanged).
         """
-        lang = request_language(request)
-        relabelled = {}
-        for component, text in shown.items():
-            text = text if isinstance(text, str) else ""
-            if component.elem_id == "limits-left":
-                relabelled[component] = self.limits_text(request)
-            elif component.elem_id == "tp-progress":
-                relabelled[component] = language.retranslate_phrases(text, lang, tr, TP_TABLE_KEYS)
-            else:
-                relabelled[component] = language.retranslate(text, lang, tr)
-        return relabelled
+        return language.relabel(shown, request_language(request), tr, self.limits_text(request))
 
     def end_session(self, request: gr.Request) -> None:
         """demo.unload: the tab was closed; delete its server session and its keys now."""
@@ -723,15 +676,7 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
         with gr.Accordion(i18n("acc_fhe_title"), open=False, elem_id="accordion-fhe"):
             gr.Markdown(i18n("acc_fhe_body"))
 
-        gr.HTML(
-            _svg_img(
-                "parties_server.svg",
-                alt=_both_languages("diagram_alt"),
-                width="820px",
-            ),
-            elem_id="diagram",
-            js_on_load=None,
-        )
+        gr.HTML(diagram.html(), elem_id="diagram", js_on_load=None)
         gr.Markdown(i18n("diagram_caption"))
 
         # Step 1
@@ -832,7 +777,7 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
         )
         gr.Markdown(i18n("footer"), elem_id="footer")
         relabel_button = gr.Button(i18n("btn_relabel"), elem_id=language.RELABEL_BUTTON_ID)
-        tp_outputs = [c for c in demo.blocks.values() if c.elem_id in TP_OUTPUT_IDS]
+        tp_outputs = [c for c in demo.blocks.values() if c.elem_id in language.TP_OUTPUT_IDS]
 
         # ---- wiring -------------------------------------------------------------------------
         run_outputs = [fhe_execution_time, encrypted_output, verdict, explain_result]
@@ -1003,7 +948,7 @@ def serve_page(demo: gr.Blocks, runtime: PageRuntime, *, block: bool = True) -> 
         server_name=page_settings.page_host,
         server_port=page_settings.page_port,
         i18n=make_i18n(),
-        css=strings.page_css(),
+        css=strings.page_css() + diagram.CSS,
         footer_links=[],
         enable_monitoring=False,
         run_history=False,

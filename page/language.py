@@ -15,8 +15,9 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
+from typing import Any
 
 import settings
 from page import strings
@@ -34,6 +35,23 @@ PAGE_TITLES = {
     "en": "Credit-card approval prediction with FHE",
 }
 RELABEL_BUTTON_ID = "relabel-button"
+# The three-party section's outputs, and the phrases of its progress table.
+TP_OUTPUT_IDS = ("tp-explain", "tp-progress", "tp-verdict")
+TP_TABLE_KEYS = (
+    "tp_step",
+    "tp_row_joined",
+    "tp_row_round1",
+    "tp_row_round2",
+    "tp_row_uploaded",
+    "tp_row_evaluated",
+    "tp_row_partial",
+    "tp_row_verdict",
+    "tp_row_traffic",
+    "tp_no_ciphertext",
+    "tp_not_recipient",
+    "verdict_approved",
+    "verdict_refused",
+)
 
 SWITCH_HTML = (
     '<p id="language-links" style="text-align:right">'
@@ -191,6 +209,33 @@ def _sentences(translate: Translate) -> list[Callable[[str], str]]:
 
 def _explanation(lang: str, *, approved: bool, years: str | None, employed: bool) -> str:
     return strings.explanation_text(lang, approved=approved, years=years, employed=employed)
+
+
+def relabel(
+    shown: Mapping[Any, Any], lang: str, translate: Translate, limits_line: str
+) -> dict[Any, str]:
+    """The switch's handler: each output component's text in ``lang``.
+
+    Args:
+        shown: each output component (by its elem_id: verdict, explanations, "not sent" marks,
+            the three-party table, the limits line) with its current text.
+        lang: the new language.
+        translate: the page's ``tr``.
+        limits_line: the limits line in ``lang`` (computed afresh, not translated).
+
+    Returns:
+        Each component's new text (ciphertexts and numbers unchanged).
+    """
+    relabelled = {}
+    for component, text in shown.items():
+        text = text if isinstance(text, str) else ""
+        if component.elem_id == "limits-left":
+            relabelled[component] = limits_line
+        elif component.elem_id == "tp-progress":
+            relabelled[component] = retranslate_phrases(text, lang, translate, TP_TABLE_KEYS)
+        else:
+            relabelled[component] = retranslate(text, lang, translate)
+    return relabelled
 
 
 def retranslate(text: str, lang: str, translate: Translate) -> str:

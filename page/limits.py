@@ -179,6 +179,54 @@ def client_address(headers: Mapping[str, str], peer: str | None, trusted_proxies
     return peer or "unknown"
 
 
+class ClientRates:
+    """The two per-client rates (key generations, steps), their admissions and what is left.
+
+    Args:
+        keygens: key generations a client may start per window (None: no limit).
+        steps: steps 2-5 a client may run per window (None: no limit).
+        window: the window in seconds.
+        clock: time source (monotonic seconds).
+    """
+
+    MESSAGES = {"keygen": "err_rate_keygen", "steps": "err_rate_steps"}
+
+    def __init__(
+        self,
+        keygens: int | None,
+        steps: int | None,
+        window: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limiters = {
+            "keygen": RateLimiter(keygens, window, clock),
+            "steps": RateLimiter(steps, window, clock),
+        }
+        self.admissions = Admissions(max_age=window, clock=clock)
+
+    def admit(self, kind: str, client: str, session: str) -> None:
+        """A check: count one event of ``kind`` ("keygen" or "steps") for the session's step.
+
+        Raises:
+            LimitExceeded: the client's rate limit is reached (nothing counted).
+        """
+        self.limiters[kind].acquire(client, self.MESSAGES[kind])
+        self.admissions.add(session, kind)
+
+    def use_admission(self, kind: str, client: str, session: str) -> None:
+        """A step: use its check's admission, or count the event now (a call without check).
+
+        Raises:
+            LimitExceeded: no admission and the client's rate limit is reached.
+        """
+        if not self.admissions.take(session, kind):
+            self.limiters[kind].acquire(client, self.MESSAGES[kind])
+
+    def remaining(self, client: str) -> dict[str, int | None]:
+        """What the client may still start now, by kind (None: no limit)."""
+        return {kind: limiter.remaining(client) for kind, limiter in self.limiters.items()}
+
+
 class Closable(Protocol):
     """What the registry needs of a client."""
 

@@ -217,7 +217,7 @@ def _walk_through_the_five_steps(driver: PageDriver, lang: str) -> set[Path]:
 
     _assert_language(driver, lang)
     for elem_id in ("logo", "diagram"):
-        loaded = driver.page.locator(f"#{elem_id} img").evaluate(
+        loaded = driver.page.locator(f"#{elem_id} img:visible").evaluate(
             "img => img.complete && img.naturalWidth > 0"
         )
         assert loaded, f"the #{elem_id} image did not render"

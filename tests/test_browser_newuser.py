@@ -192,6 +192,7 @@ def test_unemployed_profile_language_switch_and_refusal(
             assert after["verdict"] == tr(lang, "verdict_refused")
             assert after["explanation"] == expected_explanation(lang)
             assert set(public_app.key_folders()) == folders, "the switch changed the keys"
+            assert driver.page.locator("#diagram img:visible").get_attribute("lang") == lang
             # No key generation spent: still one left.
             left = driver.text("limits-left")
             assert ("1 key generations" in left) if lang == "en" else ("金鑰 1 次" in left), left
@@ -209,6 +210,17 @@ def test_unemployed_profile_language_switch_and_refusal(
         assert browser._toast(driver, message.strip()) == "Error"
         browser._assert_no_output_marked(driver)
         assert driver.value("evaluation-key") == kept
+        if threeparty_page.unavailable_reason() is None:
+            # A three-party run counts as a key generation: refused the same way, its boxes
+            # left as they were.
+            toasts = driver.page.locator(".toast-body.error")
+            toasts.first.wait_for(state="detached", timeout=60_000)  # the first one went away
+            driver.click("tp-run-button")
+            assert browser._toast(driver, message.strip()) == "Error"
+            for elem_id in ("tp-progress", "tp-verdict", "tp-explain"):
+                box = driver.page.locator(f"#{elem_id}")
+                assert not box.locator(".error").count(), f"#{elem_id} marked as an error"
+                assert "Error" not in box.inner_text(), box.inner_text()
         _shoot(driver, shots / "3-en-refused.png")
 
 
@@ -264,6 +276,8 @@ def test_each_locale_shows_one_language(
         assert page.title() == {"zh": "使用全同态加密的信用卡审批预测",
                                 "zh-Hant": "使用全同態加密的信用卡審批預測",
                                 "en": "Credit-card approval prediction with FHE"}[lang]  # fmt: skip
+        # The diagram shown is the copy in the page's language.
+        assert page.locator("#diagram img:visible").get_attribute("lang") == lang
         if lang != "en":
             assert "开户时间" in visible or "開戶時間" in visible  # the diagram's term
             assert "您" in visible and "你" not in visible  # one register

@@ -15,7 +15,7 @@ import pytest
 import app
 import settings
 import threeparty_page
-from page import language, strings
+from page import diagram, language, strings
 
 PAIRS = list(itertools.permutations(strings.LANGUAGES, 2))
 
@@ -59,7 +59,7 @@ def test_the_three_party_table_is_retranslated(source: str, target: str) -> None
     state = _finished_run()
     shown, verdict, explanation = threeparty_page.render(state, source, app.tr, employed=False)
     expected = threeparty_page.render(state, target, app.tr, employed=False)
-    retranslated = language.retranslate_phrases(shown, target, app.tr, app.TP_TABLE_KEYS)
+    retranslated = language.retranslate_phrases(shown, target, app.tr, language.TP_TABLE_KEYS)
     assert retranslated == expected[0]
     assert language.retranslate(verdict, target, app.tr) == expected[1]
     assert language.retranslate(explanation, target, app.tr) == expected[2]
@@ -104,3 +104,23 @@ def test_head_script_knows_every_language() -> None:
     assert set(language.GRADIO_LOCALES) == set(strings.LANGUAGES)
     for lang in strings.LANGUAGES:
         assert f'data-lang="{lang}"' in language.SWITCH_HTML
+
+
+def test_the_diagram_has_one_copy_per_language() -> None:
+    bilingual = (settings.STATIC_DIR / diagram.SVG_NAME).read_text(encoding="utf-8")
+    assert set(diagram.chinese_labels(bilingual)) <= set(diagram.traditional_labels())
+    simplified = {c for text in diagram.traditional_labels() for c in text}
+    traditional = {c for text in diagram.traditional_labels().values() for c in text}
+
+    def texts(lang: str) -> str:
+        return " ".join(t for _, _, t, _ in diagram.TEXT.findall(diagram.svg_in(lang)))
+
+    english, hans, hant = texts("en"), texts("zh"), texts("zh-Hant")
+    assert "Bank" in english and not diagram.CJK.search(english), english
+    assert "开户时间" in hans and not re.search(r"[A-Za-z]{2,}", hans), hans
+    assert "開戶時間" in hant and not re.search(r"[A-Za-z]{2,}", hant), hant
+    assert not (set(hant) & (simplified - traditional)), hant
+    page = diagram.html()
+    for lang in strings.LANGUAGES:
+        assert f'class="diagram-copy diagram-{lang}" lang="{lang}"' in page
+        assert strings.tr(lang, "diagram_alt") in page

@@ -165,7 +165,9 @@ def test_unemployed_profile_language_switch_and_refusal(
 
         # Gradio's own status text ("processing | 1.2s") in Chinese too.
         statuses = _keygen_watching_status(driver)
-        assert statuses and all("处理中 |" in s for s in statuses), statuses
+        assert statuses and all(re.match(r"(处理中|队列：\d+/\d*) \|", t) for t in statuses), (
+            statuses
+        )
         _wait_text(driver, "limits-left", "生成密钥 1 次")
         _fill_the_unemployed_profile(driver, "zh")
         _run_steps_2_to_5(driver)
@@ -276,6 +278,10 @@ def test_each_locale_shows_one_language(
         assert page.title() == {"zh": "使用全同态加密的信用卡审批预测",
                                 "zh-Hant": "使用全同態加密的信用卡審批預測",
                                 "en": "Credit-card approval prediction with FHE"}[lang]  # fmt: skip
+        # Step 4 speaks of the single-key steps and points to the three-party mode.
+        assert strings.tr(lang, "step4_body").split("\n\n")[1] in visible
+        # The limits line, in the page's language.
+        assert strings.tr(lang, "limits_left").split("{")[0].split(">")[-1] in visible
         # The diagram shown is the copy in the page's language.
         assert page.locator("#diagram img:visible").get_attribute("lang") == lang
         if lang != "en":

@@ -38,7 +38,7 @@ def environments_ready() -> None:
     """Skip unless make would start the targets without installing (their stamps are fresh)."""
     if shutil.which("make") is None:
         pytest.skip("no make")
-    stamps = [".venv/.installed-run"]
+    stamps = [".venv/.installed-run", ".venv-threeparty/.installed"]
     question = subprocess.run(["make", "-q", *stamps], cwd=REPO_DIR, capture_output=True)
     if question.returncode != 0:
         pytest.skip("make run would install first (make -q: the environment is not up to date)")

@@ -1,5 +1,7 @@
 # One command each: `make run` starts the app, `make test` runs lint and the whole test suite,
-# `make cluster REPLICAS=2` runs Redis, 2 server replicas and nginx on loopback (Ctrl-C stops).
+# `make cluster REPLICAS=2` runs Redis, 2 server replicas and nginx on loopback. Both stop
+# everything, without a traceback or an error from make, on Ctrl-C and on SIGINT or SIGTERM sent
+# to the make process alone (see fhe_server/make_parent.py).
 # Both create .venv with Python 3.11 on first use and install the pinned requirements into it
 # (about 6 GB, a few minutes); later runs reinstall only when a requirements file changed.
 # Both also create .venv-threeparty with Python 3.10 for the three-party (OpenFHE) engine, whose
@@ -13,6 +15,8 @@ PIP_VERSION ?= 26.3
 PYTEST_ARGS ?=
 REPLICAS ?= 2
 CLUSTER_PORT ?= 8080
+# More options of `python -m fhe_server.cluster` (e.g. --redis-port 6390 --replica-port 8201).
+CLUSTER_ARGS ?=
 
 PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
@@ -37,6 +41,7 @@ run: $(RUN_STAMP)
 # both always run; the target fails if either fails.
 test: $(TEST_STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	@$(MAKE) --no-print-directory threeparty-env || \
 	    echo "make test: no .venv-threeparty: the page's three-party tests will be skipped" >&2
 	@main=0; $(PY) -m pytest $(PYTEST_ARGS) || main=$$?; \
@@ -81,6 +86,7 @@ test-busy: $(TEST_STAMP)
 
 lint: $(TEST_STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 train: $(RUN_STAMP)
 	$(PY) -m development.train
@@ -90,7 +96,7 @@ bench: $(DEV_STAMP)
 
 # Needs Debian's redis-server and nginx (apt-get install redis-server nginx).
 cluster: $(RUN_STAMP)
-	$(PY) -m fhe_server.cluster --replicas $(REPLICAS) --port $(CLUSTER_PORT)
+	$(PY) -m fhe_server.cluster --replicas $(REPLICAS) --port $(CLUSTER_PORT) $(CLUSTER_ARGS)
 
 PIP_INSTALL := $(PY) -m pip install --progress-bar off
 

@@ -32,8 +32,15 @@ import gradio as gr
 import backend
 import settings
 import threeparty_page
-from page import strings
-from page.limits import KeyFolders, LimitExceeded, RateLimiter, SessionRegistry, client_address
+from page import diagram, language, strings
+from page.limits import (
+    ClientRates,
+    KeyFolders,
+    LimitExceeded,
+    SessionRegistry,
+    client_address,
+    limits_are_local,
+)
 from page.strings import category_key, party_list
 
 logger = logging.getLogger(__name__)
@@ -75,8 +82,17 @@ class PageRuntime:
             no_heartbeat_ttl=client_settings.page_no_heartbeat_ttl_seconds,
         )
         window = client_settings.page_rate_window_seconds
-        self.keygen_limiter = RateLimiter(client_settings.page_keygen_per_client, window)
-        self.step_limiter = RateLimiter(client_settings.page_steps_per_client, window)
+        # On loopback only (a person on their own computer) the per-client rates are off.
+        self.limits_local = limits_are_local(
+            client_settings.page_limits,
+            client_settings.page_host,
+            client_settings.page_trusted_proxies,
+        )
+        self.rates = ClientRates(
+            keygens=None if self.limits_local else client_settings.page_keygen_per_client,
+            steps=None if self.limits_local else client_settings.page_steps_per_client,
+            window=window,
+        )
         self.key_folders = KeyFolders(client_settings.client_keys_dir)
         self._client_factory = client_factory or (
             lambda key_dir: backend.new_client(
@@ -110,6 +126,30 @@ class PageRuntime:
         peer = getattr(getattr(request, "client", None), "host", None)
         return client_address(headers, peer, self.settings.page_trusted_proxies)
 
+    def admit(self, kind: str, request: gr.Request | None) -> None:
+        """A check event: count one "keygen" or "steps" event of the client, for its step.
+
+        Raises:
+            LimitExceeded: the client's rate limit is reached (nothing counted).
+        """
+        self.rates.admit(kind, self.client_of(request), session_key(request))
+
+    def use_admission(self, kind: str, request: gr.Request | None) -> None:
+        """A step: use its check's admission, or count the event now (a call without check).
+
+        Raises:
+            LimitExceeded: no admission and the client's rate limit is reached.
+        """
+        self.rates.use_admission(kind, self.client_of(request), session_key(request))
+
+    def limits_text(self, lang: str, request: gr.Request | None) -> str:
+        """What the client may still do before a rate limit refuses it, in ``lang``."""
+        if self.limits_local:
+            return tr(lang, "limits_local", host=self.settings.page_host)
+        left = self.rates.remaining(self.client_of(request))
+        minutes = f"{self.settings.page_rate_window_seconds / 60:g}"
+        return tr(lang, "limits_left", keygens=left["keygen"], steps=left["steps"], minutes=minutes)
+
 
 def _headers(request: gr.Request | None) -> dict[str, str]:
     headers = getattr(request, "headers", None) if request is not None else None
@@ -121,7 +161,11 @@ def _headers(request: gr.Request | None) -> dict[str, str]:
 
 
 def tr(lang: str, key: str, **values: Any) -> str:
-    """Translate a key of the page or of its three-party section into "zh" or "en"."""
+    """Translate a key of the page or of its three-party section into a page language.
+
+    The three-party section keeps its English and Simplified Chinese texts; their Traditional
+    Chinese versions are in page/locales/zh-Hant.json with the page's.
+    """
     section = threeparty_page.TRANSLATIONS.get(lang if lang in strings.LANGUAGES else "en", {})
     if key in section:
         return section[key].format(**values) if values else section[key]
@@ -135,7 +179,7 @@ def session_key(request: gr.Request | None) -> str:
 
 
 def request_language(request: gr.Request | None) -> str:
-    """Return "zh" or "en": the language switch's cookie, else the browser's first language."""
+    """Return "zh", "zh-Hant" or "en": the switch's cookie, else the browser's first language."""
     return strings.headers_language(_headers(request))
 
 
@@ -270,7 +314,7 @@ class PageSteps:
         if not self.runtime.registry.holds(session_key(request), client):
             raise _page_error(lang, "err_session_expired")
         with page_errors(lang):
-            self.runtime.step_limiter.acquire(self.runtime.client_of(request), "err_rate_steps")
+            self.runtime.use_admission("steps", request)
         return client
 
     def keygen(self, client: Any, request: gr.Request) -> tuple[Any, ...]:
@@ -287,7 +331,7 @@ class PageSteps:
         with page_errors(lang, runtime):
             runtime.registry.reserve(session)
             try:
-                runtime.keygen_limiter.acquire(runtime.client_of(request), "err_rate_keygen")
+                runtime.use_admission("keygen", request)
                 if created:
                     client = runtime.new_client()
                 try:
@@ -394,22 +438,66 @@ class PageSteps:
         verdict = tr(lang, "verdict_approved" if approved else "verdict_refused")
         return encrypted_output, verdict, ""
 
-    def explain(self, client: Any, stale: list[str], request: gr.Request) -> str:
+    def explain(self, client: Any, stale: list[str], employed: str, request: gr.Request) -> str:
         """Step 5: encrypt the candidate rows, score them in one FHE run, decrypt the answer.
 
+        Args:
+            client: the session's client.
+            stale: the parties edited since they were sent (none, or the step is refused).
+            employed: the credit bureau's employed radio; as sent, since no party is stale.
+            request: the Gradio request.
+
         Returns:
-            The explanation: one sentence in the page's language.
+            The explanation: one sentence in the page's language, naming every change.
         """
         lang = request_language(request)
         client = self._live_client(lang, "explain", client, stale, request)
         with page_errors(lang, self.runtime):
             explanation = backend.explain_encrypt_run_decrypt(client)
-        if explanation.outcome == "already_approved":
-            return tr(lang, "explain_already")
-        if explanation.outcome == "no_change":
-            return tr(lang, "explain_none")
-        years = tr(lang, category_key("years_employed", str(explanation.years_employed)))
-        return tr(lang, "explain_years", years=years)
+        return strings.explanation_text(
+            lang,
+            approved=explanation.outcome == "already_approved",
+            years=explanation.years_employed if explanation.outcome == "years_needed" else None,
+            employed=employed != NO,
+        )
+
+    def check_keygen(self, request: gr.Request) -> None:
+        """Step 1's check (no outputs): a free session slot and the client's key-generation rate.
+
+        Raises:
+            gr.Error: the page is full or the client's rate limit is reached (nothing counted
+                when full).
+        """
+        lang = request_language(request)
+        with page_errors(lang):
+            if not self.runtime.registry.has_room(session_key(request)):
+                raise LimitExceeded("err_page_full", limit=self.runtime.registry.max_sessions)
+            self.runtime.admit("keygen", request)
+
+    def step_check(self, step: str) -> Callable[..., None]:
+        """The check event of a step (no outputs): its order, then the client's step rate."""
+        in_order = order_check(step)
+
+        def check(client: Any, stale: list[str], request: gr.Request) -> None:
+            in_order(client, stale, request)
+            with page_errors(request_language(request)):
+                self.runtime.admit("steps", request)
+
+        check.__name__ = f"check_{step}"
+        return check
+
+    def limits_text(self, request: gr.Request) -> str:
+        """The line under Step 1: what the client may still do (or that nothing is limited)."""
+        return self.runtime.limits_text(request_language(request), request)
+
+    def relabel(self, shown: dict[Any, Any], request: gr.Request) -> dict[Any, str]:
+        """The language switch: the outputs shown, in the request's (new) language.
+
+        Args:
+            shown: each output component with its current text (see ``language.relabel``).
+            request: the Gradio request (its cookie holds the new language).
+        """
+        return language.relabel(shown, request_language(request), tr, self.limits_text(request))
 
     def end_session(self, request: gr.Request) -> None:
         """demo.unload: the tab was closed; delete its server session and its keys now."""
@@ -421,16 +509,23 @@ class PageSteps:
             self.runtime.registry.forget(client)
 
 
-def three_party_admission(runtime: PageRuntime) -> Callable[[gr.Request], None]:
+def three_party_admission(runtime: PageRuntime) -> Callable[[gr.Request, bool], None]:
     """The three-party section's gate: a run makes three key sets, so it counts as key generation.
+
+    The returned ``admit(request, checking)`` counts the run in the section's check event
+    (``checking``: no outputs, so a refusal marks none), and in the run itself only when no
+    check admitted it.
 
     Raises (from the returned function):
         gr.Error: the client's key-generation rate limit is reached (nothing runs).
     """
 
-    def admit(request: gr.Request) -> None:
+    def admit(request: gr.Request, checking: bool = False) -> None:
         with page_errors(request_language(request)):
-            runtime.keygen_limiter.acquire(runtime.client_of(request), "err_rate_keygen")
+            if checking:
+                runtime.admit("keygen", request)
+            else:
+                runtime.use_admission("keygen", request)
 
     return admit
 
@@ -473,7 +568,7 @@ def make_i18n() -> gr.I18n:
     """Return the page's gr.I18n (English, and Chinese under every zh locale name)."""
     tables = strings.gradio_translations()
     for locale, table in tables.items():
-        table.update(threeparty_page.TRANSLATIONS["zh" if locale.startswith("zh") else "en"])
+        table.update(threeparty_page.TRANSLATIONS.get(strings.locale_language(locale), {}))
     return gr.I18n(**tables)
 
 
@@ -563,7 +658,7 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
         )
         stale_state = gr.State([])
 
-        gr.HTML(strings.LANGUAGE_SWITCH_HTML, elem_id="language-switch", js_on_load=None)
+        gr.HTML(language.SWITCH_HTML, elem_id="language-switch", js_on_load=None)
         gr.HTML(
             _svg_img("logo.svg", alt=_both_languages("logo_alt"), width="200px"),
             elem_id="logo",
@@ -581,21 +676,14 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
         with gr.Accordion(i18n("acc_fhe_title"), open=False, elem_id="accordion-fhe"):
             gr.Markdown(i18n("acc_fhe_body"))
 
-        gr.HTML(
-            _svg_img(
-                "parties_server.svg",
-                alt=_both_languages("diagram_alt"),
-                width="820px",
-            ),
-            elem_id="diagram",
-            js_on_load=None,
-        )
+        gr.HTML(diagram.html(), elem_id="diagram", js_on_load=None)
         gr.Markdown(i18n("diagram_caption"))
 
         # Step 1
         step_intro(1, "step1_who", "step1_body")
         keygen_button = gr.Button(i18n("btn_keygen"), elem_id="keygen-button", variant="primary")
         evaluation_key = output_box(label_key="label_evaluation_key", elem_id="evaluation-key")
+        limits_left = gr.Markdown(elem_id="limits-left")
 
         # Step 2
         step_intro(2, "step2_who", "step2_body")
@@ -677,7 +765,7 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
             label=i18n("label_explain"), interactive=False, elem_id="explain-result"
         )
         applicant_fields = [assets, num_children, household_size, total_income, age]
-        threeparty_page.build_section(
+        tp_admitted = threeparty_page.build_section(
             i18n,
             [*applicant_fields, *dropdowns.values()],
             [account_age],
@@ -688,6 +776,8 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
             admit=three_party_admission(runtime),
         )
         gr.Markdown(i18n("footer"), elem_id="footer")
+        relabel_button = gr.Button(i18n("btn_relabel"), elem_id=language.RELABEL_BUTTON_ID)
+        tp_outputs = [c for c in demo.blocks.values() if c.elem_id in language.TP_OUTPUT_IDS]
 
         # ---- wiring -------------------------------------------------------------------------
         run_outputs = [fhe_execution_time, encrypted_output, verdict, explain_result]
@@ -700,7 +790,26 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
             *(dropdowns[f] for f in settings.APPLICANT_FIELDS[7:]),
         ]
         private: dict[str, Any] = {"api_visibility": "private"}
+        refresh_limits: dict[str, Any] = {
+            "fn": _plain(steps.limits_text),
+            "outputs": [limits_left],
+            "show_progress": "hidden",
+            "queue": False,
+            **private,
+        }
+        demo.load(**refresh_limits)
+        if tp_admitted is not None:
+            tp_admitted.success(**refresh_limits)
+        # The check has no outputs: a refusal (page full, rate limit) shows its message and
+        # marks no box, as a click out of order does.
         keygen_button.click(
+            _plain(steps.check_keygen),
+            inputs=None,
+            outputs=None,
+            show_progress="hidden",
+            concurrency_limit=None,
+            **private,
+        ).success(
             _plain(steps.keygen),
             inputs=[client_state],
             outputs=[
@@ -715,7 +824,7 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
             concurrency_limit=limits.page_keygen_workers,
             concurrency_id="keygen",
             **private,
-        )
+        ).then(**refresh_limits)
         session_inputs = [client_state, stale_state]
         for button, step, handler, inputs, outputs in (
             (
@@ -747,11 +856,11 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
                 [],
                 [encrypted_output, verdict, explain_result],
             ),
-            (explain_button, "explain", steps.explain, [], [explain_result]),
+            (explain_button, "explain", steps.explain, [employed], [explain_result]),
         ):
             # The check has no outputs: a click out of order shows its message and marks no box.
             button.click(
-                order_check(step),
+                _plain(steps.step_check(step)),
                 inputs=session_inputs,
                 outputs=None,
                 show_progress="hidden",
@@ -764,7 +873,7 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
                 concurrency_limit=limits.page_step_concurrency,
                 concurrency_id="fhe-steps",
                 **private,
-            )
+            ).then(**refresh_limits)
 
         # Editing an input after sending it: that party is "not sent" until sent again.
         for components, handler, ciphertext_box in (
@@ -782,6 +891,17 @@ def build_demo(runtime: PageRuntime | None = None) -> gr.Blocks:
                     queue=False,
                 )
 
+        # The language switch (page/language.py): the outputs shown, in the new language.
+        shown = [encrypted_applicant, encrypted_bank, encrypted_credit_bureau, verdict]
+        shown += [explain_result, limits_left, *tp_outputs]
+        relabel_button.click(
+            _plain(steps.relabel),
+            inputs=set(shown),  # a set: the handler gets a dict
+            outputs=shown,
+            show_progress="hidden",
+            queue=False,
+            **private,
+        )
         demo.unload(_plain(steps.end_session))
     return demo
 
@@ -822,13 +942,13 @@ def serve_page(demo: gr.Blocks, runtime: PageRuntime, *, block: bool = True) -> 
         PageGuard,
         allowed_fn_ids=page_fn_ids(demo),
         on_heartbeat=runtime.registry.heartbeat_opened,
-        head_html=strings.LANGUAGE_HEAD_SCRIPT,
+        head_html=language.head_script(),
     )
     return demo.launch(
         server_name=page_settings.page_host,
         server_port=page_settings.page_port,
         i18n=make_i18n(),
-        css=strings.page_css(),
+        css=strings.page_css() + diagram.CSS,
         footer_links=[],
         enable_monitoring=False,
         run_history=False,
@@ -845,8 +965,16 @@ def serve_page(demo: gr.Blocks, runtime: PageRuntime, *, block: bool = True) -> 
 # ---------------------------------------------------------------------------------------------
 # Running: the FHE server as a supervised child process, then the page
 # ---------------------------------------------------------------------------------------------
-def _raise_system_exit(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)
+def _stop_requested(signum: int, _frame: Any) -> None:
+    """SIGINT or SIGTERM: leave through main's cleanup, with status 0 (a requested, clean stop).
+
+    Later signals (a second Ctrl-C, make's SIGTERM after its SIGINT) are ignored meanwhile, so
+    that they cannot cut the cleanup short.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logger.info("%s: stopping", signal.Signals(signum).name)
+    raise SystemExit(0)
 
 
 def main() -> None:
@@ -854,10 +982,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Ctrl-C (SIGINT) and SIGTERM leave through the finally block below: the sessions are closed
-    # (keys deleted) and the FHE server stopped. (Gradio's own Ctrl-C handling only closes its
-    # server, and can wait there for open connections.)
-    signal.signal(signal.SIGTERM, _raise_system_exit)
-    signal.signal(signal.SIGINT, _raise_system_exit)
+    # (keys deleted) and the FHE server stopped, and the process exits with status 0 (`make run`
+    # then prints no error). (Gradio's own Ctrl-C handling only closes its server, and can wait
+    # there for open connections.)
+    signal.signal(signal.SIGTERM, _stop_requested)
+    signal.signal(signal.SIGINT, _stop_requested)
+    from fhe_server.make_parent import watch_make_parent
+
+    watch_make_parent()  # `make run`: a SIGINT to make alone stops the page too
     from fhe_server.launcher import (
         ServerStartError,
         _die_with_parent,

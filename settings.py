@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -214,6 +214,9 @@ class ClientSettings(BaseSettings):
         page_session_ttl_seconds: a session's keys are deleted this long after its last step.
         page_no_heartbeat_ttl_seconds: keys of a session with no open page (no heartbeat
             connection) are deleted this long after they were generated.
+        page_limits: "public" applies the per-client rate limits; "local" turns them off (a
+            person alone on their own computer); "auto" (default) is "local" when the page
+            listens on a loopback address and trusts no proxy, else "public".
     """
 
     model_config = SettingsConfigDict(env_prefix="FHE_", populate_by_name=True, extra="ignore")
@@ -239,6 +242,7 @@ class ClientSettings(BaseSettings):
     page_step_concurrency: int = Field(default=2, ge=1)
     page_session_ttl_seconds: float = Field(default=3600.0, gt=0)
     page_no_heartbeat_ttl_seconds: float = Field(default=120.0, gt=0)
+    page_limits: Literal["auto", "public", "local"] = "auto"
 
     def resolved_server_url(self) -> str:
         """The FHE server's base URL: ``server_url``, or the local one on ``server_port``."""

@@ -37,7 +37,8 @@ import gradio as gr
 import httpx
 
 import settings
-from page.strings import display_name
+from page.language import table_units
+from page.strings import explanation_text
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ _EN = {
     "tp_label_verdict": "Verdict fused by the applicant and the bank",
     "tp_label_explain": "Explanation (same evaluation)",
     "tp_step": "Step",
-    "tp_row_joined": "Joined (this party's identity fingerprint)",
+    "tp_row_joined": "Joined (this party's identity fingerprint, for the others to check)",
     "tp_row_round1": "Key share made (round 1), public part uploaded",
     "tp_row_chain": "Every signature and the key chain checked",
     "tp_row_confirmed": "Joint key confirmed (the three shares decrypt a challenge)",
@@ -98,23 +99,18 @@ _EN = {
     "tp_waiting": "waiting",
     "tp_no_ciphertext": "no encrypted input (the tree reads none of its fields)",
     "tp_not_recipient": "not a recipient",
-    "tp_explain_years": (
-        "With employed = yes, the fewest years employed that would most likely be approved: "
-        "{years}."
-    ),
-    "tp_explain_none": "No years-employed bin alone (with employed = yes) gives approval.",
     "tp_err_failed": "The {party} process stopped: {detail}",
     "tp_err_party_timeout": "The {party} process waited too long for another party. ({detail})",
     "tp_err_timeout": "The three-party run did not finish within {seconds} s.",
     "tp_holdings": (
         "**What each process holds.** The applicant's process holds the applicant's fields, its "
-        "identity key, its key share and its box secret key (in its own folder, readable by it "
-        "alone); the same for the bank and for the credit bureau. The three-party server holds "
-        "only public material and signatures: the parties' verify keys, public keys and "
-        "evaluation-key shares, the joint evaluation keys, the parties' ciphertexts, the "
-        "encrypted verdict, the partial decryptions of the public challenge, and the partial "
-        "decryptions of the verdict sealed for their recipients, which it cannot open. The key "
-        "folders are deleted when the run ends.\n\n"
+        "identity key, its key share and the secret key that unseals what is sealed for it (in "
+        "its own folder, readable by it alone); the same for the bank and for the credit "
+        "bureau. The three-party server holds only public material and signatures: the "
+        "parties' verify keys, public keys and evaluation-key shares, the joint evaluation "
+        "keys, the parties' ciphertexts, the encrypted verdict, the partial decryptions of the "
+        "public challenge, and the partial decryptions of the verdict sealed for their "
+        "recipients, which it cannot open. The key folders are deleted when the run ends.\n\n"
         "**What a party would have to steal to read another's data.** Every input is encrypted "
         "under the joint key, and decrypting takes all three key shares: every party downloads "
         "the others' ciphertexts (to evaluate the tree again itself), but to read the credit "
@@ -124,7 +120,8 @@ _EN = {
         "leaves the bank's process: the tree does not test it, so the bank encrypts nothing "
         "(it still holds a key share). The verdict "
         "goes only to the applicant and the bank: each fuses its own partial decryption with "
-        "the two others', which reach it sealed with its box key; the credit bureau gets none. "
+        "the two others', which reach it sealed with its sealing public key; the credit bureau "
+        "gets none. "
         "The recipients learn the verdict and the six bins' verdicts, which, like any answer, "
         "say something about the inputs. The tree's comparisons are public to the parties.\n\n"
         "**In this demo** the page, which gets all the fields from your browser, starts the "
@@ -140,7 +137,7 @@ _ZH = {
     "tp_intro": (
         "在此模式下，申请人、银行和信用中心各自持有联合私钥的**一个份额**（门限BFV加密，OpenFHE）。"
         "按钮会以**三个独立的操作系统进程**（`python -m threeparty --role ...`）运行三方，"
-        "每个进程有自己的密钥文件夹，使用上方（第2步）各方字段中输入的值。三方通过三方服务器转发的"
+        "每个进程有自己的密钥文件夹，使用上方（步骤2）各方字段中输入的值。三方通过三方服务器转发的"
         "多轮交互生成联合密钥，每一方只加密自己的输入，服务器仅用公开密钥在密文上评估决策树，"
         "每一方进行部分解密，申请人和银行将三份部分解密结果合并。同一次评估还会为六个工作年限区间打分（解释）。\n\n"
         "各方既不信任服务器，也不互相信任：每一方用自己的身份密钥为每次上传签名，"
@@ -157,7 +154,7 @@ _ZH = {
     "tp_label_verdict": "申请人和银行合并得到的结果",
     "tp_label_explain": "解释（同一次评估）",
     "tp_step": "步骤",
-    "tp_row_joined": "加入会话（本方身份校验码）",
+    "tp_row_joined": "加入会话（本方身份校验码，供各方核对）",
     "tp_row_round1": "生成密钥份额（第1轮），上传公开部分",
     "tp_row_chain": "已核对全部签名和密钥链",
     "tp_row_confirmed": "联合密钥已确认（三个份额共同解密挑战）",
@@ -170,13 +167,11 @@ _ZH = {
     "tp_waiting": "等待中",
     "tp_no_ciphertext": "无加密输入（决策树不读取其字段）",
     "tp_not_recipient": "不是接收方",
-    "tp_explain_years": "在职（是）时，最有可能获批的最短工作年限：{years}。",
-    "tp_explain_none": "仅靠工作年限区间（在职=是）无法获批。",
     "tp_err_failed": "{party}进程已停止：{detail}",
     "tp_err_party_timeout": "{party}进程等待其他方超时。（{detail}）",
     "tp_err_timeout": "三方运行未在 {seconds} 秒内完成。",
     "tp_holdings": (
-        "**每个进程持有什么。** 申请人进程持有申请人的字段、其身份密钥、密钥份额和封装私钥"
+        "**每个进程持有什么。** 申请人进程持有申请人的字段、其身份密钥、密钥份额和用于拆封的私钥"
         "（在它自己的文件夹中，仅它可读）；银行和信用中心同理。三方服务器只持有公开材料和签名："
         "各方的验证公钥、公钥和评估密钥份额、联合评估密钥、各方的密文、加密的结果、对公开挑战的部分解密，"
         "以及为接收方密封的结果部分解密——服务器无法打开它们。运行结束后密钥文件夹即被删除。\n\n"
@@ -185,9 +180,9 @@ _ZH = {
         "（以便自己重新评估决策树），但申请人若想读取信用中心的输入，"
         "必须从银行**和**信用中心的文件夹中窃取它们的密钥份额。只窃取一个份额是不够的，"
         "而且每一方只对自己算出的输出进行部分解密。"
-        "银行的账户年龄从不离开银行的进程：决策树不检验它，所以银行不加密任何内容（但仍持有一个密钥份额）。"
+        "银行的开户时间从不离开银行的进程：决策树不检验它，所以银行不加密任何内容（但仍持有一个密钥份额）。"
         "结果只发给申请人和银行：每一方把自己的部分解密与另外两方的部分解密合并，"
-        "后者以其封装公钥密封送达；信用中心得不到结果。接收方会得知结果和六个区间的结果，"
+        "后者用它的密封公钥密封后送达；信用中心得不到结果。接收方会得知结果和六个区间的结果，"
         "与任何答案一样，这些结果会透露一些关于输入的信息。决策树的比较条件对各方公开。\n\n"
         "**在本演示中**，页面从您的浏览器获得全部字段，在同一台机器上启动三个进程，并只把各方自己的字段交给该方；"
         "在真实部署中，每一方在自己的机器上运行自己的进程，使用自己的邀请码，"
@@ -443,8 +438,17 @@ def _megabytes(count: int) -> str:
     return f"{count / 1e6:.1f} MB"
 
 
-def render(state: FlowState, lang: str, translate: Callable[..., str]) -> tuple[str, str, str]:
-    """The progress table, the verdict and the explanation in the page's language."""
+def render(
+    state: FlowState, lang: str, translate: Callable[..., str], employed: bool = True
+) -> tuple[str, str, str]:
+    """The progress table, the verdict and the explanation in the page's language.
+
+    Args:
+        state: what the processes reported.
+        lang: the page's language.
+        translate: the page's ``tr``.
+        employed: the credit bureau's employed field (the explanation names what changes).
+    """
 
     def cell(role: str, step: str) -> str:
         event = state.events[role].get(step)
@@ -519,13 +523,13 @@ def render(state: FlowState, lang: str, translate: Callable[..., str]) -> tuple[
         first = fused[0]
         assert first is not None
         verdict = translate(lang, "verdict_approved" if first["approved"] else "verdict_refused")
-        fewest = first.get("fewest_years_employed")
-        if fewest is None:
-            explanation = translate(lang, "tp_explain_none")
-        else:
-            years = display_name("years_employed", fewest, lang)
-            explanation = translate(lang, "tp_explain_years", years=years)
-    return "\n".join(rows), verdict, explanation
+        explanation = explanation_text(
+            lang,
+            approved=bool(first["approved"]),
+            years=first.get("fewest_years_employed"),
+            employed=employed,
+        )
+    return table_units("\n".join(rows), lang), verdict, explanation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,8 +543,8 @@ def build_section(
     language: Callable[[gr.Request | None], str],
     translate: Callable[..., str],
     keys_dir: Path,
-    admit: Callable[[gr.Request], None] | None = None,
-) -> None:
+    admit: Callable[[gr.Request, bool], None] | None = None,
+) -> Any:
     """Add the three-party section to the page being built (inside ``gr.Blocks``).
 
     Args:
@@ -551,7 +555,13 @@ def build_section(
         language: the page's request -> "zh"/"en".
         translate: the page's ``tr(lang, key, **values)``.
         keys_dir: the page's keys folder (the parties' key folders go in it, one per run).
-        admit: called first in each run; raises gr.Error to refuse it (the page's rate limit).
+        admit: ``admit(request, checking)`` raises gr.Error to refuse a run (the page's rate
+            limit): called in the button's check event (``checking=True``, no outputs, so a
+            refusal marks no box), then at the start of the run (``checking=False``).
+
+    Returns:
+        The button's check event (the page chains its limits line to it), or None without
+        ``admit``.
     """
     gr.Markdown(i18n("tp_title"), elem_id="tp-title")
     gr.Markdown("<hr />")
@@ -576,9 +586,13 @@ def build_section(
     applicant_inputs, bank_inputs = list(applicant_inputs), list(bank_inputs)
     bureau_inputs = list(bureau_inputs)
 
+    def check(request: gr.Request) -> None:
+        if admit is not None:
+            admit(request, True)
+
     def run(values: dict[Any, Any], request: gr.Request) -> Iterator[tuple[str, str, str]]:
         if admit is not None:
-            admit(request)
+            admit(request, False)
         lang = language(request)
         problem = unavailable_reason()
         url = server_url()
@@ -597,7 +611,7 @@ def build_section(
         state = FlowState()
         try:
             for state in run_parties(url, fields, keys_root):
-                yield render(state, lang, translate)
+                yield render(state, lang, translate, fields["credit_bureau"]["employed"])
         except (TimeoutError, httpx.HTTPError) as error:
             logger.warning("three-party run failed: %r", error)
             raise gr.Error(
@@ -617,9 +631,12 @@ def build_section(
                 print_exception=False,
             )
 
-    button.click(
+    private: dict[str, Any] = {"api_visibility": "private"}  # only the page calls them
+    checked = button.click(check, None, None, show_progress="hidden", **private)
+    checked.success(
         run,
         inputs={*applicant_inputs, *bank_inputs, *bureau_inputs},  # a set: run gets a dict
         outputs=[progress, verdict, explanation],
-        api_visibility="private",  # only the page calls it (see page/guard.py)
+        **private,
     )
+    return checked if admit is not None else None

@@ -33,6 +33,7 @@ from typing import IO
 import httpx
 
 from fhe_server.launcher import free_port, stop_process
+from fhe_server.make_parent import watch_make_parent
 from fhe_server.protocol import HEALTH_PATH
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -314,7 +315,7 @@ class Cluster:
         for replica in self.replicas:
             replica.stop()
         self.redis.stop()
-        if self._own_workdir and not self.echo:
+        if self._own_workdir:  # (echoed logs were printed already)
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> Cluster:
@@ -361,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    watch_make_parent()  # `make cluster`: a SIGINT to make alone stops the cluster too
     try:
         cluster = Cluster(
             replicas=args.replicas,
@@ -376,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(
         f"[cluster] ready at {cluster.url} (replicas {', '.join(cluster.replica_urls)}, "
-        f"Redis {cluster.redis_url}, logs in {cluster.workdir}).\n"
+        f"Redis {cluster.redis_url}, logs in {cluster.workdir}, removed when it stops).\n"
         f"[cluster] Use it with: FHE_SERVER_URL={cluster.url} make run   (Ctrl-C stops all)",
         flush=True,
     )

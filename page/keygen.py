@@ -24,7 +24,12 @@ logger = logging.getLogger(__name__)
 
 
 def _worker_start() -> None:  # pragma: no cover - runs in the worker
-    """Linux: SIGTERM this worker when the page process dies (even by SIGKILL); warm up."""
+    """Linux: SIGTERM this worker when the page process dies (even by SIGKILL); warm up.
+
+    A terminal's Ctrl-C reaches the worker too: it ignores it (no KeyboardInterrupt traceback),
+    the page stops it.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             libc = ctypes.CDLL("libc.so.6", use_errno=True)

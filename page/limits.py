@@ -46,10 +46,13 @@ class LimitExceeded(Exception):
 
 
 class RateLimiter:
-    """At most ``limit`` events per client in any ``window`` seconds (thread-safe)."""
+    """At most ``limit`` events per client in any ``window`` seconds (thread-safe).
+
+    A ``limit`` of None counts nothing and refuses nothing (the page on loopback only).
+    """
 
     def __init__(
-        self, limit: int, window: float, clock: Callable[[], float] = time.monotonic
+        self, limit: int | None, window: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.limit = limit
         self.window = window
@@ -64,11 +67,11 @@ class RateLimiter:
             LimitExceeded: (with ``seconds``, the wait until one more is allowed) if the client
                 already used its ``limit`` events in the window; then nothing is counted.
         """
+        if self.limit is None:
+            return
         with self._lock:
             now = self._clock()
-            events = self._events.setdefault(client, deque())
-            while events and events[0] <= now - self.window:
-                events.popleft()
+            events = self._recent(client, now)
             if len(events) >= self.limit:
                 wait = max(1, math.ceil(events[0] + self.window - now))
                 raise LimitExceeded(message_key, seconds=wait)
@@ -78,6 +81,84 @@ class RateLimiter:
                 idle = [n for n, q in self._events.items() if not q or q[-1] <= now - self.window]
                 for name in idle:
                     del self._events[name]
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        """The client's events still in the window (older ones dropped); call with the lock."""
+        events = self._events.setdefault(client, deque())
+        while events and events[0] <= now - self.window:
+            events.popleft()
+        return events
+
+    def remaining(self, client: str) -> int | None:
+        """How many more events ``client`` may start now (None: no limit)."""
+        if self.limit is None:
+            return None
+        with self._lock:
+            events = self._events.get(client)
+            if events is None:
+                return self.limit
+            return max(0, self.limit - len(self._recent(client, self._clock())))
+
+
+LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
+
+
+def limits_are_local(page_limits: str, page_host: str, trusted_proxies: int) -> bool:
+    """Whether the per-client rate limits are off: "local", or "auto" on loopback only.
+
+    Args:
+        page_limits: the setting: "auto", "public" or "local".
+        page_host: the address the page listens on (127.x.x.x, ::1, localhost: loopback).
+        trusted_proxies: proxies in front of the page; any makes "auto" public (a proxy on the
+            same host makes a loopback page public).
+    """
+    if page_limits != "auto":
+        return page_limits == "local"
+    host = page_host.strip().lower()
+    return trusted_proxies == 0 and (host.startswith("127.") or host in LOOPBACK_HOSTS)
+
+
+class Admissions:
+    """Events a check admitted (counted by its rate limit) that its step has not yet used.
+
+    A step's check event, which has no outputs, counts the event; the step that follows takes
+    the admission instead of counting again, so that a refusal marks no output box. A step
+    called without its check (a script) finds no admission and counts itself. Thread-safe;
+    admissions older than ``max_age`` seconds are forgotten.
+    """
+
+    def __init__(self, max_age: float = 900.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_age = max_age
+        self._clock = clock
+        self._admitted: dict[tuple[str, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, session: str, kind: str) -> None:
+        """Record one admitted event of ``kind`` for ``session``."""
+        with self._lock:
+            now = self._clock()
+            stale = [
+                key
+                for key, times in self._admitted.items()
+                if not times or times[-1] < now - self.max_age
+            ]
+            for key in stale:
+                del self._admitted[key]
+            self._admitted.setdefault((session, kind), []).append(now)
+
+    def take(self, session: str, kind: str) -> bool:
+        """Use one admission of ``kind`` for ``session``; False when there is none."""
+        with self._lock:
+            times = self._admitted.get((session, kind))
+            while times and times[0] < self._clock() - self.max_age:
+                times.pop(0)
+            if not times:
+                self._admitted.pop((session, kind), None)
+                return False
+            times.pop(0)
+            if not times:
+                del self._admitted[(session, kind)]
+            return True
 
 
 def client_address(headers: Mapping[str, str], peer: str | None, trusted_proxies: int) -> str:
@@ -96,6 +177,54 @@ def client_address(headers: Mapping[str, str], peer: str | None, trusted_proxies
         if len(hops) >= trusted_proxies:
             return hops[-trusted_proxies]
     return peer or "unknown"
+
+
+class ClientRates:
+    """The two per-client rates (key generations, steps), their admissions and what is left.
+
+    Args:
+        keygens: key generations a client may start per window (None: no limit).
+        steps: steps 2-5 a client may run per window (None: no limit).
+        window: the window in seconds.
+        clock: time source (monotonic seconds).
+    """
+
+    MESSAGES = {"keygen": "err_rate_keygen", "steps": "err_rate_steps"}
+
+    def __init__(
+        self,
+        keygens: int | None,
+        steps: int | None,
+        window: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limiters = {
+            "keygen": RateLimiter(keygens, window, clock),
+            "steps": RateLimiter(steps, window, clock),
+        }
+        self.admissions = Admissions(max_age=window, clock=clock)
+
+    def admit(self, kind: str, client: str, session: str) -> None:
+        """A check: count one event of ``kind`` ("keygen" or "steps") for the session's step.
+
+        Raises:
+            LimitExceeded: the client's rate limit is reached (nothing counted).
+        """
+        self.limiters[kind].acquire(client, self.MESSAGES[kind])
+        self.admissions.add(session, kind)
+
+    def use_admission(self, kind: str, client: str, session: str) -> None:
+        """A step: use its check's admission, or count the event now (a call without check).
+
+        Raises:
+            LimitExceeded: no admission and the client's rate limit is reached.
+        """
+        if not self.admissions.take(session, kind):
+            self.limiters[kind].acquire(client, self.MESSAGES[kind])
+
+    def remaining(self, client: str) -> dict[str, int | None]:
+        """What the client may still start now, by kind (None: no limit)."""
+        return {kind: limiter.remaining(client) for kind, limiter in self.limiters.items()}
 
 
 class Closable(Protocol):
@@ -147,6 +276,13 @@ class SessionRegistry:
             if len(self._entries) + len(self._reserved) >= self.max_sessions:
                 raise LimitExceeded("err_page_full", limit=self.max_sessions)
             self._reserved.add(session)
+
+    def has_room(self, session: str) -> bool:
+        """Whether ``session`` could reserve a slot now (its own, or a free one)."""
+        with self._lock:
+            if session in self._entries or session in self._reserved:
+                return True
+            return len(self._entries) + len(self._reserved) < self.max_sessions
 
     def release(self, session: str) -> None:
         """Give back a reserved slot (key generation failed or finished)."""

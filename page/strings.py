@@ -1,8 +1,9 @@
 """The page's text in its two languages, read from ``page/locales/<lang>.json``.
 
-Every key exists in both files (a test checks it). Browsers whose language is any ``zh*`` get
-Chinese, every other language English; the language switch on the page overrides that choice
-with the ``page_lang`` cookie, which the handlers read too.
+Every key exists in every file (a test checks it). Browsers whose language is Chinese get
+Simplified Chinese ("zh": zh-CN, zh-SG, zh-Hans...) or Traditional Chinese ("zh-Hant": zh-TW,
+zh-HK, zh-MO, zh-Hant...), every other language English; the language switch on the page
+(page/language.py) overrides that choice with the ``page_lang`` cookie, which the handlers read.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Any
 
-LANGUAGES = ("en", "zh")
+LANGUAGES = ("en", "zh", "zh-Hant")
 LOCALES_DIR = Path(__file__).resolve().parent / "locales"
 LANGUAGE_COOKIE = "page_lang"
 # Locale names the browser side may report for Chinese (Gradio picks a locale by exact name,
-# then by its first part): the Chinese text is registered under each.
-CHINESE_LOCALES = ("zh", "zh-CN", "zh-TW", "zh-HK", "zh-SG", "zh-MO", "zh-Hans", "zh-Hant")
+# then by its first part): each script's text is registered under each of its names.
+SIMPLIFIED_LOCALES = ("zh", "zh-CN", "zh-SG", "zh-Hans")
+TRADITIONAL_LOCALES = ("zh-TW", "zh-HK", "zh-MO", "zh-Hant")
 
 
 @lru_cache(maxsize=len(LANGUAGES))
@@ -30,8 +32,15 @@ def table(lang: str) -> Mapping[str, str]:
 
 
 def language_of(tag: str) -> str:
-    """Map a language tag ("zh-HK", "en-US", "fr") to the page's language: "zh" or "en"."""
-    return "zh" if tag.strip().lower().startswith("zh") else "en"
+    """Map a language tag ("zh-CN", "zh-HK", "en-US", "fr") to "zh", "zh-Hant" or "en"."""
+    parts = tag.strip().lower().split("-")
+    if parts[0] != "zh":
+        return "en"
+    if "hant" in parts:
+        return "zh-Hant"
+    if "hans" in parts:
+        return "zh"
+    return "zh-Hant" if len(parts) > 1 and parts[1] in ("tw", "hk", "mo") else "zh"
 
 
 def _slug(value: str) -> str:
@@ -45,7 +54,7 @@ def category_key(field: str, value: str) -> str:
 
 
 def tr(lang: str, key: str, **values: Any) -> str:
-    """Translate a key into "zh" or "en" (falls back to English), filling ``{placeholders}``."""
+    """Translate a key into a page language (falls back to English), filling placeholders."""
     text = table(lang if lang in LANGUAGES else "en").get(key) or table("en")[key]
     return text.format(**values) if values else text
 
@@ -83,44 +92,53 @@ def headers_language(headers: Mapping[str, str]) -> str:
 
 def gradio_translations() -> dict[str, dict[str, str]]:
     """The tables keyed by every locale name Gradio may pick (for ``gr.I18n``)."""
-    zh = dict(table("zh"))
-    return {"en": dict(table("en")), **{locale: zh for locale in CHINESE_LOCALES}}
+    tables = {"en": dict(table("en"))}
+    tables.update({locale: dict(table("zh")) for locale in SIMPLIFIED_LOCALES})
+    tables.update({locale: dict(table("zh-Hant")) for locale in TRADITIONAL_LOCALES})
+    return tables
 
 
-# Runs in the page's <head>, before Gradio's own scripts: ``?lang=zh|en`` (the switch's links)
-# stores the choice in a cookie; the chosen or the browser's language then decides the locale
-# Gradio sees, so that every zh* browser gets the Chinese text (Gradio alone knows only zh-CN
-# and zh-TW and shows English to zh-HK) and the handlers answer in the same language.
-LANGUAGE_HEAD_SCRIPT = """<script>
-(function () {
-  var cookie = "COOKIE_NAME";
-  var asked = new URLSearchParams(window.location.search).get("lang");
-  if (asked === "zh" || asked === "en") {
-    document.cookie = cookie + "=" + asked + "; path=/; max-age=31536000; SameSite=Lax";
-  }
-  var match = document.cookie.match(new RegExp("(?:^|; )" + cookie + "=(zh|en)"));
-  var browser = (navigator.language || "en").toLowerCase();
-  var lang = match ? match[1] : (browser.indexOf("zh") === 0 ? "zh" : "en");
-  var locale = lang === "zh" ? "zh-CN" : "en";
-  Object.defineProperty(Navigator.prototype, "language", {get: function () { return locale; }});
-  Object.defineProperty(Navigator.prototype, "languages", {get: function () { return [locale]; }});
-})();
-</script>""".replace("COOKIE_NAME", LANGUAGE_COOKIE)
+def locale_language(locale: str) -> str:
+    """The page language of a Gradio locale name of ``gradio_translations``."""
+    return language_of(locale)
 
-# The visible switch (plain links: the page reloads in the other language).
-LANGUAGE_SWITCH_HTML = (
-    '<p id="language-links" style="text-align:right">'
-    '<a href="?lang=zh" id="lang-zh">中文</a> · <a href="?lang=en" id="lang-en">English</a></p>'
-)
 
 # Gradio's toast shows its type ("Error") as the title, whatever title the handler gives and in
 # English only: on a Chinese page the stylesheet writes the Chinese word in its place.
 TOAST_TITLE_CSS = (
-    'html[lang^="zh"] .toast-title.error { font-size: 0; }\n'
-    'html[lang^="zh"] .toast-title.error::before { content: "%s"; font-size: var(--text-lg); }\n'
+    'html[lang="%(locale)s"] .toast-title.error { font-size: 0; }\n'
+    'html[lang="%(locale)s"] .toast-title.error::before '
+    '{ content: "%(title)s"; font-size: var(--text-lg); }\n'
 )
+# The button the language switch clicks to put the outputs into the new language.
+HIDDEN_CSS = "#relabel-button { display: none !important; }\n"
 
 
 def page_css() -> str:
-    """The page's stylesheet (the Chinese toast title)."""
-    return TOAST_TITLE_CSS % tr("zh", "error_title")
+    """The page's stylesheet (the Chinese toast titles, the switch's hidden button)."""
+    titles = [
+        TOAST_TITLE_CSS % {"locale": locale, "title": tr(lang, "error_title")}
+        for lang, locales in (("zh", SIMPLIFIED_LOCALES), ("zh-Hant", TRADITIONAL_LOCALES))
+        for locale in locales
+    ]
+    return "".join(titles) + HIDDEN_CSS
+
+
+def explanation_text(lang: str, *, approved: bool, years: str | None, employed: bool) -> str:
+    """The explanation sentence of both modes, naming every change the candidate rows make.
+
+    The candidate rows are employed = yes with each years-employed bin: for an applicant sent
+    as not employed, the answer names both changes (being employed and the years).
+
+    Args:
+        lang: the page's language.
+        approved: whether the applicant's own inputs are already most likely approved.
+        years: the fewest approving bin (canonical value), or None when no candidate approves.
+        employed: whether the credit bureau sent employed = yes.
+    """
+    if approved:
+        return tr(lang, "explain_already")
+    if years is None:
+        return tr(lang, "explain_none" if employed else "explain_none_unemployed")
+    shown = display_name("years_employed", years, lang)
+    return tr(lang, "explain_years" if employed else "explain_employed_years", years=shown)

@@ -23,8 +23,9 @@ from helpers_server import ScriptedServer
 import app
 import backend
 import settings
+import threeparty_page
 from page import strings
-from page.limits import LimitExceeded
+from page.limits import Admissions, LimitExceeded, RateLimiter
 
 APP_SOURCE = Path(app.__file__).read_text(encoding="utf-8")
 TRANSLATIONS = {lang: dict(strings.table(lang)) for lang in strings.LANGUAGES}
@@ -97,6 +98,8 @@ def tr(lang: str, key: str, **values: Any) -> str:
 def test_both_languages_have_every_key_and_no_empty_string() -> None:
     en, zh = TRANSLATIONS["en"], TRANSLATIONS["zh"]
     assert set(en) == set(zh)
+    # Traditional Chinese also holds the three-party section's texts (kept in en and zh there).
+    assert set(TRANSLATIONS["zh-Hant"]) == set(en) | set(threeparty_page.TRANSLATIONS["en"])
     for lang, table in TRANSLATIONS.items():
         for key, text in table.items():
             assert isinstance(text, str) and text.strip(), f"{lang}:{key} is empty"
@@ -106,9 +109,11 @@ def test_placeholders_are_the_same_in_both_languages() -> None:
     def fields(text: str) -> set[str]:
         return {name for _, name, _, _ in string.Formatter().parse(text) if name}
 
-    en, zh = TRANSLATIONS["en"], TRANSLATIONS["zh"]
+    en, zh, hant = TRANSLATIONS["en"], TRANSLATIONS["zh"], TRANSLATIONS["zh-Hant"]
     for key in en:
-        assert fields(en[key]) == fields(zh[key]), key
+        assert fields(en[key]) == fields(zh[key]) == fields(hant[key]), key
+    for key, text in threeparty_page.TRANSLATIONS["en"].items():
+        assert fields(text) == fields(hant[key]), key
 
 
 def _prose(text: str) -> str:
@@ -117,9 +122,10 @@ def _prose(text: str) -> str:
     return text
 
 
-def test_chinese_table_is_chinese_with_full_width_punctuation() -> None:
+@pytest.mark.parametrize("lang", ["zh", "zh-Hant"])
+def test_chinese_table_is_chinese_with_full_width_punctuation(lang: str) -> None:
     han = re.compile(r"[\u4e00-\u9fff]")
-    for key, text in TRANSLATIONS["zh"].items():
+    for key, text in TRANSLATIONS[lang].items():
         if key in ("list_separator",):
             continue
         assert han.search(text), f"zh:{key} has no Chinese character: {text!r}"
@@ -128,7 +134,9 @@ def test_chinese_table_is_chinese_with_full_width_punctuation() -> None:
         bad = re.findall(r"[\u4e00-\u9fff][,:;?!()]|[,:;?!()][\u4e00-\u9fff]", prose)
         assert not bad, f"zh:{key} has half-width punctuation {bad}: {text!r}"
         # No English word the project wrote (FHE and the README's name are names).
-        words = set(re.findall(r"[A-Za-z]{2,}", prose)) - {"FHE", "README", "evaluation", "key"}
+        names = {"FHE", "README", "evaluation", "key", "BFV", "OpenFHE", "Python", "MB"}
+        names |= {"venv", "threeparty", "openfhe"}  # the environment's folder and module
+        words = set(re.findall(r"[A-Za-z]{2,}", prose)) - names
         assert not words, f"zh:{key} has English words {words}: {text!r}"
 
 
@@ -178,6 +186,11 @@ def test_truthful_texts() -> None:
     assert "从不发送" in zh["step1_body"] and "never sent" in en["step1_body"]
     assert "同一把" in zh["step2_body"] and "same client-side secret key" in en["step2_body"]
     assert "只有一把私钥" in zh["step4_body"] and "single secret key" in en["step4_body"]
+    # Step 4 speaks of the single-key steps and points to the three-party mode below, where
+    # each party does hold a share (no text denies what the three-party section says).
+    assert "在步骤1至步骤5中" in zh["step4_body"] and "In Steps 1 to 5" in en["step4_body"]
+    assert "三方模式" in zh["step4_body"] and "three-party mode" in en["step4_body"]
+    assert "没有任何一方持有" not in everything and "no party holds" not in everything
     # The seed's link to scikit-learn's DecisionTreeClassifier, in both languages.
     link = "sklearn.tree.DecisionTreeClassifier.html"
     assert link in zh["step3_body"] and link in en["step3_body"]
@@ -187,8 +200,13 @@ def test_truthful_texts() -> None:
     ("headers", "lang"),
     [
         ({"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.8"}, "zh"),
-        ({"Accept-Language": "zh-TW"}, "zh"),
-        ({"Accept-Language": "zh-HK,en;q=0.5"}, "zh"),
+        ({"Accept-Language": "zh-TW"}, "zh-Hant"),
+        ({"Accept-Language": "zh-HK,en;q=0.5"}, "zh-Hant"),
+        ({"Accept-Language": "zh-MO"}, "zh-Hant"),
+        ({"Accept-Language": "zh-Hant-TW"}, "zh-Hant"),
+        ({"Accept-Language": "zh-Hans-HK"}, "zh"),
+        ({"Accept-Language": "zh-SG"}, "zh"),
+        ({"Accept-Language": "en-US", "cookie": "page_lang=zh-Hant"}, "zh-Hant"),
         ({"accept-language": "zh"}, "zh"),
         ({"Accept-Language": "en-US,en;q=0.9"}, "en"),
         ({"Accept-Language": "fr-FR,zh;q=0.9"}, "en"),
@@ -208,9 +226,16 @@ def test_request_language_without_request() -> None:
 
 def test_every_chinese_locale_gets_the_chinese_table() -> None:
     tables = strings.gradio_translations()
-    for locale in ("zh", "zh-CN", "zh-TW", "zh-HK"):
+    for locale in ("zh", "zh-CN", "zh-SG", "zh-Hans"):
         assert tables[locale]["title"] == TRANSLATIONS["zh"]["title"]
+    for locale in ("zh-TW", "zh-HK", "zh-MO", "zh-Hant"):
+        assert tables[locale]["title"] == TRANSLATIONS["zh-Hant"]["title"]
+        assert "審批" in tables[locale]["title"]
     assert tables["en"]["title"] == TRANSLATIONS["en"]["title"]
+    # The page's gr.I18n: each script's table with the three-party section in that script.
+    i18n_tables = app.make_i18n().translations
+    assert i18n_tables["zh-TW"]["tp_title"] == TRANSLATIONS["zh-Hant"]["tp_title"]
+    assert i18n_tables["zh-CN"]["tp_title"] == threeparty_page.TRANSLATIONS["zh"]["tp_title"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +243,7 @@ def test_every_chinese_locale_gets_the_chinese_table() -> None:
 # ---------------------------------------------------------------------------------------------
 def test_rate_limiter_counts_per_client_in_a_sliding_window() -> None:
     now = [0.0]
-    limiter = app.RateLimiter(limit=2, window=10.0, clock=lambda: now[0])
+    limiter = RateLimiter(limit=2, window=10.0, clock=lambda: now[0])
     limiter.acquire("a", "err_rate_steps")
     limiter.acquire("a", "err_rate_steps")
     limiter.acquire("b", "err_rate_steps")
@@ -227,6 +252,78 @@ def test_rate_limiter_counts_per_client_in_a_sliding_window() -> None:
     assert caught.value.key == "err_rate_steps" and caught.value.values == {"seconds": 10}
     now[0] = 10.5
     limiter.acquire("a", "err_rate_steps")
+
+
+@pytest.mark.parametrize(
+    ("setting", "host", "proxies", "local"),
+    [
+        ("auto", "127.0.0.1", 0, True),
+        ("auto", "127.0.1.1", 0, True),
+        ("auto", "localhost", 0, True),
+        ("auto", "::1", 0, True),
+        ("auto", "127.0.0.1", 1, False),  # a proxy on the same host makes the page public
+        ("auto", "0.0.0.0", 0, False),
+        ("auto", "192.168.1.5", 0, False),
+        ("public", "127.0.0.1", 0, False),
+        ("local", "0.0.0.0", 0, True),
+    ],
+)
+def test_limits_fit_where_the_page_listens(
+    setting: str, host: str, proxies: int, local: bool, tmp_path: Path
+) -> None:
+    page_settings = settings.ClientSettings(
+        client_keys_dir=tmp_path / "keys",
+        page_limits=setting,
+        page_host=host,
+        page_trusted_proxies=proxies,
+        page_keygen_per_client=3,
+    )
+    runtime = app.PageRuntime(page_settings)
+    request = make_request(EN_REQUEST)
+    for _ in range(10 if local else 3):
+        runtime.admit("keygen", request)
+    if local:
+        assert runtime.limits_text("en", request) == tr("en", "limits_local", host=host)
+        assert "本机" in runtime.limits_text("zh", request)
+    else:
+        with pytest.raises(LimitExceeded):
+            runtime.admit("keygen", request)
+        assert "0 key generations" in runtime.limits_text("en", request)
+
+
+def test_admissions_are_used_once_and_forgotten_when_old() -> None:
+    now = [0.0]
+    admissions = Admissions(max_age=60.0, clock=lambda: now[0])
+    admissions.add("tab", "steps")
+    admissions.add("tab", "steps")
+    assert admissions.take("tab", "steps") and admissions.take("tab", "steps")
+    assert not admissions.take("tab", "steps") and not admissions.take("other", "steps")
+    admissions.add("tab", "keygen")
+    admissions.add("tab", "steps")  # after a take emptied the list: no error
+    now[0] = 61.0
+    assert not admissions.take("tab", "keygen")  # too old
+    admissions.add("tab", "steps")
+    assert admissions.take("tab", "steps") and not admissions.take("tab", "steps")
+
+
+def test_limits_line_counts_down_and_a_check_admits_its_step_once(tmp_path: Path) -> None:
+    page_settings = settings.ClientSettings(
+        client_keys_dir=tmp_path / "keys",
+        page_limits="public",
+        page_keygen_per_client=2,
+        page_steps_per_client=5,
+        page_rate_window_seconds=600,
+    )
+    runtime = app.PageRuntime(page_settings)
+    request = make_request(ZH_REQUEST, session_hash="tab-a")
+    left = runtime.limits_text("zh", request)
+    assert "接下来的 10 分钟内还可以生成密钥 2 次" in left and "执行步骤 5 次" in left
+    runtime.admit("steps", request)  # the check
+    runtime.use_admission("steps", request)  # its step: not counted again
+    assert "执行步骤 4 次" in runtime.limits_text("zh", request)
+    runtime.use_admission("steps", request)  # a step called without its check counts itself
+    assert "Left for your address" in runtime.limits_text("en", request)
+    assert "3 steps" in runtime.limits_text("en", request)
 
 
 @pytest.mark.parametrize(
@@ -317,7 +414,7 @@ def test_clicks_before_keys_ask_for_keys_in_the_page_language(
         lambda: steps.send_credit_bureau(None, [], "yes", "2-5", request=request),
         lambda: steps.run_fhe(None, [], request=request),
         lambda: steps.get_output(None, [], request=request),
-        lambda: steps.explain(None, [], request=request),
+        lambda: steps.explain(None, [], "yes", request=request),
     ]
     for call in calls:
         assert error_of(call) == expected
@@ -510,7 +607,10 @@ def test_keygen_limits_refuse_without_keeping_anything(tmp_path: Path) -> None:
 
     runtime = app.PageRuntime(
         settings.ClientSettings(
-            client_keys_dir=tmp_path / "keys", page_max_sessions=1, page_keygen_per_client=2
+            client_keys_dir=tmp_path / "keys",
+            page_max_sessions=1,
+            page_keygen_per_client=2,
+            page_limits="public",
         ),
         client_factory=new_client,
     )
@@ -533,38 +633,61 @@ def test_keygen_limits_refuse_without_keeping_anything(tmp_path: Path) -> None:
 
 def test_three_party_runs_count_against_the_key_generation_limit(tmp_path: Path) -> None:
     runtime = app.PageRuntime(
-        settings.ClientSettings(client_keys_dir=tmp_path / "keys", page_keygen_per_client=2)
+        settings.ClientSettings(
+            client_keys_dir=tmp_path / "keys", page_keygen_per_client=2, page_limits="public"
+        )
     )
     admit = app.three_party_admission(runtime)
     request = make_request(ZH_REQUEST, session_hash="tab-3")
     admit(request)
-    admit(request)
-    assert error_of(lambda: admit(request)).startswith("您的地址生成密钥的次数过多")
+    admit(request, True)  # the check counts the run...
+    admit(request, False)  # ...and the run itself does not count again
+    assert error_of(lambda: admit(request, True)).startswith("您的地址生成密钥的次数过多")
+    assert error_of(lambda: admit(request, False)).startswith("您的地址生成密钥的次数过多")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("explanation", "zh_text", "en_text"),
+    ("explanation", "employed", "zh_text", "en_text"),
     [
         (
             backend.Explanation("already_approved", "2-5", None),
+            "yes",
             "您的申请已经很可能获批，无需解释。",
             "You would most likely be approved already, so there is nothing to explain.",
         ),
         (
             backend.Explanation("years_needed", "8-11", 1.234),
+            "yes",
             "工作年限达到8–11年时，您最有可能获批。",
             "You would most likely be approved with 8–11 years of employment.",
         ),
+        # Not employed: the candidate rows are employed = yes, so both changes are named.
+        (
+            backend.Explanation("years_needed", "2-5", 1.234),
+            "no",
+            "在职且工作年限达到2–5年时，您最有可能获批。",
+            "You would most likely be approved if you were employed, with 2–5 years of employment.",
+        ),
         (
             backend.Explanation("no_change", None, 2.0),
-            "仅靠工作年限，您的申请都很可能被拒绝。",
-            "No number of years of employment alone would most likely get you approved.",
+            "yes",
+            "没有任何一个工作年限区间能让您获批：无论工作年限多长，您的申请都很可能被拒绝。",
+            "No candidate gives approval: no number of years of employment would most likely get "
+            "you approved.",
+        ),
+        (
+            backend.Explanation("no_change", None, 2.0),
+            "no",
+            "即使在职，也没有任何一个工作年限区间能让您获批：无论工作年限多长，您的申请都很可能被拒绝。",
+            "No candidate gives approval: even if you were employed, no number of years of "
+            "employment would most likely get you approved.",
         ),
     ],
 )
 def test_explain_answers_in_both_languages(
     explanation: backend.Explanation,
+    employed: str,
     zh_text: str,
     en_text: str,
     scripted: tuple[ScriptedServer, app.PageSteps],
@@ -574,8 +697,8 @@ def test_explain_answers_in_both_languages(
     client = steps.keygen(None, request=make_request(ZH_REQUEST))[0]
     monkeypatch.setattr(app, "order_problem", lambda *_args: None)
     monkeypatch.setattr(backend, "explain_encrypt_run_decrypt", lambda _client: explanation)
-    assert steps.explain(client, [], request=make_request(ZH_REQUEST)) == zh_text
-    assert steps.explain(client, [], request=make_request(EN_REQUEST)) == en_text
+    assert steps.explain(client, [], employed, request=make_request(ZH_REQUEST)) == zh_text
+    assert steps.explain(client, [], employed, request=make_request(EN_REQUEST)) == en_text
 
 
 @pytest.mark.slow
@@ -657,7 +780,7 @@ def test_no_handler_is_in_the_api_and_checks_have_no_outputs(
 ) -> None:
     assert all(fn.api_visibility == "private" for fn in demo.fns.values())
     checks = [fn for fn in demo.fns.values() if fn.name.startswith("check_")]
-    assert len(checks) == 6 and all(not fn.outputs for fn in checks)
+    assert len(checks) == 7 and all(not fn.outputs for fn in checks)
     allowed = app.page_fn_ids(demo)
     unload = [i for i, fn in demo.fns.items() if any(t[1] == "unload" for t in fn.targets)]
     assert unload and not set(unload) & allowed
@@ -690,7 +813,7 @@ def test_no_remote_resource_in_the_page(demo_config: dict[str, Any]) -> None:
         "https://scikit-learn.org/stable/modules/generated/sklearn.tree.DecisionTreeClassifier.html"
     }
     sources = re.findall(r"src=\\?[\"']([^\"'\\]+)", text)
-    assert len(sources) == 2
+    assert len(sources) == 1 + len(strings.LANGUAGES)  # the logo, the diagram in each language
     assert all(src.startswith("data:image/svg+xml;base64,") for src in sources)
     for svg in (settings.STATIC_DIR / "logo.svg", settings.STATIC_DIR / "parties_server.svg"):
         content = svg.read_text(encoding="utf-8")

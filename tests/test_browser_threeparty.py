@@ -32,7 +32,7 @@ import app
 import settings
 import threeparty_page
 from development.reference import clear_verdict
-from page.strings import display_name
+from page.strings import display_name, explanation_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -66,10 +66,13 @@ def _expected(lang: str) -> tuple[str, str]:
         for years in settings.YEARS_EMPLOYED_BINS
         if clear_verdict(applicant, bank, {"employed": True, "years_employed": years})
     ]
-    if not approving:
-        return verdict, app.tr(lang, "tp_explain_none")
-    shown = display_name("years_employed", approving[0], lang)
-    return verdict, app.tr(lang, "tp_explain_years", years=shown)
+    explanation = explanation_text(
+        lang,
+        approved=bool(approved),
+        years=approving[0] if approving else None,
+        employed=bool(bureau["employed"]),
+    )
+    return verdict, explanation
 
 
 def _run_three_parties(driver: PageDriver, lang: str) -> None:

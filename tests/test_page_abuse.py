@@ -46,7 +46,12 @@ LIMITS_ENV = {
 }
 
 
-def as_client(address: str, language: str = "zh-HK") -> dict[str, str]:
+# The language the scripted clients ask for (zh-HK) and the page's answer (Traditional Chinese).
+CLIENT_LANGUAGE = "zh-HK"
+PAGE_LANGUAGE = strings.language_of(CLIENT_LANGUAGE)
+
+
+def as_client(address: str, language: str = CLIENT_LANGUAGE) -> dict[str, str]:
     """Headers of a request the trusted proxy forwarded for ``address``."""
     return {"X-Forwarded-For": address, "Accept-Language": language}
 
@@ -114,8 +119,8 @@ def test_scripted_key_generations_past_the_limits_are_refused(page: RunningApp) 
     # depends on when earlier sessions expire; test_app.py checks each limit's exact message.)
     assert 1 <= accepted <= KEYGEN_PER_CLIENT, (accepted, refusals)
     assert peak_folders <= MAX_SESSIONS and peak_sessions <= MAX_SESSIONS
-    full = strings.tr("zh", "err_page_full", limit=MAX_SESSIONS)
-    rate = strings.tr("zh", "err_rate_keygen", seconds=0).split("0")[0]
+    full = strings.tr(PAGE_LANGUAGE, "err_page_full", limit=MAX_SESSIONS)
+    rate = strings.tr(PAGE_LANGUAGE, "err_rate_keygen", seconds=0).split("0")[0]
     assert len(refusals) == FLOOD - accepted
     assert all(r == full or r.startswith(rate) for r in refusals), refusals
     print(f"page memory {before / 2**20:.0f} MB -> {after / 2**20:.0f} MB, {accepted} accepted")
@@ -210,7 +215,7 @@ def check_restart_and_flow(page: RunningApp) -> None:
         # A step while the server is down: the person is told, in the page's language.
         result = script.run(bank, [None, None, 31])
         assert not result.success
-        assert result.error == strings.tr("zh", "err_server_restarting"), result
+        assert result.error == strings.tr(PAGE_LANGUAGE, "err_server_restarting"), result
         # The page starts it again (and reaps the dead one: no zombie is left).
         wait_for(
             lambda: (

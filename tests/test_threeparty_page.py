@@ -17,6 +17,7 @@ import pytest
 
 import app
 import threeparty_page
+from page import strings
 
 
 def test_a_missing_environment_is_named() -> None:
@@ -87,3 +88,20 @@ def test_chinese_texts_use_full_width_punctuation() -> None:
         prose = re.sub(r"`[^`]*`|\{[a-z_]+\}", " ", text)
         bad = re.findall(r"[\u4e00-\u9fff][,:;?!()]|[,:;?!()][\u4e00-\u9fff]", prose)
         assert not bad, f"zh:{key} has half-width punctuation {bad}: {text!r}"
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+@pytest.mark.parametrize("employed", [True, False])
+@pytest.mark.parametrize("fewest", ["2-5", None])
+def test_three_party_explanation_has_the_single_key_wording(
+    lang: str, employed: bool, fewest: str | None
+) -> None:
+    state = threeparty_page.FlowState()
+    for role in threeparty_page.RECIPIENTS:
+        state.add(role, {"step": "verdict", "approved": False, "fewest_years_employed": fewest})
+    _, verdict, explanation = threeparty_page.render(state, lang, app.tr, employed=employed)
+    assert verdict == app.tr(lang, "verdict_refused")
+    expected = strings.explanation_text(lang, approved=False, years=fewest, employed=employed)
+    assert explanation == expected
+    if lang == "zh" and fewest and not employed:
+        assert explanation == "在职且工作年限达到2–5年时，您最有可能获批。"

@@ -581,7 +581,7 @@ class ThreePartyService:
             raise ServiceError(
                 ErrorCode.bad_signature, f"{step}: the statement is for another session or step"
             )
-        names = protocol.step_blobs(step, role, self.layout.party_vectors(role))
+        names = protocol.step_blobs(step, role, engine.vector_indices(self.layout, role))
         if sorted(blobs) != sorted(names):
             raise ServiceError(
                 ErrorCode.invalid_blob,
@@ -732,7 +732,7 @@ class ThreePartyService:
         blobs = {
             f"ct_{role}_{index}": session.blobs[(role, "inputs")][protocol.ciphertext_blob(index)]
             for role in protocol.ROLES
-            for index in self.layout.party_vectors(role)
+            for index in engine.vector_indices(self.layout, role)
         }
         blobs |= {
             "relinearization": session.keys.relinearization,

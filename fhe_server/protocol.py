@@ -62,6 +62,9 @@ BEARER_SCHEME = "Bearer"
 CONTENT_TYPE_HEADER = "Content-Type"
 RETRY_AFTER_HEADER = "Retry-After"
 EXECUTION_TIME_HEADER = "X-FHE-Execution-Time"
+# On a 503: the failure was transient (a replica or the store went away, nothing was changed),
+# and the same request may be sent again at once.
+TRANSIENT_HEADER = "X-FHE-Transient"
 # The only media type of binary bodies (keys, ciphertexts) in both directions.
 OCTET_STREAM = "application/octet-stream"
 

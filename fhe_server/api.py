@@ -38,6 +38,7 @@ from pydantic import BaseModel, Field
 from fhe_server.body import error_headers, read_body
 from fhe_server.errors import InvalidTokenError, ServiceError
 from fhe_server.hosts import AllowedHostsMiddleware
+from fhe_server.json_errors import JSONErrorsMiddleware
 from fhe_server.protocol import (
     API_VERSION,
     CANDIDATES,
@@ -102,7 +103,13 @@ class PredictResult(BaseModel):
 class Health(BaseModel):
     """Server status and the model it serves."""
 
-    status: str = Field(examples=["ok"])
+    status: str = Field(
+        examples=["ok"], description='"ok", or "degraded" when the session store is down.'
+    )
+    store: dict[str, bool] = Field(
+        description="The session store answered lately (reachable) and the replica follows "
+        "the removed sessions (subscribed)."
+    )
     api_version: str
     model: dict[str, Any] = Field(description="Library versions, parameters and input shapes.")
     replica: str = Field(description="This server process's name (FHE_REPLICA_NAME).")
@@ -177,10 +184,16 @@ router = APIRouter()
 
 @router.get(HEALTH_PATH, response_model=Health, summary="Server status and model versions")
 async def health(request: Request, service: ServiceDep) -> Health:
-    """Answer at once, even while FHE computations run."""
+    """Answer at once, even while FHE computations run.
+
+    The status is "degraded" (still 200: this replica answers) when the session store did not
+    answer lately or the replica's subscription to removed sessions is down.
+    """
     cache = service.key_cache
+    store = service.store_status()
     return Health(
-        status="ok",
+        status="ok" if all(store.values()) else "degraded",
+        store=store,
         api_version=API_VERSION,
         model=service.model.summary(),
         replica=app_settings(request).replica_name or f"{socket.gethostname()}:{os.getpid()}",
@@ -211,15 +224,17 @@ async def create_session(
     """Store the evaluation keys and return the session id and its bearer token (shown once).
 
     Refused with 503 when the server holds as many sessions as it can (live sessions are never
-    evicted), with 429 when this client opened its quota of sessions; both say Retry-After.
+    evicted), with 429 when this client opened its quota of sessions; both say Retry-After, and
+    both are checked before the body is read, so a refusal costs no upload to the replica.
     """
+    client = request.client.host if request.client is not None else "unknown"
+    await service.check_room(client)
     data = await read_body(
         request,
         limit=config.max_evaluation_key_bytes,
         expected=service.model.wire["evaluation_keys"].length,
         what="evaluation keys",
     )
-    client = request.client.host if request.client is not None else "unknown"
     session_id, token = await service.create_session(data, client)
     return SessionCreated(session_id=session_id, token=token, expires_in=config.session_ttl_seconds)
 
@@ -406,6 +421,7 @@ def create_app(config: ServerSettings) -> FastAPI:
     app.state.settings = config
     app.include_router(router)
     app.add_middleware(AllowedHostsMiddleware, allowed_hosts=config.allowed_hosts)
+    app.add_middleware(JSONErrorsMiddleware)  # outermost of ours: sees every route's error
     app.add_exception_handler(ServiceError, service_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)

@@ -67,6 +67,13 @@ class KeyCache:
         with self._lock:
             self._items.pop(session_id, None)
 
+    def retain(self, session_ids: Iterable[str]) -> None:
+        """Forget the keys of every session not in ``session_ids`` (the ones the store holds)."""
+        keep = set(session_ids)
+        with self._lock:
+            for session_id in [s for s in self._items if s not in keep]:
+                del self._items[session_id]
+
 
 class FHEGate:
     """Runs FHE jobs in worker threads, at most ``max_concurrent`` at once.
@@ -155,6 +162,29 @@ class SessionQuota:
         for client in [c for c in windows if not self._recent(windows, c, now)]:
             del windows[client]
 
+    def check(self, client: str) -> None:
+        """Refuse at once a client that has no slot left (before its request body is read).
+
+        Takes no slot: ``admit`` takes it, and checks again, when the creation runs.
+
+        Raises:
+            TooManySessionsError: with Retry-After set to when the client's oldest slot frees.
+        """
+        if self.limit <= 0 or client in self.exempt:
+            return
+        with self._windows() as windows:
+            now = self.clock()
+            times = self._recent(windows, client, now)
+            if len(times) >= self.limit:
+                raise self._refusal(times[0] + self.window_seconds - now)
+
+    def _refusal(self, wait: float) -> TooManySessionsError:
+        return TooManySessionsError(
+            f"this client opened {self.limit} sessions in the last "
+            f"{self.window_seconds:g} s; retry later",
+            retry_after=math.ceil(wait),
+        )
+
     @contextlib.contextmanager
     def admit(self, client: str) -> Iterator[None]:
         """Take one of the client's slots for the duration of a creation; keep it on success.
@@ -171,12 +201,7 @@ class SessionQuota:
                 self._sweep(windows, now)
             times = self._recent(windows, client, now)
             if len(times) >= self.limit:
-                wait = times[0] + self.window_seconds - now
-                raise TooManySessionsError(
-                    f"this client opened {self.limit} sessions in the last "
-                    f"{self.window_seconds:g} s; retry later",
-                    retry_after=math.ceil(wait),
-                )
+                raise self._refusal(times[0] + self.window_seconds - now)
             times.append(now)
         try:
             yield

@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from fhe_server.body import error_headers, read_body
+from fhe_server.body import BODY_LEFT_UNREAD, error_headers, read_body
 from fhe_server.errors import InvalidTokenError, ServiceError
 from fhe_server.hosts import AllowedHostsMiddleware
 from fhe_server.json_errors import JSONErrorsMiddleware
@@ -228,7 +228,11 @@ async def create_session(
     both are checked before the body is read, so a refusal costs no upload to the replica.
     """
     client = request.client.host if request.client is not None else "unknown"
-    await service.check_room(client)
+    try:
+        await service.check_room(client)
+    except ServiceError:
+        request.scope[BODY_LEFT_UNREAD] = True
+        raise
     data = await read_body(
         request,
         limit=config.max_evaluation_key_bytes,

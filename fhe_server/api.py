@@ -12,6 +12,8 @@ Contract (also at ``/docs``)::
     POST   /sessions/{session_id}/explain         body: ciphertext of the candidate rows
                                                   -> 200 octet-stream, header X-FHE-Execution-Time
     DELETE /sessions/{session_id}                 -> 204
+    GET    /admission                             -> 204, or 403 with the refusal in headers
+                                                     (for nginx's auth_request; not in /docs)
 
 Every call under ``/sessions/{session_id}`` needs ``Authorization: Bearer <token>``. Errors are
 JSON ``{"detail": "..."}`` with the statuses of ``protocol.ERRORS``.
@@ -36,10 +38,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from fhe_server.body import BODY_LEFT_UNREAD, error_headers, read_body
-from fhe_server.errors import InvalidTokenError, ServiceError
+from fhe_server.errors import InvalidTokenError, RetryLaterError, ServiceError
 from fhe_server.hosts import AllowedHostsMiddleware
 from fhe_server.json_errors import JSONErrorsMiddleware
 from fhe_server.protocol import (
+    ADMISSION_PATH,
     API_VERSION,
     CANDIDATES,
     ERRORS,
@@ -50,6 +53,8 @@ from fhe_server.protocol import (
     OCTET_STREAM,
     OUTPUT_PATH,
     PREDICT_PATH,
+    REFUSAL_DETAIL_HEADER,
+    REFUSAL_STATUS_HEADER,
     SESSION_PATH,
     SESSIONS_PATH,
     Party,
@@ -205,6 +210,27 @@ async def health(request: Request, service: ServiceDep) -> Health:
         },
         fhe_queue={"admitted": service.gate.admitted, "capacity": service.gate.capacity},
     )
+
+
+@router.get(ADMISSION_PATH, include_in_schema=False)
+async def admission(request: Request, service: ServiceDep) -> Response:
+    """Whether a creation from this client would be admitted now (asked by nginx, no body).
+
+    nginx asks before it streams a creation's 15 MB body to a replica, and answers a refusal
+    itself: 403 carries the refusal's status (429 or 503), detail, Retry-After and transient mark
+    in headers, which nginx's ``auth_request`` passes on.
+    """
+    client = request.client.host if request.client is not None else "unknown"
+    try:
+        await service.check_room(client)
+    except RetryLaterError as refused:
+        headers = {
+            **(refused.headers() or {}),
+            REFUSAL_STATUS_HEADER: str(int(refused.status_code)),
+            REFUSAL_DETAIL_HEADER: str(refused),
+        }
+        return JSONResponse(status_code=403, content={"detail": str(refused)}, headers=headers)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(

@@ -2,8 +2,9 @@
 
 Contract (also at ``/docs``)::
 
-    GET    /health                                -> 200 {"status", "api_version", "model",
-                                                          "replica", "key_cache"}
+    GET    /health                                -> 200 {"status" ("ok" or "degraded"),
+                                                          "store", "api_version", "model",
+                                                          "replica", "key_cache", "fhe_queue"}
     POST   /sessions                              body: evaluation keys (octet-stream)
                                                   -> 201 {"session_id", "token", "expires_in"}
     PUT    /sessions/{session_id}/inputs/{party}  body: that party's ciphertext -> 204

@@ -15,7 +15,12 @@ version it was computed from is still the current one (compare-and-set). Expiry 
 TTL on both keys, renewed by every authenticated call; when ``max_sessions`` live sessions are
 stored, a new one is refused (503), never made room for by evicting one. Each replica subscribes
 to ``fhe:removed`` and drops its prepared keys of a session as soon as any replica deletes it, or
-notices (at its periodic purge) that Redis expired it.
+notices (at its periodic purge) that Redis expired it (``redis_listener.py``).
+
+Redis's failures are answered by their exception's type (``refusal``), never as a 500: out of
+memory is a 503 whose Retry-After is the next expiry (at most ``FULL_RETRY_SECONDS``), while
+reads, TTL renewals and deletes go on working; unreachable, loading or read-only is a transient
+503 (``StoreUnavailableError``) that can be repeated at once.
 """
 
 from __future__ import annotations

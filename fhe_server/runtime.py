@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import threading
 import time
@@ -68,11 +69,27 @@ class KeyCache:
             self._items.pop(session_id, None)
 
     def retain(self, session_ids: Iterable[str]) -> None:
-        """Forget the keys of every session not in ``session_ids`` (the ones the store holds)."""
+        """Forget the keys of every session not in ``session_ids`` (the ones the store holds).
+
+        The memory they held is then given back to the system (``release_free_memory``).
+        """
         keep = set(session_ids)
         with self._lock:
-            for session_id in [s for s in self._items if s not in keep]:
+            gone = [s for s in self._items if s not in keep]
+            for session_id in gone:
                 del self._items[session_id]
+        if gone:
+            release_free_memory()
+
+
+def release_free_memory() -> None:
+    """Give the heap's free memory back to the system (glibc's ``malloc_trim``; else nothing).
+
+    Dropped key sets are freed to the allocator, which keeps part of it; measured after dropping
+    three prepared key sets: 755 MB resident, 708 MB after the trim, 701 MB before the keys.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class FHEGate:

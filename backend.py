@@ -254,6 +254,9 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=120.0, pool=10.0)
 # Seconds a request may wait in all, repeated after transient failures, before it is raised.
 DEFAULT_RETRY_SECONDS = 30.0
 CLOSE_TIMEOUT = httpx.Timeout(5.0)
+# A DELETE at close() is repeated after transient failures for at most this long (close() is
+# best effort and must not hold the caller; an undeleted session still expires).
+CLOSE_RETRY_SECONDS = 5.0
 KEYS_FILE_NAME = "keys"
 EVALUATION_KEY_PREVIEW_BYTES = 512
 
@@ -707,11 +710,12 @@ class CreditScoringClient:
         expected: tuple[int, ...],
         authenticated: bool = True,
         timeout: httpx.Timeout | None = None,
+        retry_seconds: float | None = None,
     ) -> httpx.Response:
         """Send one request; return the response if its status is expected, else raise.
 
         A transient failure (see ``ServerError.transient``) is repeated, with backoff, for up to
-        ``retry_seconds`` in all.
+        ``retry_seconds`` in all (default: the client's ``retry_seconds``).
         """
         headers = {}
         if content is not None:
@@ -730,7 +734,8 @@ class CreditScoringClient:
                     raise error
             return response
 
-        result = call_with_retries(attempt, _transient_wait, self.retry_seconds)
+        budget = self.retry_seconds if retry_seconds is None else retry_seconds
+        result = call_with_retries(attempt, _transient_wait, budget)
         if result.waited:
             logger.info("%s %s answered after %.1f s of retries", method, path, result.waited)
         response = result.value
@@ -837,6 +842,7 @@ class CreditScoringClient:
                 SESSION_PATH.format(session_id=session_id),
                 expected=(200, 204, 404),
                 timeout=CLOSE_TIMEOUT,
+                retry_seconds=min(self.retry_seconds, CLOSE_RETRY_SECONDS),
             )
         except ClientError as error:
             logger.warning("could not delete server session %s: %s", session_id, error)

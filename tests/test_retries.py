@@ -163,3 +163,14 @@ def test_call_with_retries_backs_off_and_cuts_the_last_wait_to_the_budget() -> N
     assert slept == [0.5, 1.0, 0.5]  # the last wait cut to what was left of the 2 s
     with pytest.raises(KeyError):  # not retried
         call_with_retries(lambda: {}["x"], wait_for, max_wait=100, sleep=slept.append)
+
+
+def test_close_repeats_its_delete_a_few_seconds_only(make_client: Callable) -> None:
+    """close() is best effort: its DELETE gets at most 5 s of retries, whatever the budget."""
+    server = Sequence(httpx.Response(201, json=SESSION), *(transient_503() for _ in range(50)))
+    client = make_client(server, retry_seconds=60.0)
+    client.generate_keys()
+    client.close()  # never raises
+    deletes = [request for request in server.requests if request[0] == "DELETE"]
+    assert len(deletes) == 5  # waits of 0.5, 1, 2 and the last 1.5 s: 5 s in all
+    assert client.session_id is None

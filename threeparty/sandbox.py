@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -157,7 +158,12 @@ def _run(op: str, args: dict[str, Any], blobs: dict[str, bytes], layout: Any) ->
 
 
 def main() -> int:
-    """A worker: answer calls from stdin on stdout until stdin closes."""
+    """A worker: answer calls from stdin on stdout until stdin closes.
+
+    A terminal's Ctrl-C reaches the whole process group: the worker ignores it and ends when
+    its server closes the pipe (or kills it), so stopping prints no traceback.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from threeparty import engine
     from threeparty.layout import load_layout
 

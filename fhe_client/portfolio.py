@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --sessions must be at least 1 and --limit at least 0", file=sys.stderr)
         return 2
     server_url = args.server or settings.ClientSettings().resolved_server_url()
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         preprocessors = {party: backend.party_preprocessor(party) for party in settings.PARTIES}
         applications = read_applications(args.csv, preprocessors)
@@ -413,10 +413,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: run the same command again to go on ({args.out})", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     rate = result.scored / result.seconds if result.seconds > 0 else 0.0
     state = "complete" if result.complete else "not complete: run the same command again"
+    keys = ", with the keys of the interrupted run" if result.reused_keys else ""
     print(
-        f"{result.scored} applications scored in {result.seconds:.1f} s ({rate:.2f}/s), "
+        f"{result.scored} applications scored in {result.seconds:.1f} s ({rate:.2f}/s{keys}), "
         f"{result.skipped} already written; {args.out}: {state}",
         file=sys.stderr,
     )

@@ -131,8 +131,8 @@ class VerdictsFile:
     def open(self, applications: int) -> dict[int, Verdict]:
         """Read the verdicts already written, then open the file for appending.
 
-        A file that does not exist is created with its header. A last line cut short by an
-        interruption is dropped (that application is scored again).
+        A file that does not exist (or is empty) is created with its header. A last line cut
+        short by an interruption is dropped (that application is scored again).
 
         Args:
             applications: rows of the applications CSV (a verdict beyond them means the file
@@ -145,7 +145,7 @@ class VerdictsFile:
             PortfolioInputError: the file is not a verdicts CSV of this portfolio.
         """
         done: dict[int, Verdict] = {}
-        if self.path.exists():
+        if self.path.exists() and self.path.stat().st_size > 0:
             text = self.path.read_text(encoding="utf-8")
             complete = text[: text.rfind("\n") + 1]
             done = self._parse(complete, applications)

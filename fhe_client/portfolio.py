@@ -1,11 +1,16 @@
 """A bank's portfolio in single-key mode: every application of a CSV scored, CSV to CSV.
 
-One key set is generated (or taken back from the key folder of an interrupted run) and shared by
-a few server sessions, each scoring one application at a time exactly like
-``backend.CreditScoringClient`` does for one: each party's fields are encrypted and uploaded
-separately, the server runs the tree, only this process (the key holder) decrypts. With two
-sessions the client's encryption, uploads and decryption of one application overlap the
-server's FHE run of another, so the server's FHE slots never wait for the client.
+One key set is generated (or taken back from the key folder of an interrupted run) and used by
+one server session (``--sessions N``: N sessions sharing it), scoring one application at a time
+exactly like ``backend.CreditScoringClient`` does for one: each party's fields are encrypted and
+uploaded separately, the server runs the tree, only this process (the key holder) decrypts, so
+each application keeps the privacy of a single one. The session's keys are prepared once and
+stay warm for the whole portfolio. With two sessions the client's encryption, uploads and
+decryption of one application overlap the server's FHE run of another, so the server's FHE slot
+never waits for the client; but each session's first decision prepares its own copy of the keys
+on the server (about 1 s idle, 2 s on a busy machine), so this only pays on a server with a free
+core and a long portfolio (see the README, "A bank's portfolio"). Keep N at most the server's
+``FHE_KEY_CACHE_SIZE`` (2 by default), or the sessions evict each other's prepared keys.
 
 Each verdict is appended to the output CSV as soon as it is decrypted (``portfolio_csv``); a
 rerun with the same ``--out`` scores only the applications not there yet, with the keys left in
@@ -13,7 +18,7 @@ the key folder. Once every application is written, the file is put in applicatio
 key folder is deleted. The command::
 
     python -m fhe_client.portfolio --server URL --csv applications.csv --out verdicts.csv \
-        [--explain] [--sessions 2] [--key-dir DIR] [--limit N]
+        [--explain] [--sessions N] [--key-dir DIR] [--limit N]
 
 Exit codes: 0 done (or the --limit reached: run again to go on); 1 the server failed or refused;
 2 bad arguments or a bad CSV (the message names the row and the field; nothing written is lost);
@@ -47,7 +52,7 @@ from fhe_client.portfolio_csv import (
     read_applications,
 )
 
-DEFAULT_SESSIONS = 2
+DEFAULT_SESSIONS = 1
 Progress = Callable[[int, int], None]
 """Called with (applications written, applications in the CSV) after each verdict."""
 

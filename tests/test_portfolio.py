@@ -3,8 +3,9 @@
 ``python -m fhe_client.portfolio`` runs as a subprocess against ``uvicorn server:app`` with real
 FHE. Every verdict (and each refusal's explanation) must be the clear tree's on the same row
 (development/reference.py). The portfolio is scored in three runs: a first stopped by --limit, a
-second interrupted by SIGTERM once it has written a verdict, a third that finishes; no
-application may be scored twice, and the final file holds each one once, in order.
+second interrupted by SIGTERM once it has written a verdict, a third that finishes (the last two
+with two sessions sharing the key set); no application may be scored twice, and the final file
+holds each one once, in order.
 """
 
 from __future__ import annotations
@@ -110,12 +111,14 @@ def test_a_portfolio_scored_in_three_runs_gives_the_clear_verdicts_once_each(tmp
         after_first = _written(out)
         assert len(after_first) == 3
 
-        code = _interrupt_after_first_new_row(_command(url, tmp_path, "--explain"), out, 3)
+        # Two sessions share the key set from here on: the pipelined path.
+        two = ("--explain", "--sessions", "2")
+        code = _interrupt_after_first_new_row(_command(url, tmp_path, *two), out, 3)
         after_second = _written(out)
         assert code == 130 and 3 < len(after_second) < APPLICATIONS
         assert after_second[:3] == after_first  # nothing written before is touched
 
-        last = _run(_command(url, tmp_path, "--explain"))
+        last = _run(_command(url, tmp_path, *two))
         assert last.returncode == 0, last.stderr[-2000:]
     assert "with the keys of the interrupted run" in last.stderr
     assert f"{len(after_second)} already written" in last.stderr

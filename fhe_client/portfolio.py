@@ -103,9 +103,13 @@ class SharedKeys:
                 client.keys.load(str(self.path))
                 self._evaluation_keys = client.evaluation_keys.serialize()
                 return True
-            except RuntimeError:  # cut short by an interruption: generate new ones
+            except RuntimeError:  # not a key set of this model: generate a new one
                 pass
-        self._evaluation_keys = backend.generate_key_file(self.key_dir)
+        # Generated beside the folder's key file, then renamed over it: never half a key set.
+        fresh = self.key_dir / ".new"
+        self._evaluation_keys = backend.generate_key_file(fresh)
+        os.replace(fresh / backend.KEYS_FILE_NAME, self.path)
+        fresh.rmdir()
         return False
 
     def link_into(self, session_dir: Path) -> bytes:

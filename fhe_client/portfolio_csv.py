@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock between runs
+    fcntl = None  # type: ignore[assignment]
+
 import settings
 from fhe_client.preprocessing import ClientError, InvalidFieldError, PartyPreprocessor
 
@@ -120,6 +125,20 @@ def _application(
     return application
 
 
+def _lock(handle: io.TextIOWrapper, path: Path) -> None:
+    """Hold an exclusive lock on the open verdicts file until it is closed (POSIX only).
+
+    Raises:
+        PortfolioInputError: another run holds it.
+    """
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise PortfolioInputError(f"another run is writing {path}; wait for it to end") from None
+
+
 class VerdictsFile:
     """The verdicts CSV: which applications it holds, and appending one more (flushed)."""
 
@@ -144,18 +163,23 @@ class VerdictsFile:
         Raises:
             PortfolioInputError: the file is not a verdicts CSV of this portfolio.
         """
-        done: dict[int, Verdict] = {}
-        if self.path.exists() and self.path.stat().st_size > 0:
-            text = self.path.read_text(encoding="utf-8")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", newline="", encoding="utf-8")  # noqa: SIM115
+        try:
+            _lock(handle, self.path)
+            handle.seek(0)
+            text = handle.read()
             complete = text[: text.rfind("\n") + 1]
-            done = self._parse(complete, applications)
-            if complete != text:
-                with open(self.path, "r+", encoding="utf-8") as handle:
-                    handle.truncate(len(complete.encode("utf-8")))
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(",".join(OUTPUT_COLUMNS) + "\n", encoding="utf-8")
-        self._handle = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115
+            done = self._parse(complete, applications) if text else {}
+            if not text:
+                handle.write(",".join(OUTPUT_COLUMNS) + "\n")
+            elif complete != text:
+                handle.truncate(len(complete.encode("utf-8")))
+            handle.flush()
+        except BaseException:
+            handle.close()
+            raise
+        self._handle = handle
         return done
 
     def _parse(self, text: str, applications: int) -> dict[int, Verdict]:

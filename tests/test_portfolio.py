@@ -25,7 +25,7 @@ import backend
 import settings
 from development.reference import clear_explain, clear_verdict
 from fhe_client import portfolio
-from fhe_client.portfolio_csv import OUTPUT_COLUMNS
+from fhe_client.portfolio_csv import OUTPUT_COLUMNS, Verdict, VerdictsFile
 from fhe_server.launcher import REPO_DIR
 
 APPLICATIONS = 8
@@ -195,3 +195,19 @@ def test_a_bad_csv_exits_2_naming_the_row_and_field_and_keeps_what_was_written(t
     assert code == 2 and "--sessions must be at least 1" in stderr
     assert out.read_text() == kept
     assert not (tmp_path / "keys").exists()
+
+
+def test_a_verdicts_file_cut_short_or_in_use_by_another_run(tmp_path, capsys):
+    out = tmp_path / "verdicts.csv"
+    header = ",".join(OUTPUT_COLUMNS) + "\n"
+    out.write_text(header + "0,true,,\n1,fal")  # the last row was being written
+    verdicts = VerdictsFile(out)
+    assert verdicts.open(applications=3) == {0: Verdict(0, True)}
+    assert out.read_text() == header + "0,true,,\n"  # scored again by this run
+    try:
+        _write_portfolio(tmp_path / "portfolio.csv", 3)
+        code, stderr = _main(_command("http://127.0.0.1:9", tmp_path), capsys)
+        assert code == 2 and "another run is writing" in stderr
+    finally:
+        verdicts.close()
+    assert out.read_text() == header + "0,true,,\n"

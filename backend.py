@@ -31,7 +31,6 @@ import os
 import secrets
 import shutil
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -50,6 +49,7 @@ from fhe_client.preprocessing import (  # noqa: F401  (re-exported)
     InvalidFieldError,
     PartyPreprocessor,
 )
+from fhe_client.retry import MAX_DELAY_SECONDS, Waited, call_with_retries
 from fhe_server.protocol import (
     CONTENT_TYPE_HEADER,
     EXECUTION_TIME_HEADER,
@@ -61,6 +61,7 @@ from fhe_server.protocol import (
     RETRY_AFTER_HEADER,
     SESSION_PATH,
     SESSIONS_PATH,
+    TRANSIENT_HEADER,
     ErrorCode,
     bearer,
 )
@@ -76,9 +77,12 @@ class ServerError(ClientError):
 
     Attributes:
         status_code: the HTTP status the server answered, or None (unreachable, or raised locally).
+        transient: the failure was transient (502, 504, or a 503 marked so: a replica or the
+            session store went away, nothing changed); the library retries those by itself.
     """
 
     code = "server_error"
+    transient = False
 
     def __init__(
         self,
@@ -213,13 +217,25 @@ def _error_from_response(response: httpx.Response) -> ServerError:
     message = f"HTTP {status}: {meaning} ({detail})"
     error_class = _STATUS_ERRORS.get(status, ServerError)
     if issubclass(error_class, ServerBusyError):
-        return error_class(
+        error: ServerError = error_class(
             message,
             retry_after=_parse_seconds(response.headers.get(RETRY_AFTER_HEADER)),
             status_code=status,
             detail=detail,
         )
-    return error_class(message, status_code=status, detail=detail)
+    else:
+        error = error_class(message, status_code=status, detail=detail)
+    error.transient = status in (502, 504) or (
+        status == 503 and TRANSIENT_HEADER in response.headers
+    )
+    return error
+
+
+def _transient_wait(error: Exception, delay: float) -> float | None:
+    """Seconds to wait before repeating a request that failed transiently (None: raise)."""
+    if not isinstance(error, ServerError) or not error.transient:
+        return None
+    return min(getattr(error, "retry_after", None) or delay, MAX_DELAY_SECONDS)
 
 
 def _parse_seconds(value: str | None) -> float | None:
@@ -235,7 +251,12 @@ def _parse_seconds(value: str | None) -> float | None:
 # The client library
 # ---------------------------------------------------------------------------------------------
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=120.0, pool=10.0)
+# Seconds a request may wait in all, repeated after transient failures, before it is raised.
+DEFAULT_RETRY_SECONDS = 30.0
 CLOSE_TIMEOUT = httpx.Timeout(5.0)
+# A DELETE at close() is repeated after transient failures for at most this long (close() is
+# best effort and must not hold the caller; an undeleted session still expires).
+CLOSE_RETRY_SECONDS = 5.0
 KEYS_FILE_NAME = "keys"
 EVALUATION_KEY_PREVIEW_BYTES = 512
 
@@ -299,6 +320,9 @@ class CreditScoringClient:
             server's store restarted empty), open a new session with the same keys, upload the
             ciphertexts sent so far again and repeat the step, instead of raising
             SessionNotFoundError (off by default: the page asks for new keys).
+        retry_seconds: how long in all a request is repeated (with backoff) while the server
+            answers a transient failure (a replica or the session store went away); every
+            request of the library is safe to repeat, so the caller sees a delay, not an error.
     """
 
     def __init__(
@@ -310,6 +334,7 @@ class CreditScoringClient:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         resume_lost_sessions: bool = False,
         key_generator: KeyGenerator | None = None,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> None:
         """Build a client (no key, no request yet).
 
@@ -321,11 +346,13 @@ class CreditScoringClient:
             resume_lost_sessions: see the class's attributes.
             key_generator: generates and saves a key set in a folder and returns the serialized
                 evaluation keys (default ``generate_key_file``, in this process).
+            retry_seconds: see the class's attributes.
         """
         self._key_generator = key_generator or generate_key_file
         self.server_url = server_url.rstrip("/")
         self.key_dir = Path(key_dir)
         self.resume_lost_sessions = resume_lost_sessions
+        self.retry_seconds = retry_seconds
         self._resuming = False
         self._transport = transport
         self._timeout = timeout
@@ -683,8 +710,13 @@ class CreditScoringClient:
         expected: tuple[int, ...],
         authenticated: bool = True,
         timeout: httpx.Timeout | None = None,
+        retry_seconds: float | None = None,
     ) -> httpx.Response:
-        """Send one request; return the response if its status is expected, else raise."""
+        """Send one request; return the response if its status is expected, else raise.
+
+        A transient failure (see ``ServerError.transient``) is repeated, with backoff, for up to
+        ``retry_seconds`` in all (default: the client's ``retry_seconds``).
+        """
         headers = {}
         if content is not None:
             headers[CONTENT_TYPE_HEADER] = OCTET_STREAM
@@ -693,6 +725,35 @@ class CreditScoringClient:
         kwargs: dict[str, Any] = {"content": content, "headers": headers}
         if timeout is not None:
             kwargs["timeout"] = timeout
+
+        def attempt() -> httpx.Response:
+            response = self._send_once(method, path, kwargs)
+            if response.status_code not in expected and response.status_code in (502, 503, 504):
+                error = _error_from_response(response)
+                if error.transient:
+                    raise error
+            return response
+
+        budget = self.retry_seconds if retry_seconds is None else retry_seconds
+        result = call_with_retries(attempt, _transient_wait, budget)
+        if result.waited:
+            logger.info("%s %s answered after %.1f s of retries", method, path, result.waited)
+        response = result.value
+        if response.status_code in expected:
+            return response
+        error = _error_from_response(response)
+        if isinstance(error, SessionNotFoundError) and authenticated:
+            if self.resume_lost_sessions and self._fhe is not None and not self._resuming:
+                return self._resume_session(
+                    method, path, content=content, expected=expected, timeout=timeout
+                )
+            # The session is gone for good (deleted or expired): new keys are needed.
+            self._session_id, self._token = None, None
+            self._reset_inputs()
+        raise error
+
+    def _send_once(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx.Response:
+        """Send a request (once more if the connection closed before the answer)."""
         try:
             try:
                 response = self._http_client().request(method, path, **kwargs)
@@ -712,18 +773,7 @@ class CreditScoringClient:
             raise ServerUnreachableError(
                 f"cannot reach the FHE server at {self.server_url} ({error.__class__.__name__})"
             ) from error
-        if response.status_code in expected:
-            return response
-        error = _error_from_response(response)
-        if isinstance(error, SessionNotFoundError) and authenticated:
-            if self.resume_lost_sessions and self._fhe is not None and not self._resuming:
-                return self._resume_session(
-                    method, path, content=content, expected=expected, timeout=timeout
-                )
-            # The session is gone for good (deleted or expired): new keys are needed.
-            self._session_id, self._token = None, None
-            self._reset_inputs()
-        raise error
+        return response
 
     def _open_session(self, evaluation_keys: bytes) -> tuple[str, str]:
         """POST the evaluation keys; return the new session's id and token."""
@@ -792,6 +842,7 @@ class CreditScoringClient:
                 SESSION_PATH.format(session_id=session_id),
                 expected=(200, 204, 404),
                 timeout=CLOSE_TIMEOUT,
+                retry_seconds=min(self.retry_seconds, CLOSE_RETRY_SECONDS),
             )
         except ClientError as error:
             logger.warning("could not delete server session %s: %s", session_id, error)
@@ -917,32 +968,60 @@ def explain_encrypt_run_decrypt(client: CreditScoringClient) -> Explanation:
 _Result = TypeVar("_Result")
 
 
-def retry_while_busy(
-    step: Callable[[], _Result], attempts: int = 20, default_wait: float = 1.0
-) -> _Result:
-    """Call a client step; while the server answers 503 or 429 (busy), wait and call it again.
+def wait_while_busy(
+    step: Callable[[], _Result],
+    max_wait: float = 120.0,
+    default_wait: float = 1.0,
+    attempts: int | None = None,
+) -> Waited[_Result]:
+    """Call a client step; while the server answers busy (503 or 429), wait and call it again.
 
-    Each wait is the server's Retry-After (``default_wait`` seconds when it gave none). For
-    programs that queue work on purpose (the benchmark's concurrent clients); the page shows the
-    busy message to the person instead.
+    Each wait is the server's Retry-After (``default_wait`` seconds when it gave none): a full
+    FHE queue, a full session store or this client's session quota. For programs that queue
+    work on purpose (the benchmark's concurrent clients); the page shows the busy message to the
+    person instead.
 
     Args:
         step: the call, e.g. ``client.predict``.
-        attempts: calls in all before giving up.
+        max_wait: most seconds to wait in all.
         default_wait: seconds to wait when the server did not say.
+        attempts: most calls in all (None: as many as ``max_wait`` allows).
 
     Returns:
-        What ``step`` returned.
+        What ``step`` returned, with the seconds waited and the calls made.
 
     Raises:
-        ServerBusyError: the server was still busy (or the client over its session quota,
-            ``TooManySessionsError``) at the last attempt.
+        ServerBusyError: the server was still busy at the last attempt; its ``waited`` and
+            ``attempts`` attributes say how long the helper waited and how often it called.
     """
-    for attempt in range(1, attempts + 1):
-        try:
-            return step()
-        except ServerBusyError as error:
-            if attempt == attempts:
-                raise
-            time.sleep(error.retry_after or default_wait)
-    raise ValueError("attempts must be at least 1")
+    made = 0
+
+    def wait_for(error: Exception, delay: float) -> float | None:
+        nonlocal made
+        made += 1
+        if not isinstance(error, ServerBusyError) or (attempts is not None and made >= attempts):
+            return None
+        return error.retry_after or default_wait
+
+    return call_with_retries(step, wait_for, max_wait)
+
+
+def retry_while_busy(
+    step: Callable[[], _Result],
+    attempts: int = 20,
+    default_wait: float = 1.0,
+    max_wait: float = 600.0,
+) -> _Result:
+    """As ``wait_while_busy``, returning only the step's value (the wait is logged).
+
+    Raises:
+        ServerBusyError: the server was still busy after ``attempts`` calls or ``max_wait``
+            seconds of waiting.
+        ValueError: if ``attempts`` is below 1.
+    """
+    if attempts < 1:
+        raise ValueError("attempts must be at least 1")
+    result = wait_while_busy(step, max_wait, default_wait, attempts)
+    if result.waited:
+        logger.info("busy server: waited %.1f s over %d calls", result.waited, result.attempts)
+    return result.value

@@ -97,7 +97,7 @@ _EN = {
     "tp_row_verdict": "Verdict",
     "tp_row_traffic": "Traffic (up / down)",
     "tp_waiting": "waiting",
-    "tp_no_ciphertext": "no encrypted input (the tree reads none of its fields)",
+    "tp_no_ciphertext": "no encrypted field (the tree reads none): only its tag",
     "tp_not_recipient": "not a recipient",
     "tp_err_failed": "The {party} process stopped: {detail}",
     "tp_err_party_timeout": "The {party} process waited too long for another party. ({detail})",
@@ -117,8 +117,9 @@ _EN = {
         "bureau's inputs the applicant would have to steal the bank's *and* the credit "
         "bureau's key shares from their folders. One stolen share is not enough, and a party "
         "partially decrypts only the output it computed itself. The bank's account age never "
-        "leaves the bank's process: the tree does not test it, so the bank encrypts nothing "
-        "(it still holds a key share). The verdict "
+        "leaves the bank's process: the tree does not test it, so the bank encrypts only a "
+        "random tag of its own, which, with the applicant's, authenticates the verdict. The "
+        "verdict "
         "goes only to the applicant and the bank: each fuses its own partial decryption with "
         "the two others', which reach it sealed with its sealing public key; the credit bureau "
         "gets none. "
@@ -165,7 +166,7 @@ _ZH = {
     "tp_row_verdict": "结果",
     "tp_row_traffic": "流量（上传/下载）",
     "tp_waiting": "等待中",
-    "tp_no_ciphertext": "无加密输入（决策树不读取其字段）",
+    "tp_no_ciphertext": "未加密任何字段（决策树不读取）：只有它的标记",
     "tp_not_recipient": "不是接收方",
     "tp_err_failed": "{party}进程已停止：{detail}",
     "tp_err_party_timeout": "{party}进程等待其他方超时。（{detail}）",
@@ -180,7 +181,8 @@ _ZH = {
         "（以便自己重新评估决策树），但申请人若想读取信用中心的输入，"
         "必须从银行**和**信用中心的文件夹中窃取它们的密钥份额。只窃取一个份额是不够的，"
         "而且每一方只对自己算出的输出进行部分解密。"
-        "银行的开户时间从不离开银行的进程：决策树不检验它，所以银行不加密任何内容（但仍持有一个密钥份额）。"
+        "银行的开户时间从不离开银行的进程：决策树不检验它，所以银行只加密一个自己的随机标记，"
+        "它与申请人的标记一起为结果作认证。"
         "结果只发给申请人和银行：每一方把自己的部分解密与另外两方的部分解密合并，"
         "后者用它的密封公钥密封后送达；信用中心得不到结果。接收方会得知结果和六个区间的结果，"
         "与任何答案一样，这些结果会透露一些关于输入的信息。决策树的比较条件对各方公开。\n\n"
@@ -464,7 +466,7 @@ def render(
             return f"✓ {event['seconds']:.2f} s"
         if step == "uploaded":
             sent = f"↑ {_megabytes(event['uploaded'])}"
-            if not event["ciphertexts"]:
+            if not event.get("own_fields", event["ciphertexts"]):
                 return f"{sent}, {translate(lang, 'tp_no_ciphertext')}"
             return sent
         if step == "evaluated":

@@ -80,6 +80,8 @@ TARGET_TRAFFIC_MB = 70.0
 STRETCH_TRAFFIC_MB = 30.0
 STAGES = ("engine", "processes", "portfolio")
 FLOW_MODES = ("predict", "explain")
+# Sessions in memory only: the benchmark's server keeps nothing between runs.
+SERVER_ENV = {"OMP_NUM_THREADS": "1", "THREEPARTY_STORE_DIR": ""}
 PORTFOLIO_SIZE = protocol.MAX_APPLICATIONS
 TARGET_PORTFOLIO_S = 6.0
 PROCESS_WARMUPS = 1
@@ -199,7 +201,7 @@ def measure_processes(runs: int, layout: Layout) -> dict[str, Any]:
     expected = {mode: bool(clear_verdicts(PROCESS_FIELDS, mode, layout)[0]) for mode in FLOW_MODES}
     result: dict[str, Any] = {"runs": runs, "warmups": PROCESS_WARMUPS, "modes": {}}
     loads = [os.getloadavg()[0]]
-    with ServerProcess("threeparty.server:app", env={"OMP_NUM_THREADS": "1"}) as server:
+    with ServerProcess("threeparty.server:app", env=SERVER_ENV) as server:
         for mode in FLOW_MODES:
             walls: list[float] = []
             own: list[float] = []
@@ -272,7 +274,7 @@ def measure_portfolio(runs: int, layout: Layout, size: int = PORTFOLIO_SIZE) -> 
     party makes its own once); every written verdict must be the clear tree's.
     """
     walls, loads = [], [os.getloadavg()[0]]
-    with ServerProcess("threeparty.server:app", env={"OMP_NUM_THREADS": "1"}) as server:
+    with ServerProcess("threeparty.server:app", env=SERVER_ENV) as server:
         for index in range(PROCESS_WARMUPS + runs):
             with tempfile.TemporaryDirectory() as root:
                 folder = Path(root)

@@ -255,8 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-kind", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    env = {"OMP_NUM_THREADS": "1", "THREEPARTY_MAX_SESSIONS": "16"}
     with tempfile.TemporaryDirectory() as root:
+        env = {
+            "OMP_NUM_THREADS": "1",
+            "THREEPARTY_MAX_SESSIONS": "16",
+            "THREEPARTY_STORE_DIR": str(Path(root) / "store"),
+        }
         log = Path(root) / "server.log"
         with ServerProcess("threeparty.server:app", env=env, log_path=log) as server:
             identities = {r: Identity.load_or_create(Path(root) / r) for r in protocol.ROLES}

@@ -2,8 +2,9 @@
 
 Contract (also at ``/docs``)::
 
-    GET    /health                                -> 200 {"status", "api_version", "model",
-                                                          "replica", "key_cache"}
+    GET    /health                                -> 200 {"status" ("ok" or "degraded"),
+                                                          "store", "api_version", "model",
+                                                          "replica", "key_cache", "fhe_queue"}
     POST   /sessions                              body: evaluation keys (octet-stream)
                                                   -> 201 {"session_id", "token", "expires_in"}
     PUT    /sessions/{session_id}/inputs/{party}  body: that party's ciphertext -> 204
@@ -12,6 +13,8 @@ Contract (also at ``/docs``)::
     POST   /sessions/{session_id}/explain         body: ciphertext of the candidate rows
                                                   -> 200 octet-stream, header X-FHE-Execution-Time
     DELETE /sessions/{session_id}                 -> 204
+    GET    /admission                             -> 204, or 403 with the refusal in headers
+                                                     (for nginx's auth_request; not in /docs)
 
 Every call under ``/sessions/{session_id}`` needs ``Authorization: Bearer <token>``. Errors are
 JSON ``{"detail": "..."}`` with the statuses of ``protocol.ERRORS``.
@@ -35,10 +38,12 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from fhe_server.body import error_headers, read_body
-from fhe_server.errors import InvalidTokenError, ServiceError
+from fhe_server.body import BODY_LEFT_UNREAD, error_headers, read_body
+from fhe_server.errors import InvalidTokenError, RetryLaterError, ServiceError
 from fhe_server.hosts import AllowedHostsMiddleware
+from fhe_server.json_errors import JSONErrorsMiddleware
 from fhe_server.protocol import (
+    ADMISSION_PATH,
     API_VERSION,
     CANDIDATES,
     ERRORS,
@@ -49,6 +54,8 @@ from fhe_server.protocol import (
     OCTET_STREAM,
     OUTPUT_PATH,
     PREDICT_PATH,
+    REFUSAL_DETAIL_HEADER,
+    REFUSAL_STATUS_HEADER,
     SESSION_PATH,
     SESSIONS_PATH,
     Party,
@@ -102,7 +109,13 @@ class PredictResult(BaseModel):
 class Health(BaseModel):
     """Server status and the model it serves."""
 
-    status: str = Field(examples=["ok"])
+    status: str = Field(
+        examples=["ok"], description='"ok", or "degraded" when the session store is down.'
+    )
+    store: dict[str, bool] = Field(
+        description="The session store answered lately (reachable) and the replica follows "
+        "the removed sessions (subscribed)."
+    )
     api_version: str
     model: dict[str, Any] = Field(description="Library versions, parameters and input shapes.")
     replica: str = Field(description="This server process's name (FHE_REPLICA_NAME).")
@@ -177,10 +190,16 @@ router = APIRouter()
 
 @router.get(HEALTH_PATH, response_model=Health, summary="Server status and model versions")
 async def health(request: Request, service: ServiceDep) -> Health:
-    """Answer at once, even while FHE computations run."""
+    """Answer at once, even while FHE computations run.
+
+    The status is "degraded" (still 200: this replica answers) when the session store did not
+    answer lately or the replica's subscription to removed sessions is down.
+    """
     cache = service.key_cache
+    store = service.store_status()
     return Health(
-        status="ok",
+        status="ok" if all(store.values()) else "degraded",
+        store=store,
         api_version=API_VERSION,
         model=service.model.summary(),
         replica=app_settings(request).replica_name or f"{socket.gethostname()}:{os.getpid()}",
@@ -192,6 +211,27 @@ async def health(request: Request, service: ServiceDep) -> Health:
         },
         fhe_queue={"admitted": service.gate.admitted, "capacity": service.gate.capacity},
     )
+
+
+@router.get(ADMISSION_PATH, include_in_schema=False)
+async def admission(request: Request, service: ServiceDep) -> Response:
+    """Whether a creation from this client would be admitted now (asked by nginx, no body).
+
+    nginx asks before it streams a creation's 15 MB body to a replica, and answers a refusal
+    itself: 403 carries the refusal's status (429 or 503), detail, Retry-After and transient mark
+    in headers, which nginx's ``auth_request`` passes on.
+    """
+    client = request.client.host if request.client is not None else "unknown"
+    try:
+        await service.check_room(client)
+    except RetryLaterError as refused:
+        headers = {
+            **(refused.headers() or {}),
+            REFUSAL_STATUS_HEADER: str(int(refused.status_code)),
+            REFUSAL_DETAIL_HEADER: str(refused),
+        }
+        return JSONResponse(status_code=403, content={"detail": str(refused)}, headers=headers)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(
@@ -211,15 +251,21 @@ async def create_session(
     """Store the evaluation keys and return the session id and its bearer token (shown once).
 
     Refused with 503 when the server holds as many sessions as it can (live sessions are never
-    evicted), with 429 when this client opened its quota of sessions; both say Retry-After.
+    evicted), with 429 when this client opened its quota of sessions; both say Retry-After, and
+    both are checked before the body is read, so a refusal costs no upload to the replica.
     """
+    client = request.client.host if request.client is not None else "unknown"
+    try:
+        await service.check_room(client)
+    except ServiceError:
+        request.scope[BODY_LEFT_UNREAD] = True
+        raise
     data = await read_body(
         request,
         limit=config.max_evaluation_key_bytes,
         expected=service.model.wire["evaluation_keys"].length,
         what="evaluation keys",
     )
-    client = request.client.host if request.client is not None else "unknown"
     session_id, token = await service.create_session(data, client)
     return SessionCreated(session_id=session_id, token=token, expires_in=config.session_ttl_seconds)
 
@@ -406,6 +452,7 @@ def create_app(config: ServerSettings) -> FastAPI:
     app.state.settings = config
     app.include_router(router)
     app.add_middleware(AllowedHostsMiddleware, allowed_hosts=config.allowed_hosts)
+    app.add_middleware(JSONErrorsMiddleware)  # outermost of ours: sees every route's error
     app.add_exception_handler(ServiceError, service_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)

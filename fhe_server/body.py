@@ -16,6 +16,11 @@ from settings import ServerSettings
 
 # Scope key set once a request's body has been received to its end.
 BODY_DONE = "fhe.body_done"
+# Scope key set when a request is refused before any of its body was read: the server (uvicorn)
+# then discards the rest of the body as it arrives and keeps the connection, which costs neither
+# the app nor a reset connection (closing with unread bytes resets it, and nginx in front would
+# take that for a failed replica).
+BODY_LEFT_UNREAD = "fhe.body_left_unread"
 
 
 async def read_body(request: Request, limit: int, expected: int, what: str) -> bytes:
@@ -108,7 +113,13 @@ async def error_headers(
     config: ServerSettings,
     headers: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Headers of an error answer: ``Connection: close`` unless the body was read to its end."""
+    """Headers of an error answer: ``Connection: close`` unless the body was read to its end.
+
+    A request refused before any of its body was read (``BODY_LEFT_UNREAD``) keeps its
+    connection: the server discards the rest of the body itself.
+    """
+    if request.scope.get(BODY_LEFT_UNREAD):
+        return dict(headers or {})
     finished = not isinstance(error, PayloadTooLargeError) and await finish_body(
         request, limit=config.max_ciphertext_bytes, seconds=config.error_drain_seconds
     )

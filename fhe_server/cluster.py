@@ -42,6 +42,11 @@ HOST = "127.0.0.1"
 STARTUP_TIMEOUT_SECONDS = 120.0
 # Request bodies nginx accepts; the replicas check each route's exact size themselves.
 MAX_BODY_BYTES = 64 * 1024 * 1024
+# nginx takes a replica out of rotation for FAIL_TIMEOUT after MAX_FAILS failed attempts within
+# FAIL_TIMEOUT: one broken connection never takes a healthy replica out, and a stopped one costs
+# three refused connections (each moved to the next replica) before it is skipped.
+MAX_FAILS = 3
+FAIL_TIMEOUT = "5s"
 
 
 class ClusterError(RuntimeError):
@@ -65,7 +70,7 @@ def render_nginx_config(
 ) -> str:
     """The nginx configuration for replicas on ``replica_ports``, listening on ``host:port``."""
     servers = "\n".join(
-        f"        server {host}:{replica_port} max_fails=1 fail_timeout=5s;"
+        f"        server {host}:{replica_port} max_fails={MAX_FAILS} fail_timeout={FAIL_TIMEOUT};"
         for replica_port in replica_ports
     )
     # As root, nginx's workers would switch to "nobody", who cannot use the temporary folders.

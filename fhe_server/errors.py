@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from fhe_server.protocol import RETRY_AFTER_HEADER
+from fhe_server.protocol import RETRY_AFTER_HEADER, TRANSIENT_HEADER
 
 
 class ServiceError(Exception):
@@ -90,3 +90,15 @@ class ServerBusyError(RetryLaterError):
     """Too many FHE computations running and waiting, or the store is full; retry later."""
 
     status_code = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class StoreUnavailableError(ServerBusyError):
+    """The session store cannot be reached or cannot write now (restarting, read-only).
+
+    Nothing was changed, and the same request can be sent again at once to any replica: the
+    answer says so with ``TRANSIENT_HEADER``, which the client library retries by itself.
+    """
+
+    def headers(self) -> dict[str, str] | None:
+        """Retry-After, and the mark of a transient failure."""
+        return {**(super().headers() or {}), TRANSIENT_HEADER: "1"}

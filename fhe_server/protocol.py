@@ -47,6 +47,11 @@ SESSION_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 # Paths (format the templates with session_id= and party=)
 # ---------------------------------------------------------------------------------------------
 HEALTH_PATH = "/health"
+# Asked by nginx before it streams a creation's body (``auth_request``): 204 if a new session
+# would be admitted now, else 403 with the refusal's status, detail and Retry-After in headers.
+ADMISSION_PATH = "/admission"
+REFUSAL_STATUS_HEADER = "X-FHE-Refusal-Status"
+REFUSAL_DETAIL_HEADER = "X-FHE-Refusal-Detail"
 SESSIONS_PATH = "/sessions"
 SESSION_PATH = SESSIONS_PATH + "/{session_id}"
 INPUT_PATH = SESSION_PATH + "/inputs/{party}"
@@ -62,6 +67,9 @@ BEARER_SCHEME = "Bearer"
 CONTENT_TYPE_HEADER = "Content-Type"
 RETRY_AFTER_HEADER = "Retry-After"
 EXECUTION_TIME_HEADER = "X-FHE-Execution-Time"
+# On a 503: the failure was transient (a replica or the store went away, nothing was changed),
+# and the same request may be sent again at once.
+TRANSIENT_HEADER = "X-FHE-Transient"
 # The only media type of binary bodies (keys, ciphertexts) in both directions.
 OCTET_STREAM = "application/octet-stream"
 

@@ -15,25 +15,34 @@ version it was computed from is still the current one (compare-and-set). Expiry 
 TTL on both keys, renewed by every authenticated call; when ``max_sessions`` live sessions are
 stored, a new one is refused (503), never made room for by evicting one. Each replica subscribes
 to ``fhe:removed`` and drops its prepared keys of a session as soon as any replica deletes it, or
-notices (at its periodic purge) that Redis expired it.
+notices (at its periodic purge) that Redis expired it (``redis_listener.py``).
+
+Redis's failures are answered by their exception's type (``refusal``), never as a 500: out of
+memory is a 503 whose Retry-After is the next expiry (at most ``FULL_RETRY_SECONDS``), while
+reads, TTL renewals and deletes go on working; unreachable, loading or read-only is a transient
+503 (``StoreUnavailableError``) that can be repeated at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import logging
 import math
 import secrets
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import (
+    ExecAbortError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fhe_server.errors import (
@@ -41,10 +50,24 @@ from fhe_server.errors import (
     ServerBusyError,
     SessionNotFoundError,
     StepOutOfOrderError,
-    TooManySessionsError,
+    StoreUnavailableError,
 )
 from fhe_server.protocol import SESSION_ID_PATTERN
+from fhe_server.redis_errors import store_errors
+from fhe_server.redis_listener import RemovalListener
+from fhe_server.redis_scripts import (
+    CREATE_SCRIPT,
+    DELETE_SCRIPT,
+    PRUNE_SCRIPT,
+    PUT_INPUT_SCRIPT,
+    RENEW_SCRIPT,
+    ROOM_SCRIPT,
+    STORE_OUTPUT_SCRIPT,
+)
 from fhe_server.stores import short_id, token_digest
+
+if TYPE_CHECKING:
+    from fhe_server.redis_quota import RedisSessionQuota
 
 logger = logging.getLogger("fhe_server.redis_store")
 
@@ -52,13 +75,13 @@ PREFIX = "fhe:"
 SESSIONS_KEY = PREFIX + "sessions"
 REMOVED_CHANNEL = PREFIX + "removed"
 NOT_FOUND = "unknown or expired session"
-# Seconds a client is asked to wait when Redis cannot be reached or is full.
+# Seconds a client is asked to wait when Redis cannot be reached or cannot write.
 STORE_RETRY_AFTER_SECONDS = 2
+# Most seconds a client is asked to wait when the store is full (its session count or Redis's
+# memory): room comes back at the next expiry, or sooner when a client deletes its session.
+FULL_RETRY_SECONDS = 5
 # How often each replica looks for sessions Redis expired (to announce them to every replica).
 PRUNE_SECONDS = 5.0
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 
 def meta_key(session_id: str) -> str:
@@ -69,107 +92,6 @@ def meta_key(session_id: str) -> str:
 def blob_key(session_id: str) -> str:
     """Redis key of a session's serialized evaluation keys."""
     return f"{PREFIX}keys:{session_id}"
-
-
-def _store_errors(method: Callable[P, T]) -> Callable[P, T]:
-    """Turn Redis being down or out of memory into a 503 instead of an unexpected 500."""
-
-    @wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return method(*args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError) as error:
-            logger.error("Redis unreachable: %r", error)
-            raise ServerBusyError(
-                "the session store is unreachable; retry later", STORE_RETRY_AFTER_SECONDS
-            ) from None
-        except ResponseError as error:
-            if "OOM" not in str(error):
-                raise
-            logger.error("Redis is full: %s", error)
-            raise ServerBusyError(
-                "the session store is full; retry later", STORE_RETRY_AFTER_SECONDS
-            ) from None
-
-    return wrapper
-
-
-# Lua: forget (and announce) the sessions of the index whose hash Redis has expired.
-# KEYS[1] index; ARGV[1] key prefix, ARGV[2] channel. Leaves `removed` (a table) defined.
-_PRUNE = """
-local removed = {}
-for _, sid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if redis.call('EXISTS', ARGV[1] .. 'session:' .. sid) == 0 then
-    redis.call('ZREM', KEYS[1], sid)
-    redis.call('DEL', ARGV[1] .. 'keys:' .. sid)
-    redis.call('PUBLISH', ARGV[2], sid)
-    table.insert(removed, sid)
-  end
-end
-"""
-
-PRUNE_SCRIPT = _PRUNE + "return removed\n"
-
-# Lua: create a session unless the live ones fill max_sessions (live sessions are never
-# evicted). KEYS: index, new hash, new keys blob.
-# ARGV: prefix, channel, id, token hash, now (ms), ttl (ms), max sessions, evaluation keys.
-# Returns the ids of the expired sessions it forgot, or, when full, the last use (ms) of the
-# least recently used live session (a number).
-CREATE_SCRIPT = (
-    _PRUNE
-    + """
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[7]) then
-  return tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
-end
-redis.call('SET', KEYS[3], ARGV[8], 'PX', ARGV[6])
-redis.call('HSET', KEYS[2], 'token_sha256', ARGV[4], 'created', ARGV[5],
-           'inputs_version', 0, 'output_version', -1)
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
-redis.call('ZADD', KEYS[1], ARGV[5], ARGV[3])
-return removed
-"""
-)
-
-# Lua: store one party's ciphertext, bump the inputs version, drop the now stale verdict.
-# KEYS: hash. ARGV: field, ciphertext. Returns the new version, or -1 for no such session.
-PUT_INPUT_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HDEL', KEYS[1], 'output')
-redis.call('HSET', KEYS[1], 'output_version', -1)
-return redis.call('HINCRBY', KEYS[1], 'inputs_version', 1)
-"""
-
-# Lua: compare-and-set of the verdict. KEYS: hash. ARGV: output, inputs version it came from.
-# Returns 1 stored, 0 the inputs changed meanwhile, -1 no such session.
-STORE_OUTPUT_SCRIPT = """
-local current = redis.call('HGET', KEYS[1], 'inputs_version')
-if not current then return -1 end
-if tonumber(current) ~= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'output', ARGV[1], 'output_version', ARGV[2])
-return 1
-"""
-
-# Lua: take one of a client's session slots in its sliding window (shared by every replica).
-# KEYS: the client's slots (zset). ARGV: now (ms), window (ms), limit, slot id.
-# Returns -1 when a slot was taken, else the time (ms) of the client's oldest slot.
-QUOTA_SCRIPT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  return tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
-end
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return -1
-"""
-
-# Lua: delete a session and announce it. KEYS: index, hash, blob. ARGV: id, channel.
-DELETE_SCRIPT = """
-local gone = redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('ZREM', KEYS[1], ARGV[1])
-if gone > 0 then redis.call('PUBLISH', ARGV[2], ARGV[1]) end
-return gone
-"""
 
 
 class RedisSessionStore:
@@ -188,6 +110,7 @@ class RedisSessionStore:
         on_remove: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         prune_seconds: float = PRUNE_SECONDS,
+        on_resync: Callable[[set[str]], None] | None = None,
     ):
         """Connect to Redis (lazily) and, with ``on_remove``, listen for removed sessions.
 
@@ -198,6 +121,8 @@ class RedisSessionStore:
             on_remove: called with the id of every session removed by any replica or expired.
             clock: wall clock (seconds since the epoch), for the least-recently-used order.
             prune_seconds: with ``on_remove``, how often to look for sessions Redis expired.
+            on_resync: with ``on_remove``, called with the ids of the sessions Redis holds when
+                the subscription comes back after a loss (removals may have been missed).
         """
         self.url = url
         self.ttl_seconds = ttl_seconds
@@ -212,12 +137,11 @@ class RedisSessionStore:
         self._put_input = self.redis.register_script(PUT_INPUT_SCRIPT)
         self._store_output = self.redis.register_script(STORE_OUTPUT_SCRIPT)
         self._delete = self.redis.register_script(DELETE_SCRIPT)
-        self._stop = threading.Event()
-        self._listener: threading.Thread | None = None
+        self._renew = self.redis.register_script(RENEW_SCRIPT)
+        self._room = self.redis.register_script(ROOM_SCRIPT)
+        self._listener: RemovalListener | None = None
         if on_remove is not None:
-            self._listener = threading.Thread(
-                target=self._listen, name="fhe-redis-removed", daemon=True
-            )
+            self._listener = RemovalListener(self, REMOVED_CHANNEL, on_remove, on_resync)
             self._listener.start()
 
     # -- helpers ---------------------------------------------------------------------------
@@ -234,67 +158,125 @@ class RedisSessionStore:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def _listen(self) -> None:
-        """Call ``on_remove`` for every id published on the channel; reconnect after failures.
-
-        Every ``prune_seconds`` it also looks for sessions Redis expired, whose ids are then
-        published to every replica.
-        """
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        next_prune = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                if not pubsub.subscribed:
-                    pubsub.subscribe(REMOVED_CHANNEL)
-                if time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + self.prune_seconds
-                    self.purge_expired()
-                message = pubsub.get_message(timeout=min(1.0, self.prune_seconds))
-            except (RedisConnectionError, RedisTimeoutError) as error:
-                logger.warning("lost the Redis subscription (%r); retrying", error)
-                with contextlib.suppress(Exception):
-                    pubsub.reset()
-                self._stop.wait(1.0)
-                continue
-            if message and message.get("type") == "message" and self.on_remove is not None:
-                session_id = message["data"].decode("ascii", errors="replace")
-                self.on_remove(session_id)
-        with contextlib.suppress(Exception):
-            pubsub.close()
-
     def close(self) -> None:
         """Stop listening and close the connections."""
-        self._stop.set()
         if self._listener is not None:
-            self._listener.join(timeout=5)
+            self._listener.stop()
         self.redis.close()
+
+    def status(self) -> dict[str, bool]:
+        """What ``/health`` reports: Redis answered lately, and the removal subscription is up.
+
+        Read from the listener's flags (no round trip); without a listener, both are True.
+        """
+        if self._listener is None:
+            return {"reachable": True, "subscribed": True}
+        return {"reachable": self._listener.reachable, "subscribed": self._listener.subscribed}
+
+    def refusal(self, error: RedisError) -> ServerBusyError:
+        """The 503 that answers a failure of Redis, chosen by the exception's type.
+
+        Out of memory: the store is full until a session expires or is deleted (Retry-After
+        from the next expiry, at most ``FULL_RETRY_SECONDS``). Unreachable, loading, read-only
+        or failing over: nothing was changed and the request can be repeated at once
+        (``StoreUnavailableError``). Anything else Redis refuses is logged with its trace.
+        """
+        if isinstance(error, OutOfMemoryError):
+            logger.error("Redis is full (maxmemory): %s", error)
+            return ServerBusyError(
+                "the session store is full; retry later", self.full_retry_after()
+            )
+        if isinstance(error, RedisConnectionError | RedisTimeoutError):
+            if self._listener is not None:
+                self._listener.reachable = False
+            what = "is unreachable"  # BusyLoadingError is a ConnectionError: Redis is starting
+        elif isinstance(error, ReadOnlyError | MasterDownError | TryAgainError):
+            what = "cannot write now (read-only or failing over)"
+        elif isinstance(error, ExecAbortError):
+            what = "refused a transaction"
+        else:
+            logger.exception("unexpected answer from Redis", exc_info=error)
+            what = "refused the request"
+        logger.error("the session store %s: %r", what, error)
+        return StoreUnavailableError(
+            f"the session store {what}; retry later", STORE_RETRY_AFTER_SECONDS
+        )
+
+    def full_retry_after(self) -> int:
+        """Seconds until room may come back: the next expiry, at most ``FULL_RETRY_SECONDS``."""
+        try:
+            oldest = self.redis.zrange(SESSIONS_KEY, 0, 0, withscores=True)
+        except RedisError:
+            return FULL_RETRY_SECONDS
+        return self._retry_after(int(oldest[0][1]) if oldest else None)
+
+    def _retry_after(self, least_recent_ms: int | None) -> int:
+        if least_recent_ms is None:
+            return FULL_RETRY_SECONDS
+        next_expiry = math.ceil((least_recent_ms + self._ttl_ms - self._now_ms()) / 1000)
+        return max(1, min(next_expiry, FULL_RETRY_SECONDS))
 
     def session_quota(
         self, limit: int, window_seconds: float, exempt: Iterable[str] = ()
     ) -> RedisSessionQuota:
         """The per-client session quota, kept in this Redis so that every replica shares it."""
+        from fhe_server.redis_quota import RedisSessionQuota
+
         return RedisSessionQuota(self, limit, window_seconds, exempt)
 
     # -- the store's methods ---------------------------------------------------------------
-    @_store_errors
+    @store_errors
     def session_ids(self) -> list[str]:
         """Ids of the sessions in the index (ones Redis expired included until purged)."""
-        return sorted(member.decode("ascii") for member in self.redis.zrange(SESSIONS_KEY, 0, -1))
+        return sorted(self.live_ids())
 
-    def purge_expired(self) -> list[str]:
+    def live_ids(self) -> set[str]:
+        """As ``session_ids``, as a set; a failure of Redis is raised as Redis raised it."""
+        return {member.decode("ascii") for member in self.redis.zrange(SESSIONS_KEY, 0, -1)}
+
+    def prune(self) -> list[str]:
         """Forget sessions Redis has expired and tell every replica; return their ids.
 
-        A background task: while Redis cannot be reached it logs and returns nothing.
+        Raises:
+            redis.exceptions.RedisError: as Redis raised it.
         """
-        try:
-            removed = self._prune(keys=[SESSIONS_KEY], args=[PREFIX, REMOVED_CHANNEL])
-        except (RedisConnectionError, RedisTimeoutError) as error:
-            logger.warning("cannot purge expired sessions, Redis unreachable: %r", error)
-            return []
+        removed = self._prune(keys=[SESSIONS_KEY], args=[PREFIX, REMOVED_CHANNEL])
         ids = [member.decode("ascii") for member in removed]
         for session_id in ids:
             logger.info("session %s removed (expired)", short_id(session_id))
         return ids
+
+    def purge_expired(self) -> list[str]:
+        """As ``prune``, for a background task: a failure of Redis is logged, nothing returned."""
+        try:
+            return self.prune()
+        except RedisError as error:
+            logger.warning("cannot purge expired sessions: %r", error)
+            return []
+
+    @store_errors
+    def check_room(self, reserve_bytes: int = 0) -> None:
+        """Refuse a creation before its body is read: the session count or memory is full.
+
+        Args:
+            reserve_bytes: what one session takes in Redis (its keys); refused when Redis's
+                ``maxmemory`` is set and used memory plus this would pass it.
+
+        Raises:
+            ServerBusyError: with Retry-After the next expiry (at most ``FULL_RETRY_SECONDS``).
+        """
+        least_recent = self._room(
+            keys=[SESSIONS_KEY], args=[PREFIX, REMOVED_CHANNEL, self.max_sessions]
+        )
+        if least_recent >= 0:
+            raise ServerBusyError(
+                "the server holds as many sessions as it can; retry later",
+                self._retry_after(int(least_recent)),
+            )
+        memory = self.redis.info("memory")
+        limit = int(memory.get("maxmemory", 0))
+        if limit and int(memory.get("used_memory", 0)) + reserve_bytes > limit:
+            raise ServerBusyError("the session store is full; retry later", self.full_retry_after())
 
     def recover(self) -> None:
         """At a process's start: forget the sessions Redis expired meanwhile.
@@ -304,7 +286,7 @@ class RedisSessionStore:
         """
         self.purge_expired()
 
-    @_store_errors
+    @store_errors
     def create(self, evaluation_keys: bytes, reserve_bytes: int = 0) -> tuple[str, str]:
         """Store a new session holding the given evaluation keys.
 
@@ -319,7 +301,9 @@ class RedisSessionStore:
 
         Raises:
             ServerBusyError: if ``max_sessions`` live sessions are stored, with Retry-After set to
-                the time until the least recently used one would expire.
+                the time until the least recently used one would expire (at most
+                ``FULL_RETRY_SECONDS``: a client may delete its session before), or if Redis
+                is out of memory.
         """
         del reserve_bytes
         session_id, token = secrets.token_hex(16), secrets.token_urlsafe(32)
@@ -337,19 +321,21 @@ class RedisSessionStore:
             ],
         )
         if isinstance(removed, int):
-            first_expiry_ms = removed + self._ttl_ms
             raise ServerBusyError(
                 "the server holds as many sessions as it can; retry later",
-                retry_after=math.ceil((first_expiry_ms - self._now_ms()) / 1000),
+                retry_after=self._retry_after(removed),
             )
         for other in removed:
             logger.info("session %s removed (expired)", short_id(other.decode()))
         logger.info("session %s created", short_id(session_id))
         return session_id, token
 
-    @_store_errors
+    @store_errors
     def authenticate(self, session_id: str, token: str | None) -> None:
-        """As ``SessionStore.authenticate``; marking the session used renews its Redis TTL."""
+        """As ``SessionStore.authenticate``; marking the session used renews its Redis TTL.
+
+        A renewal that Redis refuses (full or read-only) is logged and the call goes on.
+        """
         if not token:
             raise InvalidTokenError("missing bearer token")
         stored = self.redis.hget(meta_key(self._check_id(session_id)), "token_sha256")
@@ -357,13 +343,17 @@ class RedisSessionStore:
             raise SessionNotFoundError(NOT_FOUND)
         if not hmac.compare_digest(token_digest(token).encode("ascii"), stored):
             raise InvalidTokenError("wrong token for this session")
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.pexpire(meta_key(session_id), self._ttl_ms)
-            pipe.pexpire(blob_key(session_id), self._ttl_ms)
-            pipe.zadd(SESSIONS_KEY, {session_id: self._now_ms()}, xx=True)
-            pipe.execute()
+        try:
+            self._renew(
+                keys=[meta_key(session_id), blob_key(session_id), SESSIONS_KEY],
+                args=[self._ttl_ms, self._now_ms(), session_id],
+            )
+        except (OutOfMemoryError, ReadOnlyError, MasterDownError, TryAgainError) as error:
+            # A renewal Redis cannot write must not fail the call: the session lives on until
+            # its current TTL, and the next call renews it.
+            logger.warning("session %s: TTL not renewed: %r", short_id(session_id), error)
 
-    @_store_errors
+    @store_errors
     def put_input(self, session_id: str, party: Any, data: bytes) -> int:
         """Store (or replace) one party's ciphertext; return the new inputs version.
 
@@ -377,7 +367,7 @@ class RedisSessionStore:
             raise SessionNotFoundError(NOT_FOUND)
         return int(version)
 
-    @_store_errors
+    @store_errors
     def read_inputs(self, session_id: str, parties: Iterable[Any]) -> tuple[dict[Any, bytes], int]:
         """Read some parties' ciphertexts and the inputs version they belong to (one snapshot).
 
@@ -399,7 +389,7 @@ class RedisSessionStore:
             raise StepOutOfOrderError(f"upload the {', '.join(missing)} input(s) first")
         return dict(zip(parties, values, strict=True)), int(version)
 
-    @_store_errors
+    @store_errors
     def read_evaluation_keys(self, session_id: str) -> bytes:
         """Read the session's serialized evaluation keys."""
         data = self.redis.get(blob_key(self._check_id(session_id)))
@@ -407,7 +397,7 @@ class RedisSessionStore:
             raise SessionNotFoundError(NOT_FOUND)
         return data
 
-    @_store_errors
+    @store_errors
     def store_output(self, session_id: str, data: bytes, inputs_version: int) -> None:
         """Store a verdict only if ``inputs_version`` is still the session's current one.
 
@@ -423,7 +413,7 @@ class RedisSessionStore:
         if result == 0:
             raise StepOutOfOrderError("an input changed during predict; run predict again")
 
-    @_store_errors
+    @store_errors
     def read_output(self, session_id: str) -> bytes:
         """Read the encrypted verdict of the current inputs.
 
@@ -439,7 +429,7 @@ class RedisSessionStore:
             raise StepOutOfOrderError("no verdict for the current inputs: run predict first")
         return output
 
-    @_store_errors
+    @store_errors
     def delete(self, session_id: str) -> None:
         """Remove a session and everything stored for it; every replica is told."""
         self._check_id(session_id)
@@ -448,52 +438,3 @@ class RedisSessionStore:
             args=[session_id, REMOVED_CHANNEL],
         )
         logger.info("session %s removed (deleted by the client)", short_id(session_id))
-
-
-class RedisSessionQuota:
-    """``runtime.SessionQuota`` kept in Redis: one sliding window per client for all replicas.
-
-    Without it each replica would count alone, and a client whose creations nginx spreads over
-    N replicas could open N times its quota.
-    """
-
-    def __init__(
-        self, store: RedisSessionStore, limit: int, window_seconds: float, exempt: Iterable[str]
-    ):
-        """Create the quota (see ``RedisSessionStore.session_quota``)."""
-        self.store = store
-        self.limit = limit
-        self.window_seconds = window_seconds
-        self.exempt = frozenset(exempt)
-        self._window_ms = max(1, int(window_seconds * 1000))
-        self._take = store.redis.register_script(QUOTA_SCRIPT)
-
-    @_store_errors
-    def _admit(self, key: str, slot: str, now_ms: int) -> None:
-        oldest = self._take(keys=[key], args=[now_ms, self._window_ms, self.limit, slot])
-        if oldest >= 0:
-            raise TooManySessionsError(
-                f"this client opened {self.limit} sessions in the last "
-                f"{self.window_seconds:g} s; retry later",
-                retry_after=math.ceil((oldest + self._window_ms - now_ms) / 1000),
-            )
-
-    @contextlib.contextmanager
-    def admit(self, client: str) -> Iterator[None]:
-        """Take one of the client's slots for the duration of a creation; keep it on success.
-
-        Raises:
-            TooManySessionsError: with Retry-After set to when the client's oldest slot frees.
-            ServerBusyError: if Redis cannot be reached.
-        """
-        if self.limit <= 0 or client in self.exempt:
-            yield
-            return
-        key, slot = f"{PREFIX}quota:{client}", secrets.token_hex(8)
-        self._admit(key, slot, self.store._now_ms())
-        try:
-            yield
-        except BaseException:
-            with contextlib.suppress(redis.exceptions.RedisError):
-                self.store.redis.zrem(key, slot)  # a failed creation gives its slot back
-            raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import threading
 import time
@@ -66,6 +67,29 @@ class KeyCache:
         """Forget a session's keys."""
         with self._lock:
             self._items.pop(session_id, None)
+
+    def retain(self, session_ids: Iterable[str]) -> None:
+        """Forget the keys of every session not in ``session_ids`` (the ones the store holds).
+
+        The memory they held is then given back to the system (``release_free_memory``).
+        """
+        keep = set(session_ids)
+        with self._lock:
+            gone = [s for s in self._items if s not in keep]
+            for session_id in gone:
+                del self._items[session_id]
+        if gone:
+            release_free_memory()
+
+
+def release_free_memory() -> None:
+    """Give the heap's free memory back to the system (glibc's ``malloc_trim``; else nothing).
+
+    Dropped key sets are freed to the allocator, which keeps part of it; measured after dropping
+    three prepared key sets: 755 MB resident, 708 MB after the trim, 701 MB before the keys.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class FHEGate:
@@ -155,6 +179,29 @@ class SessionQuota:
         for client in [c for c in windows if not self._recent(windows, c, now)]:
             del windows[client]
 
+    def check(self, client: str) -> None:
+        """Refuse at once a client that has no slot left (before its request body is read).
+
+        Takes no slot: ``admit`` takes it, and checks again, when the creation runs.
+
+        Raises:
+            TooManySessionsError: with Retry-After set to when the client's oldest slot frees.
+        """
+        if self.limit <= 0 or client in self.exempt:
+            return
+        with self._windows() as windows:
+            now = self.clock()
+            times = self._recent(windows, client, now)
+            if len(times) >= self.limit:
+                raise self._refusal(times[0] + self.window_seconds - now)
+
+    def _refusal(self, wait: float) -> TooManySessionsError:
+        return TooManySessionsError(
+            f"this client opened {self.limit} sessions in the last "
+            f"{self.window_seconds:g} s; retry later",
+            retry_after=math.ceil(wait),
+        )
+
     @contextlib.contextmanager
     def admit(self, client: str) -> Iterator[None]:
         """Take one of the client's slots for the duration of a creation; keep it on success.
@@ -171,12 +218,7 @@ class SessionQuota:
                 self._sweep(windows, now)
             times = self._recent(windows, client, now)
             if len(times) >= self.limit:
-                wait = times[0] + self.window_seconds - now
-                raise TooManySessionsError(
-                    f"this client opened {self.limit} sessions in the last "
-                    f"{self.window_seconds:g} s; retry later",
-                    retry_after=math.ceil(wait),
-                )
+                raise self._refusal(times[0] + self.window_seconds - now)
             times.append(now)
         try:
             yield

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
+from fhe_server.errors import SessionNotFoundError
 from fhe_server.model import FHEModel
 from fhe_server.protocol import CANDIDATES, PARTIES, Party
 from fhe_server.runtime import FHEGate, KeyCache, SessionQuota
@@ -51,6 +52,21 @@ class ScoringService:
             self.key_cache.put(session_id, keys)
         return keys
 
+    async def check_room(self, client: str) -> None:
+        """Refuse a creation before its body is read: the client's quota or the store is full.
+
+        Raises:
+            TooManySessionsError: if the client used up its quota of sessions.
+            ServerBusyError: if the store is full (or cannot be reached).
+        """
+        await self._io(self.quota.check, client)
+        await self._io(self.store.check_room, self.model.session_reserve_bytes())
+
+    def store_status(self) -> dict[str, bool]:
+        """The store's health as ``/health`` shows it (a local store is always up)."""
+        status = getattr(self.store, "status", None)
+        return status() if status is not None else {"reachable": True, "subscribed": True}
+
     async def create_session(self, evaluation_keys: bytes, client: str) -> tuple[str, str]:
         """Check and prepare the keys, store a new session; return (session_id, token).
 
@@ -72,8 +88,16 @@ class ScoringService:
         return session_id, token
 
     async def authenticate(self, session_id: str, token: str | None) -> None:
-        """Check the session and its token (see ``SessionStore.authenticate``)."""
-        await self._io(self.store.authenticate, session_id, token)
+        """Check the session and its token (see ``SessionStore.authenticate``).
+
+        A session the store no longer has loses its prepared keys here too (the store may have
+        lost it without telling this replica, e.g. restarted empty).
+        """
+        try:
+            await self._io(self.store.authenticate, session_id, token)
+        except SessionNotFoundError:
+            self.key_cache.discard(session_id)
+            raise
 
     async def put_input(self, session_id: str, party: Party, data: bytes) -> None:
         """Check one party's ciphertext and store it."""
@@ -155,7 +179,7 @@ def build_service(config: ServerSettings) -> ScoringService:
                 model.wire[wire_name].length,
             )
     key_cache = KeyCache(capacity=config.key_cache_size)
-    store = open_store(config, on_remove=key_cache.discard)
+    store = open_store(config, on_remove=key_cache.discard, on_resync=key_cache.retain)
     store.recover()
     gate = FHEGate(max_concurrent=config.max_concurrent_fhe, max_waiting=config.max_waiting_fhe)
     # A shared store brings its own quota, shared by every replica (POST /sessions goes to any).
@@ -168,13 +192,19 @@ def build_service(config: ServerSettings) -> ScoringService:
     return ScoringService(model=model, store=store, key_cache=key_cache, gate=gate, quota=quota)
 
 
-def open_store(config: ServerSettings, on_remove: Callable[[str], None]) -> SessionStore:
+def open_store(
+    config: ServerSettings,
+    on_remove: Callable[[str], None],
+    on_resync: Callable[[set[str]], None] | None = None,
+) -> SessionStore:
     """The session store the settings name: Redis for ``store_url``, else the filesystem store.
 
     Args:
         config: the server settings.
         on_remove: called with the id of every session this process removes (with Redis: that
             any replica removes, or that Redis expired).
+        on_resync: with Redis, called with the ids of the sessions Redis holds when the
+            replica's subscription comes back after a loss.
     """
     if config.store_url:
         from fhe_server.redis_store import RedisSessionStore
@@ -184,6 +214,7 @@ def open_store(config: ServerSettings, on_remove: Callable[[str], None]) -> Sess
             ttl_seconds=config.session_ttl_seconds,
             max_sessions=config.max_sessions,
             on_remove=on_remove,
+            on_resync=on_resync,
         )
     return FileSessionStore(
         root=config.store_dir,

@@ -94,6 +94,8 @@ class SessionStore(Protocol):
       kept. Expired sessions are purged first; live sessions are never evicted: when the store
       is full (its session count or its space), ``ServerBusyError`` (503) with ``retry_after``
       the seconds until the first live session would expire.
+    - ``check_room(reserve_bytes)``: refuse a creation as ``create`` would (``ServerBusyError``)
+      before its body is read; taking nothing (``create`` checks again).
     - ``authenticate(session_id, token)``: check that the session is live and the token is its
       own, and mark the session used (its idle time restarts). ``SessionNotFoundError`` (unknown,
       expired or deleted), ``InvalidTokenError`` (missing or wrong token).
@@ -124,6 +126,10 @@ class SessionStore(Protocol):
 
     def create(self, evaluation_keys: bytes, reserve_bytes: int = 0) -> tuple[str, str]:
         """Store a new session; return (session_id, token)."""
+        ...
+
+    def check_room(self, reserve_bytes: int = 0) -> None:
+        """Refuse a creation now if the store is full."""
         ...
 
     def authenticate(self, session_id: str, token: str | None) -> None:
@@ -407,6 +413,16 @@ class FileSessionStore:
             "the server holds as many sessions as it can; retry later",
             retry_after=math.ceil(first_expiry - self.clock()),
         )
+
+    def check_room(self, reserve_bytes: int = 0) -> None:
+        """Refuse a creation before its body is read when the store is full.
+
+        Raises:
+            ServerBusyError: as ``create`` would (expired sessions are purged first).
+        """
+        with self._store_lock():
+            self._purge_expired()
+            self._check_room(reserve_bytes)
 
     # -- use cases -------------------------------------------------------------------------
     def create(self, evaluation_keys: bytes, reserve_bytes: int = 0) -> tuple[str, str]:

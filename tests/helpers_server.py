@@ -19,6 +19,7 @@ answers the test sets.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,8 +63,14 @@ def running_server(
     server_env = dict(env or {})
     if store_dir is not None:
         server_env.setdefault("FHE_STORE_DIR", str(store_dir))
-    with ServerProcess(app, env=server_env, start_timeout=timeout, extra_args=extra_args) as server:
-        yield server.url
+    with tempfile.TemporaryDirectory(prefix="threeparty-store-") as own_store:
+        # A three-party server keeps its sessions on disk: each test server gets its own folder
+        # unless the test names one (a restart test reuses it).
+        server_env.setdefault("THREEPARTY_STORE_DIR", str(store_dir or own_store))
+        with ServerProcess(
+            app, env=server_env, start_timeout=timeout, extra_args=extra_args
+        ) as server:
+            yield server.url
 
 
 # One FHE computation at a time and no waiting room: a second one is answered 503 at once.

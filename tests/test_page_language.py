@@ -41,8 +41,10 @@ def _finished_run() -> threeparty_page.FlowState:
         state.add(role, {"step": "round1", "seconds": 1.234, "uploaded": 14_400_000})
         state.add(role, {"step": "chain_verified"})
         state.add(role, {"step": "key_confirmed"})
-        ciphertexts = 0 if role == "bank" else 1
-        state.add(role, {"step": "uploaded", "ciphertexts": ciphertexts, "uploaded": 900_000})
+        own = role != "bank"  # the bank encrypts its tag only
+        state.add(
+            role, {"step": "uploaded", "ciphertexts": 1, "own_fields": own, "uploaded": 900_000}
+        )
         state.add(role, {"step": "evaluated", "evaluation_seconds": 2.75})
         state.add(role, {"step": "verified", "seconds": 0.4})
         recipients = [r for r in threeparty_page.RECIPIENTS if r != role]

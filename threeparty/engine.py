@@ -40,6 +40,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before openfhe loads: see threeparty/__init__.py
 
 import hashlib  # noqa: E402
+import secrets  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Mapping, Sequence  # noqa: E402
@@ -265,6 +266,45 @@ def challenge_matches(slots: np.ndarray, values: Sequence[int]) -> bool:
     slots = np.asarray(slots, dtype=np.int64)
     count = len(values)
     return bool((slots[:count] == np.asarray(values)).all() and not slots[count:].any())
+
+
+TAGGED_PARTIES: tuple[str, ...] = ("applicant", "bank")
+"""The result's recipients: each multiplies a secret tag of its own into the evaluation."""
+
+
+def vector_indices(layout: Layout, party: str) -> list[int]:
+    """The vectors ``party`` encrypts: its literals' ([0]), or a recipient's tag vector ([0])."""
+    return layout.party_vectors(party) or ([0] if party in TAGGED_PARTIES else [])
+
+
+def random_tag() -> int:
+    """A recipient's secret tag: a uniform nonzero value mod t."""
+    return 1 + secrets.randbelow(PLAINTEXT_MODULUS - 1)
+
+
+def tagged_vectors(
+    layout: Layout, party: str, rows: np.ndarray | Sequence[Sequence[int]], tag: int = 1
+) -> dict[int, np.ndarray]:
+    """What ``party`` encrypts, with its tag multiplied in (``tag`` 1: no tag).
+
+    The evaluation multiplies every party's vector, so the output's verdict slots hold
+    ``tag_applicant * tag_bank * (matched leaves)``: a party that shifts its partial decryption
+    by an offset it chose without knowing both tags makes fusion fail (``fuse``) instead of
+    turning the verdict. A party that owns literals scales its literal vector; a recipient that
+    owns none (the bank) encrypts its tag in every leaf slot.
+
+    Raises:
+        InvalidInputError: when the rows do not fit the party's inputs or a ciphertext.
+    """
+    rows = np.atleast_2d(np.asarray(rows, dtype=np.int64))
+    vectors = encode_party(layout, party, rows)
+    if vectors:
+        return {i: v * int(tag) % PLAINTEXT_MODULUS for i, v in vectors.items()}
+    if party not in TAGGED_PARTIES:
+        return {}
+    vector = np.zeros((len(rows), layout.block_size), dtype=np.int64)
+    vector[:, : layout.n_leaves] = int(tag)
+    return {0: vector.reshape(-1)}
 
 
 # -- keys -------------------------------------------------------------------------------------
@@ -513,7 +553,7 @@ class _Engine:
         public = explain_vectors(layout, candidates) if candidates is not None else None
         factors = []
         for party in PARTIES:
-            expected = set(layout.party_vectors(party))
+            expected = set(vector_indices(layout, party))
             given = {int(index) for index in ciphertexts.get(party, {})}
             if given != expected:
                 raise InvalidInputError(
@@ -543,10 +583,8 @@ class _Engine:
                     ]
                     factors = paired + ([factors[-1]] if len(factors) % 2 else [])
                 total = self._block_sum(factors[0], layout.block_size, keys.rotation_indices)
-                verdict = self.cc.EvalMult(total, mask)
-                if layout.leaf_class == 0:
-                    verdict = self.cc.EvalSub(mask, verdict)
-                return _pack("ciphertext", verdict)
+                # The tagged count of matched leaves; the verdict is read at fusion (``fuse``).
+                return _pack("ciphertext", self.cc.EvalMult(total, mask))
             except EngineError:
                 raise
             except Exception as exc:
@@ -732,7 +770,7 @@ def evaluate(
 
     Args:
         keys: the key set's public evaluation keys.
-        ciphertexts: {party: {index: ciphertext blob}} with exactly ``layout.party_vectors``.
+        ciphertexts: {party: {index: ciphertext blob}} with exactly ``vector_indices``.
         blocks: blocks (applications or explain candidates) to decide, from block 0.
         layout: the slot layout (default: the deployed one).
         candidates: in explain mode, the public candidate rows of blocks 1.. (the credit
@@ -803,36 +841,48 @@ def fuse_slots(partials: Sequence[bytes]) -> np.ndarray:
     return _default().fuse_slots(partials)
 
 
-def _verdicts(slots: np.ndarray, blocks: int, layout: Layout) -> list[int]:
-    """The verdict slots of fused slots, checked: 0/1 there and 0 in every other slot."""
+def _verdicts(slots: np.ndarray, blocks: int, layout: Layout, tag: int = 1) -> list[int]:
+    """The verdicts of fused slots, checked: each verdict slot 0 or ``tag``, every other 0.
+
+    A verdict slot holds ``tag * (matched leaves)``, 0 or ``tag``; the verdict is that bit, or
+    its complement when the matched leaves are the refusals (``leaf_class`` 0).
+    """
     size = blocks * layout.block_size
     used = slots[:size].reshape(blocks, layout.block_size)
-    if not np.isin(used[:, 0], (0, 1)).all() or used[:, 1:].any() or slots[size:].any():
-        raise DecryptionError("the partial decryptions do not fuse to verdicts")
-    return [int(v) for v in used[:, 0]]
+    tag = int(tag) % PLAINTEXT_MODULUS
+    if not np.isin(used[:, 0], (0, tag)).all() or used[:, 1:].any() or slots[size:].any():
+        raise DecryptionError(
+            "the partial decryptions do not fuse to verdicts carrying the recipients' tags "
+            "(a partial is missing, wrong or shifted)"
+        )
+    matched = [int(v == tag) for v in used[:, 0]]
+    return matched if layout.leaf_class == 1 else [1 - m for m in matched]
 
 
-def fuse(partials: Sequence[bytes], blocks: int, layout: Layout | None = None) -> list[int]:
+def fuse(
+    partials: Sequence[bytes], blocks: int, layout: Layout | None = None, tag: int = 1
+) -> list[int]:
     """Fuse the three partial decryptions into the verdicts (1 = likely approved).
 
     Args:
         partials: the three parties' partial decryptions (the applicant's among them).
         blocks: the blocks that were evaluated.
         layout: the slot layout (default: the deployed one).
+        tag: the product of the recipients' tags (``tagged_vectors``) mod t.
 
     Returns:
         The verdict of each block.
 
     Raises:
-        DecryptionError: unless the fused slots are verdicts (0/1 in the verdict slots, 0
-            elsewhere): a share is missing, repeated or wrong.
+        DecryptionError: unless every verdict slot is 0 or ``tag`` and every other slot 0: a
+            share is missing, repeated or wrong, or a partial was shifted.
     """
     layout = layout or load_layout()
     if len(partials) != len(PARTIES):
         raise DecryptionError(
             f"fusion needs {len(PARTIES)} partial decryptions, got {len(partials)}"
         )
-    return _verdicts(fuse_slots(partials), blocks, layout)
+    return _verdicts(fuse_slots(partials), blocks, layout, tag)
 
 
 MIN_RING_DIMENSION = 16384
@@ -859,7 +909,8 @@ def check_parameters(layout: Layout, multiparty_mode: str = MULTIPARTY_MODE) -> 
             "of partial decryptions, which keeps them from revealing the key shares"
         )
     cc = _make_context(multiparty_mode)
-    needed = (len(layout.owners()) - 1).bit_length() + 1  # the owners' product, then the mask
+    factors = sum(len(vector_indices(layout, party)) for party in PARTIES)
+    needed = (factors - 1).bit_length() + 1  # the vectors' product, then the mask
     problems = []
     if cc.GetRingDimension() < MIN_RING_DIMENSION:
         problems.append(f"ring dimension {cc.GetRingDimension()} < {MIN_RING_DIMENSION}")
@@ -933,6 +984,7 @@ def run_flow(
     tamper: Callable[[bytes], bytes] | None = None,
     timings: dict[str, float] | None = None,
     candidates: np.ndarray | None = None,
+    tags: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The whole three-party protocol in one process (self-test, tests and the benchmark).
 
@@ -947,9 +999,11 @@ def run_flow(
             "partial_<party>", "fuse").
         candidates: explain mode's public candidate rows (``explain_vectors``); the credit
             bureau's rows are then its own row only.
+        tags: the recipients' tags (``tagged_vectors``; default: random ones).
 
     Returns:
-        {"verdicts", "shares" (the three PartyKeyShare), "joint" (JointRound1), "keys"
+        {"verdicts", "tag" (the product of the tags), "shares" (the three PartyKeyShare),
+        "joint" (JointRound1), "keys"
         (EvaluationKeys), "round1" (Round1Blobs per party), "round2" (bytes per party),
         "ciphertexts", "output", "partials" (per party)}.
 
@@ -958,6 +1012,10 @@ def run_flow(
     """
     engine = _Engine(_make_context(multiparty_mode), rotation_indices)
     times = timings if timings is not None else {}
+    tags = dict(tags) if tags is not None else {p: random_tag() for p in TAGGED_PARTIES}
+    tag = 1
+    for value in tags.values():
+        tag = tag * int(value) % PLAINTEXT_MODULUS
 
     def timed(step: str, func: Callable[..., Any], *args: Any) -> Any:
         start = time.perf_counter()
@@ -1000,7 +1058,10 @@ def run_flow(
     ciphertexts = {
         p: timed(
             f"encrypt_{p}",
-            lambda p: engine.encrypt(joint.joint_public_key, layout.encode_party(p, party_rows[p])),
+            lambda p: engine.encrypt(
+                joint.joint_public_key,
+                tagged_vectors(layout, p, party_rows[p], tags.get(p, 1)),
+            ),
             p,
         )
         for p in PARTIES
@@ -1014,7 +1075,8 @@ def run_flow(
     }
     slots = timed("fuse", engine.fuse_slots, [partials[p] for p in PARTIES])
     return {
-        "verdicts": _verdicts(slots, blocks, layout),
+        "verdicts": _verdicts(slots, blocks, layout, tag),
+        "tag": tag,
         "shares": shares,
         "joint": joint,
         "keys": keys,

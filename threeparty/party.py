@@ -49,6 +49,8 @@ from threeparty.layout import Layout, load_layout
 from threeparty.transcript import Identity, Transcript, TranscriptError
 
 BOX_SECRET_FILE = "box_secret.key"
+TAG_FILE = "tag"
+TAG_SALT_BYTES = 32
 TOKEN_FILE = "token"
 DEFAULT_WAIT_SECONDS = 120.0
 HTTP_TIMEOUT_SECONDS = 120.0
@@ -633,7 +635,8 @@ class PartyClient:
         own = protocol.unpack(self._local("inputs.frame", make))
         if not self._has(self.role, "inputs_commit"):
             refs = {name: transcript.digest(data) for name, data in own.items()}
-            self._put_step("inputs_commit", {}, refs | {"round1": self._round1_digest()})
+            refs |= {"round1": self._round1_digest(), **self._tag_commitment()}
+            self._put_step("inputs_commit", {}, refs)
         self._wait_step("inputs_commit")
         size = 0
         if not self._has(self.role, "inputs"):
@@ -643,13 +646,36 @@ class PartyClient:
             "uploaded",
             seconds=round(time.perf_counter() - start, 3),
             ciphertexts=len(own) - 1,
+            own_fields=bool(layout.party_vectors(self.role)),  # else it encrypts its tag only
             uploaded=size,
         )
         return own
 
     def _vectors(self, layout: Layout, rows: np.ndarray) -> dict[int, np.ndarray]:
-        """What this party encrypts: its literal vector from its own rows (``Layout``)."""
-        return engine.encode_party(layout, self.role, rows)
+        """What this party encrypts: its literal vector from its own rows, with its tag."""
+        return engine.tagged_vectors(layout, self.role, rows, self._tag()[1])
+
+    def _tag(self) -> tuple[bytes, int]:
+        """This party's secret tag for the session and the salt of its commitment.
+
+        A recipient multiplies a random tag into what it encrypts and reveals it, sealed for
+        the other recipient, only once every partial decryption is committed; the credit
+        bureau, which receives no verdict, has none (1).
+        """
+        if self.role not in engine.TAGGED_PARTIES:
+            return bytes(TAG_SALT_BYTES), 1
+        data = self._local(
+            TAG_FILE,
+            lambda: secrets.token_bytes(TAG_SALT_BYTES) + engine.random_tag().to_bytes(4, "big"),
+        )
+        return data[:TAG_SALT_BYTES], int.from_bytes(data[TAG_SALT_BYTES:], "big")
+
+    def _tag_commitment(self) -> dict[str, str]:
+        """The hash a recipient commits its tag with (nothing for the credit bureau)."""
+        if self.role not in engine.TAGGED_PARTIES:
+            return {}
+        salt, tag = self._tag()
+        return {"tag": transcript.digest(salt + tag.to_bytes(4, "big"))}
 
     def _combine_round1(self, joint_public_key: bytes) -> engine.JointRound1:
         """The joint round-1 keys, combined by this party from the signed shares."""
@@ -700,7 +726,7 @@ class PartyClient:
             ciphertexts = {
                 role: {
                     index: inputs[role][protocol.ciphertext_blob(index)]
-                    for index in layout.party_vectors(role)
+                    for index in engine.vector_indices(layout, role)
                 }
                 for role in protocol.ROLES
             }
@@ -748,10 +774,12 @@ class PartyClient:
                 )
         recipients = [r for r in protocol.RECIPIENTS if r != self.role]
         if not self._has(self.role, "partials"):
+            salt, tag = self._tag()
+            payload = salt + tag.to_bytes(4, "big") + own  # the tag, revealed to the recipient
             sealed = {
                 protocol.sealed_blob(r): SealedBox(
                     PublicKey(self._fetch(r, "round1", "box_key"))
-                ).encrypt(own)
+                ).encrypt(payload)
                 for r in recipients
             }
             self._put_step("partials", sealed)
@@ -770,28 +798,40 @@ class PartyClient:
         self._wait_step("partials", tuple(senders))
         box = self._box_key()
         partials = {self.role: own}
+        tag = self._tag()[1]
         for sender in senders:
             sealed = self._fetch(sender, "partials", protocol.sealed_blob(self.role))
             try:
-                partial = SealedBox(box).decrypt(sealed)
+                payload = SealedBox(box).decrypt(sealed)
             except CryptoError as error:
                 raise PartyError(
                     f"the {sender}'s sealed partial does not open with this party's box key: "
                     f"{error}",
                     "bad_result",
                 ) from None
+            revealed, partial = payload[: TAG_SALT_BYTES + 4], payload[TAG_SALT_BYTES + 4 :]
             if transcript.digest(partial) != self._ref(sender, "output_commit", "partial"):
                 raise PartyError(
                     f"refused: the {sender}'s partial is not the one it committed to", "tampered"
                 )
+            if sender in engine.TAGGED_PARTIES:
+                if transcript.digest(revealed) != self._ref(sender, "inputs_commit", "tag"):
+                    raise PartyError(
+                        f"refused: the {sender} revealed another tag than it committed to",
+                        "tampered",
+                    )
+                tag = tag * int.from_bytes(revealed[TAG_SALT_BYTES:], "big")
             partials[sender] = partial
         try:
             bits = engine.fuse(
-                [partials[r] for r in protocol.ROLES], self._status["blocks"], layout
+                [partials[r] for r in protocol.ROLES],
+                self._status["blocks"],
+                layout,
+                tag % engine.PLAINTEXT_MODULUS,
             )
         except engine.EngineError as error:
             raise PartyError(
-                f"the partial decryptions do not fuse: {error}", "bad_result"
+                f"refused: the partial decryptions do not fuse to a verdict: {error}", "bad_result"
             ) from None
         result = read_verdict(mode, [int(b) for b in bits], layout)
         self._progress("verdict", **result)

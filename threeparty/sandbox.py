@@ -147,7 +147,7 @@ def _run(op: str, args: dict[str, Any], blobs: dict[str, bytes], layout: Any) ->
             rotation=blobs["rotation"],
         )
         ciphertexts = {
-            role: {int(i): blobs[f"ct_{role}_{i}"] for i in layout.party_vectors(role)}
+            role: {int(i): blobs[f"ct_{role}_{i}"] for i in engine.vector_indices(layout, role)}
             for role in PARTIES
         }
         candidates = layout.candidates_for(args["mode"])

@@ -60,6 +60,7 @@ from threeparty import engine, protocol, transcript
 from threeparty.layout import LAYOUT_PATH, Layout, load_layout
 from threeparty.protocol import ErrorCode
 from threeparty.sandbox import Sandbox, SandboxError, blob_kind
+from threeparty.session_files import SessionFiles
 
 logger = logging.getLogger("threeparty.server")
 
@@ -101,6 +102,8 @@ class ThreePartySettings(BaseSettings):
     session_quota_exempt: CommaList = ["127.0.0.1", "::1"]
     # Host names the server answers (any port), comma-separated: loopback only by default.
     allowed_hosts: CommaList = ["localhost", "127.0.0.1", "[::1]"]
+    # Where sessions are kept so that they survive a restart ("" keeps them in memory only).
+    store_dir: str = str(LAYOUT_PATH.parent.parent / ".fhe_store" / "threeparty")
     # The public slot layout the server evaluates and checks its known answer on.
     layout_path: Path = LAYOUT_PATH
 
@@ -227,6 +230,62 @@ class Session:
         """Whether every role that uploads ``step`` did."""
         return set(self.done(step)) == set(protocol.step_roles(step))
 
+    def meta(self, wall_offset: float) -> dict[str, Any]:
+        """What ``SessionFiles`` writes (times as wall-clock seconds: now + ``wall_offset``)."""
+        return {
+            "session_id": self.session_id,
+            "mode": self.mode,
+            "applications": self.applications,
+            "roster": self.roster,
+            "invitation_digests": {r: d.hex() for r, d in self.invitation_digests.items()},
+            "token_digests": self.token_digests,
+            "created": self.created + wall_offset,
+            "last_used": self.last_used + wall_offset,
+            "statements": self.statements,
+            "key_tag": self.joint.key_tag if self.joint is not None else None,
+            "evaluation_seconds": self.evaluation_seconds,
+        }
+
+    @classmethod
+    def restore(cls, meta: dict[str, Any], files: dict[str, bytes], wall_offset: float) -> Session:
+        """A session read back by ``SessionFiles.load``."""
+        session = cls(
+            session_id=meta["session_id"],
+            mode=meta["mode"],
+            applications=int(meta.get("applications", 1)),
+            roster=dict(meta["roster"]),
+            invitation_digests={r: bytes.fromhex(d) for r, d in meta["invitation_digests"].items()},
+            token_digests=dict(meta["token_digests"]),
+            created=float(meta["created"]) - wall_offset,
+            last_used=float(meta["last_used"]) - wall_offset,
+            statements=meta["statements"],
+            evaluation_seconds=meta.get("evaluation_seconds"),
+        )
+        for stem, data in files.items():
+            parts = stem.split("__")
+            if len(parts) == 3:
+                session.blobs.setdefault((parts[0], parts[1]), {})[parts[2]] = data
+        derived = {
+            stem.split("__", 1)[1]: data
+            for stem, data in files.items()
+            if stem.startswith("derived__")
+        }
+        if meta.get("key_tag") and "joint_rotation" in derived:
+            session.joint = engine.JointRound1(
+                joint_public_key=derived["joint_public_key"],
+                joint_eval_mult_round1=derived["joint_eval_mult_round1"],
+                joint_rotation=derived["joint_rotation"],
+                key_tag=meta["key_tag"],
+            )
+        if session.joint is not None and "relinearization" in derived:
+            session.keys = engine.EvaluationKeys(
+                key_tag=session.joint.key_tag,
+                relinearization=derived["relinearization"],
+                rotation=session.joint.joint_rotation,
+            )
+        session.output = derived.get("output")
+        return session
+
     def status(self, expires_in: float) -> dict[str, Any]:
         """What every party of the session may know about its progress."""
         return {
@@ -250,11 +309,39 @@ class Session:
 class SessionStore:
     """The live sessions, touched only from the event loop's thread."""
 
-    def __init__(self, config: ThreePartySettings, clock: Callable[[], float] = time.monotonic):
-        """An empty store with the settings' limits."""
+    def __init__(
+        self,
+        config: ThreePartySettings,
+        clock: Callable[[], float] = time.monotonic,
+        files: SessionFiles | None = None,
+    ):
+        """An empty store with the settings' limits (``files``: where sessions are kept)."""
         self.config = config
         self.clock = clock
+        self.files = files or SessionFiles(None)
         self.sessions: dict[str, Session] = {}
+
+    @property
+    def wall_offset(self) -> float:
+        """Wall-clock time minus this store's clock (times on disk are wall-clock)."""
+        return time.time() - self.clock()
+
+    def save(self, session: Session) -> None:
+        """Write the session's meta (after any blob it lists)."""
+        self.files.write_meta(session.session_id, session.meta(self.wall_offset))
+
+    def restore(self) -> int:
+        """Read back the sessions kept on disk (expired ones are dropped); return how many."""
+        for meta, files in self.files.load():
+            try:
+                session = Session.restore(meta, files, self.wall_offset)
+            except (KeyError, TypeError, ValueError) as error:
+                logger.warning("a stored session cannot be read back (%s): removed", error)
+                self.files.delete(str(meta.get("session_id", "")))
+                continue
+            self.sessions[session.session_id] = session
+        self.purge_expired()
+        return len(self.sessions)
 
     def expires_in(self, session: Session) -> float:
         """Seconds left before the session expires: idle time, capped by its whole lifetime."""
@@ -271,6 +358,7 @@ class SessionStore:
     def drop(self, session_id: str, reason: str) -> None:
         """Forget a session and everything stored for it."""
         session = self.sessions.pop(session_id, None)
+        self.files.delete(session_id)
         if session is not None:
             session.touch()  # wake its long-polls: they answer 404 next time
             logger.info("session %s dropped (%s)", session_id[:8], reason)
@@ -303,6 +391,7 @@ class SessionStore:
             last_used=now,
         )
         self.sessions[session.session_id] = session
+        self.save(session)
         logger.info("session %s created (%s)", session.session_id[:8], mode)
         return session, secrets_by_role
 
@@ -345,6 +434,7 @@ class SessionStore:
             session.token_digests[role] = token
             session.last_used = self.clock()
             session.touch()
+            self.save(session)
 
     def authenticate(self, session_id: str, token: str | None) -> tuple[Session, str]:
         """The live session and the calling party's role.
@@ -397,7 +487,9 @@ class ThreePartyService:
         self.layout = layout
         self.sandbox = sandbox
         self.sizes = sizes
-        self.store = SessionStore(config)
+        self.store = SessionStore(
+            config, files=SessionFiles(Path(config.store_dir) if config.store_dir else None)
+        )
         self.quota = SessionQuota(
             config.session_quota,
             config.session_quota_window_seconds,
@@ -489,7 +581,7 @@ class ThreePartyService:
             raise ServiceError(
                 ErrorCode.bad_signature, f"{step}: the statement is for another session or step"
             )
-        names = protocol.step_blobs(step, role, self.layout.party_vectors(role))
+        names = protocol.step_blobs(step, role, engine.vector_indices(self.layout, role))
         if sorted(blobs) != sorted(names):
             raise ServiceError(
                 ErrorCode.invalid_blob,
@@ -527,20 +619,37 @@ class ThreePartyService:
             session.blobs[(role, step)] = blobs
             completes = set(session.done(step)) | {role} == set(protocol.step_roles(step))
             try:
+                derived: dict[str, bytes] = {}
                 if step == "round1" and completes:
-                    session.joint = await self._combine_round1(session)
+                    session.joint = joint = await self._combine_round1(session)
+                    derived = {
+                        "joint_public_key": joint.joint_public_key,
+                        "joint_eval_mult_round1": joint.joint_eval_mult_round1,
+                        "joint_rotation": joint.joint_rotation,
+                    }
                 if step == "inputs" and completes:
                     session.keys = await self._evaluation_keys(session)
+                    derived = {"relinearization": session.keys.relinearization}
             except ServiceError:
                 del session.blobs[(role, step)]
                 raise
+            await self._write(session, f"{role}__{step}", blobs)
+            await self._write(session, "derived", derived)
             session.statements.setdefault(role, {})[step] = envelope
+            self.store.save(session)
             session.touch()
         if step == "inputs" and session.keys is not None and session.output is None:
             # Every input is in: evaluate now, while the parties evaluate again on their side.
             task = asyncio.get_running_loop().create_task(self._evaluate_soon(session))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, session: Session, prefix: str, blobs: dict[str, bytes]) -> None:
+        """Write blobs of the session to disk, off the event loop."""
+        if blobs:
+            await anyio.to_thread.run_sync(
+                self.store.files.write_blobs, session.session_id, prefix, blobs
+            )
 
     async def _combine_round1(self, session: Session) -> engine.JointRound1:
         blobs = {
@@ -623,7 +732,7 @@ class ThreePartyService:
         blobs = {
             f"ct_{role}_{index}": session.blobs[(role, "inputs")][protocol.ciphertext_blob(index)]
             for role in protocol.ROLES
-            for index in self.layout.party_vectors(role)
+            for index in engine.vector_indices(self.layout, role)
         }
         blobs |= {
             "relinearization": session.keys.relinearization,
@@ -640,7 +749,9 @@ class ThreePartyService:
         )
         output = answer["output"]
         session.evaluation_seconds = time.perf_counter() - start
+        await self._write(session, "derived", {"output": output})
         session.output = output
+        self.store.save(session)
         session.touch()
         logger.info(
             "session %s evaluated in %.2f s", session.session_id[:8], session.evaluation_seconds
@@ -808,7 +919,9 @@ def create_app(config: ThreePartySettings | None = None) -> FastAPI:
         sandbox = Sandbox(
             config.sandbox_workers, config.sandbox_memory_mib * MiB, config.layout_path
         )
-        app.state.service = ThreePartyService(config, layout, sandbox, sizes)
+        app.state.service = service = ThreePartyService(config, layout, sandbox, sizes)
+        restored = service.store.restore()
+        logger.info("%d session(s) restored from %s", restored, config.store_dir or "memory")
         period = min(30.0, max(0.5, config.session_ttl_seconds / 4))
         try:
             async with anyio.create_task_group() as tasks:

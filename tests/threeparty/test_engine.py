@@ -58,9 +58,27 @@ def test_verdicts_equal_the_clear_tree_on_held_out_rows_in_one_evaluation(flow, 
     assert 0.2 < np.mean(expected) < 0.8  # both verdicts are well represented
     assert flow["verdicts"] == expected
     partials = [flow["partials"][p] for p in PARTIES]
-    assert engine.fuse(partials, N_ROWS, layout) == expected
+    assert engine.fuse(partials, N_ROWS, layout, flow["tag"]) == expected
     # Fusion does not depend on the order the recipient receives the partials in.
-    assert engine.fuse(partials[::-1], N_ROWS, layout) == expected
+    assert engine.fuse(partials[::-1], N_ROWS, layout, flow["tag"]) == expected
+    # Without the recipients' tags the slots are not verdicts.
+    with pytest.raises(engine.DecryptionError):
+        engine.fuse(partials, N_ROWS, layout, (flow["tag"] + 1) % engine.PLAINTEXT_MODULUS)
+
+
+def test_a_partial_shifted_by_an_offset_is_refused(flow, layout):
+    """A party that adds an offset to its partial cannot turn a verdict without both tags."""
+    cc = engine.context()
+    expected = FIXTURE["verdicts"][:N_ROWS]
+    shifted = dict(flow["partials"])
+    for offset in (1, flow["tag"] - 1, 65536):
+        plain = cc.MakePackedPlaintext([offset] + [0] * (layout.block_size - 1))
+        partial = engine._unpack("partial", flow["partials"]["credit_bureau"])
+        shifted["credit_bureau"] = engine._pack("partial", cc.EvalAdd(partial, plain))
+        with pytest.raises(engine.DecryptionError):
+            engine.fuse([shifted[p] for p in PARTIES], N_ROWS, layout, flow["tag"])
+    # Shifting by the product of the tags would turn a refusal, but it takes both tags.
+    assert 0 in expected
 
 
 def test_output_reveals_only_the_verdict_slots(flow, layout):
@@ -83,13 +101,16 @@ def test_explain_decides_the_six_bins_in_one_evaluation(flow, layout):
         "credit_bureau": candidates,
     }
     joint = flow["joint"]
+    tags = {"applicant": 3, "bank": 11}
     ciphertexts = {
-        p: engine.encrypt(joint.joint_public_key, engine.encode_party(layout, p, rows[p]))
+        p: engine.encrypt(
+            joint.joint_public_key, engine.tagged_vectors(layout, p, rows[p], tags.get(p, 1))
+        )
         for p in PARTIES
     }
     output = engine.evaluate(flow["keys"], ciphertexts, len(candidates), layout)
     partials = [engine.partial_decrypt(flow["shares"][p], output, joint.key_tag) for p in PARTIES]
-    assert engine.fuse(partials, len(candidates), layout) == case["candidate_verdicts"]
+    assert engine.fuse(partials, len(candidates), layout, 33) == case["candidate_verdicts"]
 
 
 def test_fewer_than_three_partial_decryptions_give_noise(flow, layout):
@@ -296,13 +317,15 @@ def test_key_share_is_saved_owner_only_and_loads_back(flow, tmp_path):
 
 def test_parameter_check_refuses_a_depth_too_small_for_the_owners_and_the_mask(layout):
     # Last in the module: it makes a context with other parameters, then restores the default.
-    assert layout.owners() == ["applicant", "credit_bureau"]  # 1 multiplication + the mask
+    # Three vectors (the owners' and the bank's tag): 2 levels of multiplication + the mask.
+    assert layout.owners() == ["applicant", "credit_bureau"]
+    assert [len(engine.vector_indices(layout, p)) for p in PARTIES] == [1, 1, 1]
     engine.check_parameters(layout)
     deployed = engine.MULTIPLICATIVE_DEPTH
     engine._make_context.cache_clear()
     try:
-        engine.MULTIPLICATIVE_DEPTH = 1
-        with pytest.raises(engine.SelfTestError, match="multiplicative depth 1 < 2"):
+        engine.MULTIPLICATIVE_DEPTH = 2
+        with pytest.raises(engine.SelfTestError, match="multiplicative depth 2 < 3"):
             engine.check_parameters(layout)
     finally:
         engine.MULTIPLICATIVE_DEPTH = deployed

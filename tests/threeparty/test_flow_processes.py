@@ -114,16 +114,10 @@ def test_explain_flow_as_three_processes_gives_the_clear_verdict(url, tmp_path):
         folder = tmp_path / role
         (session_dir,) = folder.glob("session-*")
         assert sorted(p.name for p in folder.iterdir()) == ["identity.key", session_dir.name]
-        assert sorted(p.name for p in session_dir.iterdir()) == sorted(
-            [
-                "box_secret.key",
-                f"{role}.keyshare",
-                "token",
-                "confirm.partial",
-                "inputs.frame",
-                "output.partial",
-            ]
-        )
+        secrets = ["box_secret.key", f"{role}.keyshare", "token", "confirm.partial"]
+        secrets += ["inputs.frame", "output.partial"]
+        secrets += ["tag"] if role in protocol.RECIPIENTS else []  # a recipient's secret tag
+        assert sorted(p.name for p in session_dir.iterdir()) == sorted(secrets)
         for path in [folder, session_dir]:
             assert stat.S_IMODE(path.stat().st_mode) == 0o700
         for path in [folder / "identity.key", *session_dir.iterdir()]:

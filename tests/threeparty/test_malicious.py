@@ -326,3 +326,39 @@ def test_a_crafted_explain_vector_reaches_block_zero_only(url, kit, layout):
     for role in protocol.RECIPIENTS:
         assert outcome.results[role]["approved_years_employed"] == want
     json.dumps(outcome.results)  # the results are plain data
+
+
+def _shifted_partial_client(offset_of: Callable[[PartyClient], int]) -> type[PartyClient]:
+    """A party client that adds an offset to the verdict slot of its partial decryption."""
+
+    class Shifting(PartyClient):
+        def _local(self, name, make):
+            if name != "output.partial":
+                return super()._local(name, make)
+
+            def shifted() -> bytes:
+                cc = engine.context()
+                plain = cc.MakePackedPlaintext([offset_of(self)] + [0] * 7)
+                partial = engine._unpack("partial", make())
+                return engine._pack("partial", cc.EvalAdd(partial, plain))
+
+            return super()._local(name, shifted)
+
+    return Shifting
+
+
+@pytest.mark.parametrize(
+    ("cheater", "offset_of"),
+    [
+        ("credit_bureau", lambda client: 1),  # turns a refusal into an approval, untagged
+        ("applicant", lambda client: client._tag()[1]),  # the best the applicant can do alone
+    ],
+    ids=["bureau", "applicant"],
+)
+def test_a_partial_shifted_to_turn_the_verdict_is_refused(url, kit, cheater, offset_of):
+    outcome = play(
+        url, kit, create(url, kit), clients={cheater: _shifted_partial_client(offset_of)}
+    )
+    honest = [role for role in protocol.RECIPIENTS if role != cheater]
+    assert_refused(outcome, honest, "bad_result")
+    assert "tags" in str(outcome.errors[honest[0]])

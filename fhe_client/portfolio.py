@@ -8,7 +8,7 @@ each application keeps the privacy of a single one. The session's keys are prepa
 stay warm for the whole portfolio. With two sessions the client's encryption, uploads and
 decryption of one application overlap the server's FHE run of another, so the server's FHE slot
 never waits for the client; but each session's first decision prepares its own copy of the keys
-on the server (about 1 s idle, 2 s on a busy machine), so this only pays on a server with a free
+on the server (0.8 to 2.3 s on a busy 2-core machine), so this only pays on a server with a free
 core and a long portfolio (see the README, "A bank's portfolio"). Keep N at most the server's
 ``FHE_KEY_CACHE_SIZE`` (2 by default), or the sessions evict each other's prepared keys.
 

@@ -15,7 +15,7 @@ core and a long portfolio (see the README, "A bank's portfolio"). Keep N at most
 Each verdict is appended to the output CSV as soon as it is decrypted (``portfolio_csv``); a
 rerun with the same ``--out`` scores only the applications not there yet, with the keys left in
 the key folder. Once every application is written, the file is put in application order and the
-key folder is deleted. The command::
+keys are deleted. The command::
 
     python -m fhe_client.portfolio --server URL --csv applications.csv --out verdicts.csv \
         [--explain] [--sessions N] [--key-dir DIR] [--limit N]
@@ -28,6 +28,7 @@ Exit codes: 0 done (or the --limit reached: run again to go on); 1 the server fa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import queue
@@ -53,6 +54,9 @@ from fhe_client.portfolio_csv import (
 )
 
 DEFAULT_SESSIONS = 1
+# In the key folder: where a new key set is generated, and each session's link to the key set.
+NEW_KEYS_DIR = ".new"
+SESSION_DIR_PREFIX = "session-"
 Progress = Callable[[int, int], None]
 """Called with (applications written, applications in the CSV) after each verdict."""
 
@@ -97,6 +101,7 @@ class SharedKeys:
         Returns:
             Whether an existing key set was loaded.
         """
+        self.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.path.is_file():
             client = backend.fhe.Client(backend.client_specs())
             try:
@@ -106,7 +111,7 @@ class SharedKeys:
             except RuntimeError:  # not a key set of this model: generate a new one
                 pass
         # Generated beside the folder's key file, then renamed over it: never half a key set.
-        fresh = self.key_dir / ".new"
+        fresh = self.key_dir / NEW_KEYS_DIR
         self._evaluation_keys = backend.generate_key_file(fresh)
         os.replace(fresh / backend.KEYS_FILE_NAME, self.path)
         fresh.rmdir()
@@ -121,6 +126,14 @@ class SharedKeys:
         target.unlink(missing_ok=True)
         os.link(self.path, target)
         return self._evaluation_keys
+
+    def remove(self) -> None:
+        """Delete the key set and the sessions' links; the folder too if nothing else is in it."""
+        self.path.unlink(missing_ok=True)
+        for own in [self.key_dir / NEW_KEYS_DIR, *self.key_dir.glob(f"{SESSION_DIR_PREFIX}*")]:
+            shutil.rmtree(own, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.key_dir.rmdir()
 
 
 def default_key_dir(out_path: Path) -> Path:
@@ -187,7 +200,8 @@ def score_portfolio(
         applications: {party: fields} per application (``portfolio_csv.read_applications``).
         out_path: the verdicts CSV, created or continued.
         key_dir: the key folder (default ``default_key_dir(out_path)``); its keys are used
-            again if an interrupted run left them, and it is deleted once the portfolio is done.
+            again if an interrupted run left them, and they are deleted once the portfolio is done
+            (the folder too, if nothing else is in it).
         explain: also explain each refusal (one more FHE run per refused application).
         sessions: server sessions scoring at once (each one application at a time).
         limit: score at most this many applications in this call.
@@ -219,7 +233,7 @@ def score_portfolio(
     complete = len(done) == len(applications)
     if complete:
         output.rewrite_sorted(done.values())
-        shutil.rmtree(keys.key_dir, ignore_errors=True)
+        keys.remove()
     return PortfolioResult(
         total=len(applications),
         scored=len(done) - skipped,
@@ -254,7 +268,7 @@ def _score(
         for number in range(max(1, min(sessions, len(todo)))):
             client = backend.CreditScoringClient(
                 server_url,
-                keys.key_dir / f"session-{number}",
+                keys.key_dir / f"{SESSION_DIR_PREFIX}{number}",
                 key_generator=keys.link_into,
                 resume_lost_sessions=True,
             )

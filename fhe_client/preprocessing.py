@@ -94,6 +94,24 @@ class FeatureSpec:
             raise InvalidFieldError(f"{self.field} must be a finite number, got {value!r}")
         return number
 
+    def parse_text(self, text: str | None) -> Any:
+        """Read this field's value from text (a CSV cell), for ``to_number`` to check.
+
+        Booleans are true/false or 1/0 (any case), numbers plain (an integral number becomes an
+        int), categories as written; text that does not parse is returned as it is, so that
+        ``to_number`` refuses it with the field's own message.
+        """
+        value = (text or "").strip()
+        if self.kind == "bool":
+            return {"true": True, "1": True, "false": False, "0": False}.get(value.lower(), value)
+        if self.kind == "category":
+            return value
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() else number
+
     def encode(self, raw_number: float) -> float:
         """Turn a checked raw number into the float feature (log of the income)."""
         return float(np.log(raw_number)) if self.kind == "log_numeric" else raw_number

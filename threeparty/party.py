@@ -159,22 +159,9 @@ def read_rows(path: Path, role: str) -> list[dict[str, Any]]:
                     f"{path}: the {role}'s columns are {sorted(features)}, got {sorted(columns)}",
                     "invalid_field",
                 )
-            return [{k: _cell(features[k], v) for k, v in row.items()} for row in reader]
+            return [{k: features[k].parse_text(v) for k, v in row.items()} for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise PartyError(f"cannot read {path}: {error}", "invalid_field") from None
-
-
-def _cell(feature: Any, text: str | None) -> Any:
-    value = (text or "").strip()
-    if feature.kind == "bool":
-        return {"true": True, "1": True, "false": False, "0": False}.get(value.lower(), value)
-    if feature.kind == "category":
-        return value
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    return int(number) if number.is_integer() else number
 
 
 def read_verdict(mode: str, bits: list[int], layout: Layout) -> dict[str, Any]:

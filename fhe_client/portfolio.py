@@ -1,0 +1,453 @@
+"""A bank's portfolio in single-key mode: every application of a CSV scored, CSV to CSV.
+
+One key set is generated (or taken back from the key folder of an interrupted run) and used by
+one server session (``--sessions N``: N sessions sharing it), scoring one application at a time
+exactly like ``backend.CreditScoringClient`` does for one: each party's fields are encrypted and
+uploaded separately, the server runs the tree, only this process (the key holder) decrypts, so
+each application keeps the privacy of a single one. The session's keys are prepared once and
+stay warm for the whole portfolio. With two sessions the client's encryption, uploads and
+decryption of one application overlap the server's FHE run of another, so the server's FHE slot
+never waits for the client; but each session's first decision prepares its own copy of the keys
+on the server (0.8 to 2.3 s on a busy 2-core machine), so this only pays on a server with a free
+core and a long portfolio (see the README, "A bank's portfolio"). Keep N at most the server's
+``FHE_KEY_CACHE_SIZE`` (2 by default), or the sessions evict each other's prepared keys.
+
+Each verdict is appended to the output CSV as soon as it is decrypted (``portfolio_csv``); a
+rerun with the same ``--out`` scores only the applications not there yet, with the keys left in
+the key folder. Once every application is written, the file is put in application order and the
+keys are deleted. The command::
+
+    python -m fhe_client.portfolio --server URL --csv applications.csv --out verdicts.csv \
+        [--explain] [--sessions N] [--key-dir DIR] [--limit N]
+
+Exit codes: 0 done (or the --limit reached: run again to go on); 1 the server failed or refused;
+2 bad arguments or a bad CSV (the message names the row and the field; nothing written is lost);
+130 interrupted (everything decrypted so far is written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import queue
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+import backend
+import settings
+from fhe_client.portfolio_csv import (
+    Application,
+    PortfolioInputError,
+    Verdict,
+    VerdictsFile,
+    read_applications,
+)
+
+DEFAULT_SESSIONS = 1
+# In the key folder: where a new key set is generated, and each session's link to the key set.
+NEW_KEYS_DIR = ".new"
+SESSION_DIR_PREFIX = "session-"
+Progress = Callable[[int, int], None]
+"""Called with (applications written, applications in the CSV) after each verdict."""
+
+
+@dataclass(frozen=True)
+class PortfolioResult:
+    """What a call of ``score_portfolio`` did.
+
+    Attributes:
+        total: applications in the portfolio.
+        scored: applications scored by this call.
+        skipped: applications already in the output file (an earlier run).
+        complete: whether every application is now in the output file.
+        seconds: wall time of the scoring, from the key preparation to the last verdict.
+        reused_keys: whether the keys of an interrupted run were used again.
+    """
+
+    total: int
+    scored: int
+    skipped: int
+    complete: bool
+    seconds: float
+    reused_keys: bool
+
+
+class SharedKeys:
+    """One key set in ``key_dir/keys``, handed to each session's client through a hard link."""
+
+    def __init__(self, key_dir: Path) -> None:
+        """Point at the key folder (nothing read or generated yet; see ``prepare``)."""
+        self.key_dir = Path(key_dir)
+        self._evaluation_keys: bytes | None = None
+
+    @property
+    def path(self) -> Path:
+        """The key set's file."""
+        return self.key_dir / backend.KEYS_FILE_NAME
+
+    def prepare(self) -> bool:
+        """Load the key set left in the folder, or generate and save a new one.
+
+        Returns:
+            Whether an existing key set was loaded.
+        """
+        self.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.path.is_file():
+            client = backend.fhe.Client(backend.client_specs())
+            try:
+                client.keys.load(str(self.path))
+                self._evaluation_keys = client.evaluation_keys.serialize()
+                return True
+            except RuntimeError:  # not a key set of this model: generate a new one
+                pass
+        # Generated beside the folder's key file, then renamed over it: never half a key set.
+        fresh = self.key_dir / NEW_KEYS_DIR
+        self._evaluation_keys = backend.generate_key_file(fresh)
+        os.replace(fresh / backend.KEYS_FILE_NAME, self.path)
+        fresh.rmdir()
+        return False
+
+    def link_into(self, session_dir: Path) -> bytes:
+        """A ``backend.KeyGenerator``: put the key set in a session's folder, no new keys."""
+        if self._evaluation_keys is None:
+            raise RuntimeError("prepare the keys first")
+        session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = session_dir / backend.KEYS_FILE_NAME
+        target.unlink(missing_ok=True)
+        os.link(self.path, target)
+        return self._evaluation_keys
+
+    def remove(self) -> None:
+        """Delete the key set and the sessions' links; the folder too if nothing else is in it."""
+        self.path.unlink(missing_ok=True)
+        for own in [self.key_dir / NEW_KEYS_DIR, *self.key_dir.glob(f"{SESSION_DIR_PREFIX}*")]:
+            shutil.rmtree(own, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.key_dir.rmdir()
+
+
+def default_key_dir(out_path: Path) -> Path:
+    """The key folder of a portfolio: the same for every run writing the same output file."""
+    digest = hashlib.sha256(str(Path(out_path).resolve()).encode()).hexdigest()[:16]
+    return settings.ClientSettings().client_keys_dir / f"portfolio-{digest}"
+
+
+def score_application(
+    client: backend.CreditScoringClient, index: int, application: Application, explain: bool
+) -> Verdict:
+    """Score one application with a client whose session is open (and explain a refusal).
+
+    Raises:
+        backend.ClientError: (a subclass) if the server refuses or fails.
+    """
+    client.send_applicant(**application["applicant"])
+    client.send_bank(**application["bank"])
+    client.send_credit_bureau(**application["credit_bureau"])
+    backend.retry_while_busy(client.predict)
+    approved = client.decrypt_verdict()
+    if not explain:
+        return Verdict(index, approved)
+    explanation = backend.retry_while_busy(lambda: backend.explain_encrypt_run_decrypt(client))
+    years = explanation.years_employed if explanation.outcome == "years_needed" else None
+    return Verdict(index, approved, explanation.outcome, years or "")
+
+
+def _work(
+    client: backend.CreditScoringClient,
+    jobs: queue.SimpleQueue[tuple[int, Application]],
+    results: queue.SimpleQueue[Verdict | BaseException],
+    stop: threading.Event,
+    explain: bool,
+) -> None:
+    """One session's thread: score applications from ``jobs`` until none is left or stopped."""
+    while not stop.is_set():
+        try:
+            index, application = jobs.get_nowait()
+        except queue.Empty:
+            return
+        try:
+            results.put(score_application(client, index, application, explain))
+        except BaseException as error:  # handed to the main thread, which raises it
+            results.put(error)
+            return
+
+
+def score_portfolio(
+    server_url: str,
+    applications: Sequence[Application],
+    out_path: Path,
+    *,
+    key_dir: Path | None = None,
+    explain: bool = False,
+    sessions: int = DEFAULT_SESSIONS,
+    limit: int | None = None,
+    on_progress: Progress | None = None,
+) -> PortfolioResult:
+    """Score every application not yet in ``out_path`` and append each verdict to it.
+
+    Args:
+        server_url: the FHE server's base URL.
+        applications: {party: fields} per application (``portfolio_csv.read_applications``).
+        out_path: the verdicts CSV, created or continued.
+        key_dir: the key folder (default ``default_key_dir(out_path)``); its keys are used
+            again if an interrupted run left them, and they are deleted once the portfolio is done
+            (the folder too, if nothing else is in it).
+        explain: also explain each refusal (one more FHE run per refused application).
+        sessions: server sessions scoring at once (each one application at a time).
+        limit: score at most this many applications in this call.
+        on_progress: called after each verdict written.
+
+    Returns:
+        What was done.
+
+    Raises:
+        PortfolioInputError: ``out_path`` is not a verdicts CSV of this portfolio.
+        backend.ClientError: (a subclass) the server refused or failed; every verdict decrypted
+            before is written.
+    """
+    started = time.perf_counter()
+    output = VerdictsFile(out_path)
+    done = output.open(len(applications))
+    skipped = len(done)
+    todo = [i for i in range(len(applications)) if i not in done][:limit]
+    keys = SharedKeys(key_dir or default_key_dir(out_path))
+    reused = False
+    try:
+        if todo:
+            reused = keys.prepare()
+            _score(
+                server_url, applications, todo, keys, output, done, explain, sessions, on_progress
+            )
+    finally:
+        output.close()
+    complete = len(done) == len(applications)
+    if complete:
+        output.rewrite_sorted(done.values())
+        keys.remove()
+    return PortfolioResult(
+        total=len(applications),
+        scored=len(done) - skipped,
+        skipped=skipped,
+        complete=complete,
+        seconds=time.perf_counter() - started,
+        reused_keys=reused,
+    )
+
+
+def _score(
+    server_url: str,
+    applications: Sequence[Application],
+    todo: list[int],
+    keys: SharedKeys,
+    output: VerdictsFile,
+    done: dict[int, Verdict],
+    explain: bool,
+    sessions: int,
+    on_progress: Progress | None,
+) -> None:
+    """Open the sessions, run their threads and write each verdict as it comes."""
+    jobs: queue.SimpleQueue[tuple[int, Application]] = queue.SimpleQueue()
+    for index in todo:
+        jobs.put((index, applications[index]))
+    results: queue.SimpleQueue[Verdict | BaseException] = queue.SimpleQueue()
+    stop = threading.Event()
+    clients: list[backend.CreditScoringClient] = []
+    threads: list[threading.Thread] = []
+    failure: BaseException | None = None
+    try:
+        for number in range(max(1, min(sessions, len(todo)))):
+            client = backend.CreditScoringClient(
+                server_url,
+                keys.key_dir / f"{SESSION_DIR_PREFIX}{number}",
+                key_generator=keys.link_into,
+                resume_lost_sessions=True,
+            )
+            clients.append(client)
+            backend.retry_while_busy(client.generate_keys)
+        for client in clients:
+            thread = threading.Thread(
+                target=_work, args=(client, jobs, results, stop, explain), daemon=True
+            )
+            thread.start()
+            threads.append(thread)
+        failure = _collect(results, len(todo), output, done, len(applications), on_progress)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        drained = _drain(results, output, done)
+        failure = failure or drained
+        for client in clients:
+            client.close()  # deletes the server session and the session's link to the keys
+    if failure is not None:
+        raise failure
+
+
+def _collect(
+    results: queue.SimpleQueue[Verdict | BaseException],
+    expected: int,
+    output: VerdictsFile,
+    done: dict[int, Verdict],
+    total: int,
+    on_progress: Progress | None,
+) -> BaseException | None:
+    """Write verdicts as the threads hand them over; return the first failure (or None)."""
+    for _ in range(expected):
+        while True:
+            try:
+                item = results.get(timeout=0.2)  # a timeout keeps Ctrl-C responsive
+                break
+            except queue.Empty:
+                continue
+        if isinstance(item, BaseException):
+            return item
+        output.append(item)
+        done[item.application] = item
+        if on_progress is not None:
+            on_progress(len(done), total)
+    return None
+
+
+def _drain(
+    results: queue.SimpleQueue[Verdict | BaseException],
+    output: VerdictsFile,
+    done: dict[int, Verdict],
+) -> BaseException | None:
+    """Write the verdicts still queued once the threads stopped; return a failure among them."""
+    failure = None
+    while not results.empty():
+        item = results.get()
+        if isinstance(item, BaseException):
+            failure = failure or item
+        else:
+            output.append(item)
+            done[item.application] = item
+    return failure
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fhe_client.portfolio",
+        description="Score every application of a CSV with the encrypted decision tree; write "
+        "each verdict (and, with --explain, each refusal's explanation) to a CSV. Run it again "
+        "with the same --out to go on after an interruption.",
+    )
+    parser.add_argument(
+        "--server",
+        default=None,
+        help="the FHE server's URL (default: FHE_SERVER_URL, else http://127.0.0.1:8000)",
+    )
+    parser.add_argument("--csv", type=Path, required=True, help="the applications CSV")
+    parser.add_argument("--out", type=Path, required=True, help="the verdicts CSV")
+    parser.add_argument(
+        "--key-dir",
+        type=Path,
+        help="the key folder (default: one per --out under FHE_CLIENT_KEYS_DIR)",
+    )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="explain each refusal: the fewest years employed that would most likely give "
+        "approval (one more FHE run per refused application)",
+    )
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        default=DEFAULT_SESSIONS,
+        help=f"server sessions scoring at once (default {DEFAULT_SESSIONS})",
+    )
+    parser.add_argument("--limit", type=int, help="score at most this many applications now")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def progress_bar(stream: TextIO | None = None, width: int = 30) -> Progress:
+    """A progress callback drawing one line on stderr: bar, count, rate and time left.
+
+    Args:
+        stream: where to draw (default stderr).
+        width: the bar's width in characters.
+    """
+    out = stream or sys.stderr
+    started = time.perf_counter()
+    before: int | None = None  # written by an earlier run
+
+    def draw(written: int, total: int) -> None:
+        nonlocal before
+        before = written - 1 if before is None else before
+        elapsed = time.perf_counter() - started
+        rate = (written - before) / elapsed if elapsed > 0 else 0.0
+        left = (total - written) / rate if rate > 0 else 0.0
+        filled = width * written // max(total, 1)
+        bar = "#" * filled + "." * (width - filled)
+        end = "\n" if written == total else ""
+        line = f"\r[{bar}] {written}/{total} applications, {rate:.2f}/s, {left:.0f} s left "
+        print(line, end=end, file=out, flush=True)
+
+    return draw
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; return its exit code (see the module's docstring)."""
+    args = _parser().parse_args(argv)
+    if args.sessions < 1 or (args.limit is not None and args.limit < 0):
+        print("error: --sessions must be at least 1 and --limit at least 0", file=sys.stderr)
+        return 2
+    server_url = args.server or settings.ClientSettings().resolved_server_url()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        preprocessors = {party: backend.party_preprocessor(party) for party in settings.PARTIES}
+        applications = read_applications(args.csv, preprocessors)
+        result = score_portfolio(
+            server_url,
+            applications,
+            args.out,
+            key_dir=args.key_dir,
+            explain=args.explain,
+            sessions=args.sessions,
+            limit=args.limit,
+            on_progress=None if args.quiet else progress_bar(),
+        )
+    except PortfolioInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except backend.ClientError as error:
+        print(
+            f"\nerror: {error} (every verdict decrypted so far is in {args.out})", file=sys.stderr
+        )
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run the same command again to go on ({args.out})", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    rate = result.scored / result.seconds if result.seconds > 0 else 0.0
+    state = "complete" if result.complete else "not complete: run the same command again"
+    keys = ", with the keys of the interrupted run" if result.reused_keys else ""
+    print(
+        f"{result.scored} applications scored in {result.seconds:.1f} s ({rate:.2f}/s{keys}), "
+        f"{result.skipped} already written; {args.out}: {state}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

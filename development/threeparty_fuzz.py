@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 
 from fhe_server.launcher import ServerProcess
-from threeparty import engine, protocol, transcript
+from threeparty import engine, protocol
 from threeparty.transcript import Identity
 
 OUT_PATH = Path(__file__).resolve().parent / "threeparty_fuzz_results.json"
@@ -66,21 +66,14 @@ class Party:
         self.http = httpx.Client(base_url=url, timeout=120)
         joined = self.http.post(
             protocol.JOIN.format(sid=self.sid),
-            json={
-                "role": role,
-                "invitation": secret,
-                "token_digest": digest,
-                "signature": identity.sign_join(self.sid, role, digest),
-            },
+            json=identity.join_request(self.sid, role, secret, digest),
         )
         joined.raise_for_status()
         self.http.headers["Authorization"] = f"Bearer {token}"
 
     def put(self, step: str, blobs: Mapping[str, bytes]) -> httpx.Response:
         """Upload a step signed by this party."""
-        statement = transcript.make_statement(self.sid, self.role, step, blobs)
-        envelope = transcript.canonical(self.identity.sign(statement))
-        body = protocol.pack({**blobs, protocol.STATEMENT_BLOB: envelope})
+        body = self.identity.signed_step(self.sid, self.role, step, blobs)
         return self.http.put(
             protocol.STEP.format(sid=self.sid, step=step),
             content=body,

@@ -88,8 +88,27 @@ Fields = Mapping[str, Any] | Sequence[Mapping[str, Any]]
 """A party's fields: one application's, or (batch mode) one mapping per application."""
 
 
-def party_rows(role: str, fields: Fields, mode: str, layout: Layout) -> np.ndarray:
-    """The party's quantized inputs, one row per block it encrypts.
+def own_rows(role: str, fields: Fields) -> np.ndarray:
+    """The party's quantized inputs, one row per application it was given.
+
+    Raises:
+        PartyError: invalid_field, if the fields do not fit the party's preprocessing.
+    """
+    preprocessor = PartyPreprocessor.load_all()[role]
+    applications = [fields] if isinstance(fields, Mapping) else list(fields)
+    if not applications or len(applications) > protocol.MAX_APPLICATIONS:
+        raise PartyError(
+            f"from 1 to {protocol.MAX_APPLICATIONS} applications, got {len(applications)}",
+            "invalid_field",
+        )
+    try:
+        return np.vstack([preprocessor.transform(dict(one)) for one in applications])
+    except InvalidFieldError as error:
+        raise PartyError(f"the {role}'s fields are invalid: {error}", "invalid_field") from None
+
+
+def mode_rows(role: str, rows: np.ndarray, mode: str, batch: bool) -> np.ndarray:
+    """The rows ``role`` encrypts in ``mode``, one per block, from its ``own_rows``.
 
     The applicant and the bank repeat their application in every block of the mode; the credit
     bureau encrypts its own row only (block 0): in explain mode the candidate rows of blocks 1..
@@ -97,25 +116,27 @@ def party_rows(role: str, fields: Fields, mode: str, layout: Layout) -> np.ndarr
     party sends its own row of each application, in the same order.
 
     Raises:
-        PartyError: invalid_field, if the fields do not fit the party's preprocessing.
+        PartyError: invalid_field, when one application is given to a batch or several to
+            another mode.
     """
-    preprocessor = PartyPreprocessor.load_all()[role]
-    applications = [fields] if isinstance(fields, Mapping) else list(fields)
-    if mode == "batch" and isinstance(fields, Mapping):
-        raise PartyError("a batch takes one set of fields per application", "invalid_field")
-    if not applications or len(applications) > protocol.MAX_APPLICATIONS:
+    if (mode == "batch") != batch:
         raise PartyError(
-            f"from 1 to {protocol.MAX_APPLICATIONS} applications, got {len(applications)}",
+            "a batch takes one set of fields per application; other modes one set",
             "invalid_field",
         )
-    try:
-        rows = np.vstack([preprocessor.transform(dict(one)) for one in applications])
-    except InvalidFieldError as error:
-        raise PartyError(f"the {role}'s fields are invalid: {error}", "invalid_field") from None
     if mode == "batch":
         return rows
     blocks = 1 if role == engine.EXPLAIN_PARTY else protocol.blocks_for(mode)
     return np.tile(rows[0], (blocks, 1))
+
+
+def party_rows(role: str, fields: Fields, mode: str, layout: Layout) -> np.ndarray:
+    """The party's quantized inputs, one row per block it encrypts (``mode_rows``).
+
+    Raises:
+        PartyError: invalid_field, if the fields do not fit the party's preprocessing.
+    """
+    return mode_rows(role, own_rows(role, fields), mode, not isinstance(fields, Mapping))
 
 
 def clear_verdicts(fields: Mapping[str, Fields], mode: str, layout: Layout) -> list[int]:
@@ -355,9 +376,7 @@ class PartyClient:
     ) -> int:
         """Sign and upload one step; return the body's size."""
         assert self.identity is not None
-        statement = transcript.make_statement(self.session_id, self.role, step, blobs, refs)
-        envelope = transcript.canonical(self.identity.sign(statement))
-        body = protocol.pack({**blobs, protocol.STATEMENT_BLOB: envelope})
+        body = self.identity.signed_step(self.session_id, self.role, step, blobs, refs)
         self._request(
             "PUT",
             protocol.STEP,
@@ -436,12 +455,10 @@ class PartyClient:
         started = self._started = time.perf_counter()
         self._prepare_key_dir()
         layout = load_layout()
-        batch = not isinstance(fields, Mapping)
-        # Bad fields stop it before it joins.
-        party_rows(self.role, fields, "batch" if batch else "predict", layout)
+        given = own_rows(self.role, fields)  # bad fields stop it before it joins
         self._join()
         mode = self._status["mode"]
-        rows = party_rows(self.role, fields, mode, layout)
+        rows = mode_rows(self.role, given, mode, not isinstance(fields, Mapping))
         if mode == "batch" and len(rows) != self._status["blocks"]:
             raise PartyError(
                 f"the session scores {self._status['blocks']} applications; this party has "
@@ -451,8 +468,8 @@ class PartyClient:
         share = self._round1()
         joint_public_key = self._check_chain()
         self._confirm_key(share, joint_public_key)
-        own = self._inputs(share, layout, rows, joint_public_key)
-        output = self._verify_evaluation(layout, mode, own)
+        self._inputs(share, layout, rows, joint_public_key)
+        output = self._verify_evaluation(layout, mode)
         result = self._decrypt(share, output, mode, layout)
         self._progress("done", seconds=round(time.perf_counter() - started, 3))
         return result
@@ -465,12 +482,9 @@ class PartyClient:
         self._request(
             "POST",
             protocol.JOIN,
-            json_body={
-                "role": self.role,
-                "invitation": self._invitation,
-                "token_digest": digest,
-                "signature": self.identity.sign_join(self.session_id, self.role, digest),
-            },
+            json_body=self.identity.join_request(
+                self.session_id, self.role, self._invitation, digest
+            ),
         )
         self._http.headers["Authorization"] = f"{protocol.BEARER} {token}"
         status = self.status()
@@ -614,7 +628,7 @@ class PartyClient:
         layout: Layout,
         rows: np.ndarray,
         joint_public_key: bytes,
-    ) -> dict[str, bytes]:
+    ) -> None:
         """Round 2 and the ciphertexts: committed, then uploaded once all three committed."""
         start = time.perf_counter()
         self.joint = self._combine_round1(joint_public_key)
@@ -649,7 +663,6 @@ class PartyClient:
             own_fields=bool(layout.party_vectors(self.role)),  # else it encrypts its tag only
             uploaded=size,
         )
-        return own
 
     def _vectors(self, layout: Layout, rows: np.ndarray) -> dict[int, np.ndarray]:
         """What this party encrypts: its literal vector from its own rows, with its tag."""
@@ -694,7 +707,7 @@ class PartyClient:
                 f"refused: the round-1 shares do not add up: {error}", "bad_chain"
             ) from None
 
-    def _verify_evaluation(self, layout: Layout, mode: str, own: Mapping[str, bytes]) -> bytes:
+    def _verify_evaluation(self, layout: Layout, mode: str) -> bytes:
         """Re-evaluate from the signed inputs; return the output if the server's is the same."""
         self._wait_step("inputs")
         assert self.transcript is not None
@@ -710,7 +723,7 @@ class PartyClient:
         start = time.perf_counter()
         inputs = {
             role: {
-                name: own[name] if role == self.role else self._fetch(role, "inputs", name)
+                name: self._fetch(role, "inputs", name)  # this party's own: from its cache
                 for name in self.transcript.statement(role, "inputs")["blobs"]
             }
             for role in protocol.ROLES

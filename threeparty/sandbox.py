@@ -267,7 +267,6 @@ class Sandbox:
         self._idle: list[_Worker] = [self._spawn() for _ in range(max(1, workers))]
         self._available = threading.Semaphore(len(self._idle))
         self._lock = threading.Lock()
-        self.deaths = 0
 
     def _spawn(self) -> _Worker:
         return _Worker(self.memory_bytes, self.layout_path, self.start_seconds)
@@ -294,7 +293,6 @@ class Sandbox:
             except (TimeoutError, EOFError, OSError, protocol.FrameError) as error:
                 timed_out = isinstance(error, TimeoutError) and worker.process.poll() is None
                 worker.stop()
-                self.deaths += 1
                 death = worker.describe_death()
                 worker = self._spawn()
                 if timed_out:

@@ -32,7 +32,7 @@ from typing import Any
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from threeparty import PARTIES
+from threeparty import PARTIES, protocol
 
 STATEMENT_VERSION = "3pty/2"
 STATEMENT_PREFIX = b"threeparty statement v2\x00"
@@ -161,6 +161,30 @@ class Identity:
     def sign_join(self, session_id: str, role: str, token_digest: str) -> str:
         """The signature (hex) that redeems an invitation."""
         return self.signing_key.sign(join_message(session_id, role, token_digest)).signature.hex()
+
+    def join_request(
+        self, session_id: str, role: str, invitation: str, token_digest: str
+    ) -> dict[str, str]:
+        """The JSON body of ``protocol.JOIN`` that redeems ``role``'s invitation (its secret)."""
+        return {
+            "role": role,
+            "invitation": invitation,
+            "token_digest": token_digest,
+            "signature": self.sign_join(session_id, role, token_digest),
+        }
+
+    def signed_step(
+        self,
+        session_id: str,
+        role: str,
+        step: str,
+        blobs: Mapping[str, bytes],
+        refs: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """The body of a ``protocol.STEP`` upload: the blobs and the signed statement over them."""
+        statement = make_statement(session_id, role, step, blobs, refs)
+        envelope = canonical(self.sign(statement))
+        return protocol.pack({**blobs, protocol.STATEMENT_BLOB: envelope})
 
 
 def make_statement(

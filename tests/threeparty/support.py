@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from threeparty import processes, protocol, transcript
+from threeparty import processes, protocol
 from threeparty.party import PartyClient, PartyError, delete_session
 from threeparty.transcript import Identity
 
@@ -76,15 +76,10 @@ class RawParty:
     def join(self, signer: Identity | None = None) -> httpx.Response:
         """Redeem the invitation (signed by ``signer``, default this party's identity)."""
         digest = hashlib.sha256(self.token.encode()).hexdigest()
-        signature = (signer or self.identity).sign_join(self.session_id, self.role, digest)
+        signer = signer or self.identity
         response = self.http.post(
             protocol.JOIN.format(sid=self.session_id),
-            json={
-                "role": self.role,
-                "invitation": self.secret,
-                "token_digest": digest,
-                "signature": signature,
-            },
+            json=signer.join_request(self.session_id, self.role, self.secret, digest),
         )
         if response.status_code == 204:
             self.http.headers["Authorization"] = f"Bearer {self.token}"
@@ -111,11 +106,9 @@ class RawParty:
         session_id: str | None = None,
     ) -> bytes:
         """A step's upload: its blobs and a statement signed by ``signer`` (default: own)."""
-        statement = transcript.make_statement(
+        return (signer or self.identity).signed_step(
             session_id or self.session_id, self.role, step, blobs, refs
         )
-        envelope = transcript.canonical((signer or self.identity).sign(statement))
-        return protocol.pack({**blobs, protocol.STATEMENT_BLOB: envelope})
 
     def put(self, step: str, blobs: Mapping[str, bytes], **kwargs: Any) -> httpx.Response:
         """Upload a signed step."""

@@ -26,9 +26,9 @@ anything a client sends.
 The package, built as the single-key server ``fhe_server``: ``settings.py``, ``errors.py``
 (``ServiceError`` over ``protocol.ErrorCode`` and its handlers), ``sessions.py`` (``Session``),
 ``store.py`` (the live sessions over a storage), ``file_storage.py`` (sessions on disk),
-``service.py`` (the use cases), ``api.py`` (the routes and ``create_app(settings)``). It imports
-the HTTP plumbing both servers share: ``fhe_server.hosts``, ``body``, ``json_errors`` and
-``runtime.SessionQuota``.
+``redis_storage.py`` (sessions in Redis), ``service.py`` (the use cases), ``api.py`` (the
+routes and ``create_app(settings)``). It imports the HTTP plumbing both servers share:
+``fhe_server.app_base``, ``hosts``, ``body``, ``json_errors`` and ``runtime.SessionQuota``.
 """
 
 from __future__ import annotations

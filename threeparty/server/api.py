@@ -339,7 +339,10 @@ async def purge_periodically(service: ThreePartyService, period_seconds: float) 
     """Drop expired sessions every ``period_seconds``, for ever."""
     while True:
         await anyio.sleep(period_seconds)
-        service.store.purge_expired()
+        try:
+            service.store.purge_expired()
+        except (ServiceError, OSError) as error:  # the storage is down: try again next time
+            logger.error("purging expired sessions failed: %s", error)
 
 
 @contextlib.asynccontextmanager
@@ -358,7 +361,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     try:
         service = ThreePartyService(config, layout, sandbox, sizes)
         restored = service.store.restore()
-        logger.info("%d session(s) restored from %s", restored, config.store_dir or "memory")
+        where = "Redis" if config.store_url else config.store_dir or "memory"
+        logger.info("%d session(s) restored from %s", restored, where)
         period = min(30.0, max(0.5, config.session_ttl_seconds / 4))
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(purge_periodically, service, period)

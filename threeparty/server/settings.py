@@ -48,5 +48,8 @@ class ThreePartySettings(BaseSettings):
     allowed_hosts: CommaList = ["localhost", "127.0.0.1", "[::1]"]
     # Where sessions are kept so that they survive a restart ("" keeps them in memory only).
     store_dir: str = str(LAYOUT_PATH.parent.parent / ".fhe_store" / "threeparty")
+    # redis://host:port/db keeps them in Redis instead (threeparty.server.redis_storage); "" on
+    # the filesystem (store_dir).
+    store_url: str = ""
     # The public slot layout the server evaluates and checks its known answer on.
     layout_path: Path = LAYOUT_PATH

@@ -60,7 +60,11 @@ class SessionStorage(Protocol):
 
 
 def open_storage(config: ThreePartySettings) -> SessionStorage:
-    """The storage the settings name."""
+    """The storage the settings name: Redis for ``store_url``, else the filesystem (or none)."""
+    if config.store_url:
+        from threeparty.server.redis_storage import RedisStorage
+
+        return RedisStorage(config.store_url, config.session_lifetime_seconds)
     return FileStorage(Path(config.store_dir) if config.store_dir else None)
 
 

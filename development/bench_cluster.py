@@ -45,9 +45,9 @@ from concrete import fhe
 
 import settings
 from backend import PartyPreprocessor
+from contracts.wire import OCTET_STREAM, bearer
 from development.reference import clear_verdict
 from fhe_server.cluster import Cluster
-from fhe_server.protocol import OCTET_STREAM, bearer
 
 TIMEOUT = httpx.Timeout(300.0)
 OCTET = {"Content-Type": OCTET_STREAM}

@@ -7,9 +7,11 @@ path and setting as an argument:
   from the contract's table ``contracts.single_key.ERRORS``);
 - ``fhe_client.transport``: ``ServerSession``, the HTTP session (retries of transient failures,
   resuming a session the server lost);
+- ``fhe_client.retry``: bounded retries, ``wait_while_busy`` / ``retry_while_busy``;
 - ``fhe_client.keys``: generating and loading the key set;
 - ``fhe_client.preprocessing``: each party's fields -> the circuit's quantized inputs;
-- ``fhe_client.client``: ``CreditScoringClient``, the steps of one application.
+- ``fhe_client.client``: ``CreditScoringClient``, the steps of one application;
+- ``fhe_client.explanation``: the explain step's answer (``Explanation``).
 
 This module re-exports those names, fills in the repository's paths from ``settings`` (the
 client specs and the preprocessing of ``deployment_files/``) and holds the thin functions the
@@ -31,12 +33,9 @@ use the class directly::
 
 from __future__ import annotations
 
-import logging
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 from concrete import fhe
 
@@ -60,9 +59,10 @@ from fhe_client.errors import (
     TooManySessionsError,
 )
 from fhe_client.errors import parse_seconds as _parse_seconds
+from fhe_client.explanation import Explanation, explain_application
 from fhe_client.keys import KEYS_FILE_NAME, KeyGenerator
 from fhe_client.preprocessing import FeatureSpec
-from fhe_client.retry import Waited, call_with_retries
+from fhe_client.retry import Waited, retry_while_busy, wait_while_busy
 from fhe_client.transport import (
     CLOSE_RETRY_SECONDS,
     CLOSE_TIMEOUT,
@@ -112,8 +112,6 @@ __all__ = [
     "shorten_hex",
     "wait_while_busy",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,23 +216,6 @@ def shorten_hex(data: bytes, total_size: int | None = None, limit: int = SHORT_H
     return f"{before}{data[start : start + limit].hex()}{after} [{size:,} B]"
 
 
-@dataclass(frozen=True)
-class Explanation:
-    """What the explain step found.
-
-    Attributes:
-        outcome: "already_approved" (no FHE run), "years_needed" (``years_employed`` is the
-            fewest bin, with employed = yes, that would most likely lead to approval) or
-            "no_change" (no years-employed bin alone changes the outcome).
-        years_employed: the bin for "years_needed" (the sent bin for "already_approved").
-        fhe_execution_time: the server's FHE time of the explain run (None if none ran).
-    """
-
-    outcome: Literal["already_approved", "years_needed", "no_change"]
-    years_employed: str | None
-    fhe_execution_time: float | None
-
-
 def keygen_send(client: CreditScoringClient) -> str:
     """Generate keys, upload the evaluation keys; return the shortened evaluation key."""
     client.generate_keys()
@@ -274,77 +255,4 @@ def get_output_and_decrypt(client: CreditScoringClient) -> tuple[str, bool]:
 
 def explain_encrypt_run_decrypt(client: CreditScoringClient) -> Explanation:
     """Encrypt the six candidate rows, score them in one FHE run and decrypt the answer."""
-    if client.verdict:
-        return Explanation(
-            outcome="already_approved",
-            years_employed=client.explain(),
-            fhe_execution_time=None,
-        )
-    years = client.explain()
-    return Explanation(
-        outcome="no_change" if years is None else "years_needed",
-        years_employed=years,
-        fhe_execution_time=client.explain_fhe_execution_time,
-    )
-
-
-_Result = TypeVar("_Result")
-
-
-def wait_while_busy(
-    step: Callable[[], _Result],
-    max_wait: float = 120.0,
-    default_wait: float = 1.0,
-    attempts: int | None = None,
-) -> Waited[_Result]:
-    """Call a client step; while the server answers busy (503 or 429), wait and call it again.
-
-    Each wait is the server's Retry-After (``default_wait`` seconds when it gave none): a full
-    FHE queue, a full session store or this client's session quota. For programs that queue
-    work on purpose (the benchmark's concurrent clients); the page shows the busy message to the
-    person instead.
-
-    Args:
-        step: the call, e.g. ``client.predict``.
-        max_wait: most seconds to wait in all.
-        default_wait: seconds to wait when the server did not say.
-        attempts: most calls in all (None: as many as ``max_wait`` allows).
-
-    Returns:
-        What ``step`` returned, with the seconds waited and the calls made.
-
-    Raises:
-        ServerBusyError: the server was still busy at the last attempt; its ``waited`` and
-            ``attempts`` attributes say how long the helper waited and how often it called.
-    """
-    made = 0
-
-    def wait_for(error: Exception, delay: float) -> float | None:
-        nonlocal made
-        made += 1
-        if not isinstance(error, ServerBusyError) or (attempts is not None and made >= attempts):
-            return None
-        return error.retry_after or default_wait
-
-    return call_with_retries(step, wait_for, max_wait)
-
-
-def retry_while_busy(
-    step: Callable[[], _Result],
-    attempts: int = 20,
-    default_wait: float = 1.0,
-    max_wait: float = 600.0,
-) -> _Result:
-    """As ``wait_while_busy``, returning only the step's value (the wait is logged).
-
-    Raises:
-        ServerBusyError: the server was still busy after ``attempts`` calls or ``max_wait``
-            seconds of waiting.
-        ValueError: if ``attempts`` is below 1.
-    """
-    if attempts < 1:
-        raise ValueError("attempts must be at least 1")
-    result = wait_while_busy(step, max_wait, default_wait, attempts)
-    if result.waited:
-        logger.info("busy server: waited %.1f s over %d calls", result.waited, result.attempts)
-    return result.value
+    return explain_application(client)

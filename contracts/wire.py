@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 AUTHORIZATION_HEADER = "Authorization"
+WWW_AUTHENTICATE_HEADER = "WWW-Authenticate"
 BEARER_SCHEME = "Bearer"
 """A session's calls carry ``Authorization: Bearer <token>`` (both modes)."""
 CONTENT_TYPE_HEADER = "Content-Type"

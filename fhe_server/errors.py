@@ -10,7 +10,7 @@ from __future__ import annotations
 from http import HTTPStatus
 
 from contracts.single_key import TRANSIENT_HEADER
-from contracts.wire import RETRY_AFTER_HEADER
+from contracts.wire import BEARER_SCHEME, RETRY_AFTER_HEADER, WWW_AUTHENTICATE_HEADER
 
 
 class ServiceError(Exception):
@@ -36,7 +36,7 @@ class InvalidTokenError(ServiceError):
 
     def headers(self) -> dict[str, str] | None:
         """Tell the client which authentication scheme to use."""
-        return {"WWW-Authenticate": "Bearer"}
+        return {WWW_AUTHENTICATE_HEADER: BEARER_SCHEME}
 
 
 class SessionNotFoundError(ServiceError):

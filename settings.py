@@ -15,7 +15,14 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from fhe_server import protocol
+from contracts.parties import (  # noqa: F401  (named here for the app and development/)
+    APPLICANT_FIELDS,
+    BANK_FIELDS,
+    BOOLEAN_FIELDS,
+    CREDIT_BUREAU_FIELDS,
+    PARTIES,
+    PARTY_FIELDS,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Paths
@@ -38,30 +45,8 @@ REFERENCE_TREE_PATH = DEVELOPMENT_DIR / "artifacts" / "reference_tree.json"
 # ---------------------------------------------------------------------------------------------
 # Parties and fields
 # ---------------------------------------------------------------------------------------------
-PARTIES = protocol.PARTIES  # ("applicant", "bank", "credit_bureau"), named in fhe_server.protocol
-
-APPLICANT_FIELDS = (
-    "own_car",
-    "own_property",
-    "mobile_phone",
-    "num_children",
-    "household_size",
-    "total_income",
-    "age",
-    "income_type",
-    "education_type",
-    "family_status",
-    "occupation_type",
-    "housing_type",
-)
-BANK_FIELDS = ("account_age",)
-CREDIT_BUREAU_FIELDS = ("employed", "years_employed")
-PARTY_FIELDS = {
-    "applicant": APPLICANT_FIELDS,
-    "bank": BANK_FIELDS,
-    "credit_bureau": CREDIT_BUREAU_FIELDS,
-}
-BOOLEAN_FIELDS = ("own_car", "own_property", "mobile_phone", "employed")
+# The parties and their fields are part of the wire contract: defined in contracts.parties and
+# imported above (settings.PARTIES, settings.PARTY_FIELDS, ... keep working).
 
 # Canonical category values: what the data, the preprocessing and the client library use. The page
 # shows each one under a display name of its language (page/locales/<lang>.json, "cat_..." keys).

@@ -45,9 +45,9 @@ from concrete import fhe
 
 import settings
 from backend import PartyPreprocessor
+from contracts.wire import OCTET_STREAM, RETRY_AFTER_HEADER, bearer
 from development.reference import clear_verdict
 from fhe_server.cluster import Cluster
-from fhe_server.protocol import OCTET_STREAM, bearer
 
 TIMEOUT = httpx.Timeout(300.0)
 OCTET = {"Content-Type": OCTET_STREAM}
@@ -97,7 +97,7 @@ def send(http: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Res
         response = http.request(method, path, **kwargs)
         if response.status_code != 503:
             return response
-        time.sleep(float(response.headers.get("Retry-After", "1")))
+        time.sleep(float(response.headers.get(RETRY_AFTER_HEADER, "1")))
 
 
 def open_session(http: httpx.Client, keys: Keys) -> tuple[str, dict[str, str]]:

@@ -73,7 +73,6 @@ DATA_PATH = Path(__file__).resolve().parent.parent / "data" / "applications.csv"
 FIXTURE_PATH = Path(__file__).resolve().parent.parent / "tests/threeparty/data/heldout_rows.json"
 OUT_DIR = Path(__file__).resolve().parent
 CHOICES: dict[str, tuple[int, ...]] = {"rotation 1": (1,), "rotations 1,2,4": (1, 2, 4)}
-RECIPIENTS = ("applicant", "bank")
 MB = 1e6
 TARGET_FLOW_S = 6.0
 TARGET_TRAFFIC_MB = 70.0
@@ -102,7 +101,7 @@ def traffic(flow: dict[str, Any], layout: Layout) -> dict[str, dict[str, int]]:
         own = r1[party]
         up = len(own.public_key) + len(own.eval_mult) + len(own.rotation)
         up += len(flow["round2"][party]) + sum(len(c) for c in flow["ciphertexts"][party].values())
-        up += sum(len(partials[party]) for r in RECIPIENTS if r != party)
+        up += sum(len(partials[party]) for r in protocol.RECIPIENTS if r != party)
         down = len(joint.joint_eval_mult_round1) + output
         if index > 0:  # the chain: the previous public key and the lead's shares
             lead = r1[PARTIES[0]]
@@ -110,7 +109,7 @@ def traffic(flow: dict[str, Any], layout: Layout) -> dict[str, dict[str, int]]:
             down += len(lead.eval_mult) + len(lead.rotation)
         if index < len(PARTIES) - 1 and layout.party_vectors(party):
             down += len(joint.joint_public_key)
-        if party in RECIPIENTS:
+        if party in protocol.RECIPIENTS:
             down += sum(len(partials[p]) for p in PARTIES if p != party)
         result[party] = {"up": up, "down": down}
     return result

@@ -43,9 +43,9 @@ import redis
 
 import settings
 from backend import CreditScoringClient, ServerBusyError, generate_key_file, wait_while_busy
+from contracts.wire import OCTET_STREAM
 from development.bench_cluster import Keys, decide, default_profile, open_session
 from fhe_server.cluster import Cluster, free_port
-from fhe_server.protocol import OCTET_STREAM
 
 TIMEOUT = httpx.Timeout(300.0)
 FAULT_SECONDS = 5.0

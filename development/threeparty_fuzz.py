@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from contracts.wire import bearer
 from fhe_server.launcher import ServerProcess
 from threeparty import engine, protocol
 from threeparty.transcript import Identity
@@ -69,7 +70,7 @@ class Party:
             json=identity.join_request(self.sid, role, secret, digest),
         )
         joined.raise_for_status()
-        self.http.headers["Authorization"] = f"Bearer {token}"
+        self.http.headers.update(bearer(token))
 
     def put(self, step: str, blobs: Mapping[str, bytes]) -> httpx.Response:
         """Upload a step signed by this party."""

@@ -15,43 +15,35 @@ core and a long portfolio (see the README, "A bank's portfolio"). Keep N at most
 Each verdict is appended to the output CSV as soon as it is decrypted (``portfolio_csv``); a
 rerun with the same ``--out`` scores only the applications not there yet, with the keys left in
 the key folder. Once every application is written, the file is put in application order and the
-keys are deleted. The command::
-
-    python -m fhe_client.portfolio --server URL --csv applications.csv --out verdicts.csv \
-        [--explain] [--sessions N] [--key-dir DIR] [--limit N]
-
-Exit codes: 0 done (or the --limit reached: run again to go on); 1 the server failed or refused;
-2 bad arguments or a bad CSV (the message names the row and the field; nothing written is lost);
-130 interrupted (everything decrypted so far is written).
+keys are deleted. The command is ``credit_portfolio`` (``python -m credit_portfolio``, installed
+as ``credit-portfolio``): it reads the settings and passes the server, the key folder and the
+deployment files in; this module reads none.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import os
 import queue
 import shutil
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import TextIO
 
-import backend
-import settings
+from concrete import fhe
+
+from fhe_client.client import CreditScoringClient
+from fhe_client.explanation import explain_application
+from fhe_client.keys import KEYS_FILE_NAME, generate_key_file, load_client_specs
 from fhe_client.portfolio_csv import (
     Application,
-    PortfolioInputError,
     Verdict,
     VerdictsFile,
-    read_applications,
 )
+from fhe_client.retry import retry_while_busy
 
 DEFAULT_SESSIONS = 1
 # In the key folder: where a new key set is generated, and each session's link to the key set.
@@ -85,15 +77,21 @@ class PortfolioResult:
 class SharedKeys:
     """One key set in ``key_dir/keys``, handed to each session's client through a hard link."""
 
-    def __init__(self, key_dir: Path) -> None:
-        """Point at the key folder (nothing read or generated yet; see ``prepare``)."""
+    def __init__(self, key_dir: Path, client_specs_path: Path) -> None:
+        """Point at the key folder (nothing read or generated yet; see ``prepare``).
+
+        Args:
+            key_dir: the key folder.
+            client_specs_path: the FHE module's client specs.
+        """
         self.key_dir = Path(key_dir)
+        self.client_specs_path = Path(client_specs_path)
         self._evaluation_keys: bytes | None = None
 
     @property
     def path(self) -> Path:
         """The key set's file."""
-        return self.key_dir / backend.KEYS_FILE_NAME
+        return self.key_dir / KEYS_FILE_NAME
 
     def prepare(self) -> bool:
         """Load the key set left in the folder, or generate and save a new one.
@@ -103,7 +101,7 @@ class SharedKeys:
         """
         self.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.path.is_file():
-            client = backend.fhe.Client(backend.client_specs())
+            client = fhe.Client(load_client_specs(self.client_specs_path))
             try:
                 client.keys.load(str(self.path))
                 self._evaluation_keys = client.evaluation_keys.serialize()
@@ -112,17 +110,17 @@ class SharedKeys:
                 pass
         # Generated beside the folder's key file, then renamed over it: never half a key set.
         fresh = self.key_dir / NEW_KEYS_DIR
-        self._evaluation_keys = backend.generate_key_file(fresh)
-        os.replace(fresh / backend.KEYS_FILE_NAME, self.path)
+        self._evaluation_keys = generate_key_file(fresh, self.client_specs_path)
+        os.replace(fresh / KEYS_FILE_NAME, self.path)
         fresh.rmdir()
         return False
 
     def link_into(self, session_dir: Path) -> bytes:
-        """A ``backend.KeyGenerator``: put the key set in a session's folder, no new keys."""
+        """A ``KeyGenerator``: put the key set in a session's folder, no new keys."""
         if self._evaluation_keys is None:
             raise RuntimeError("prepare the keys first")
         session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        target = session_dir / backend.KEYS_FILE_NAME
+        target = session_dir / KEYS_FILE_NAME
         target.unlink(missing_ok=True)
         os.link(self.path, target)
         return self._evaluation_keys
@@ -136,34 +134,40 @@ class SharedKeys:
             self.key_dir.rmdir()
 
 
-def default_key_dir(out_path: Path) -> Path:
-    """The key folder of a portfolio: the same for every run writing the same output file."""
+def default_key_dir(out_path: Path, keys_root: Path) -> Path:
+    """The key folder of a portfolio: the same for every run writing the same output file.
+
+    Args:
+        out_path: the verdicts CSV.
+        keys_root: the folder of the client's key folders (the command's is the settings'
+            ``client_keys_dir``).
+    """
     digest = hashlib.sha256(str(Path(out_path).resolve()).encode()).hexdigest()[:16]
-    return settings.ClientSettings().client_keys_dir / f"portfolio-{digest}"
+    return Path(keys_root) / f"portfolio-{digest}"
 
 
 def score_application(
-    client: backend.CreditScoringClient, index: int, application: Application, explain: bool
+    client: CreditScoringClient, index: int, application: Application, explain: bool
 ) -> Verdict:
     """Score one application with a client whose session is open (and explain a refusal).
 
     Raises:
-        backend.ClientError: (a subclass) if the server refuses or fails.
+        ClientError: (a subclass) if the server refuses or fails.
     """
     client.send_applicant(**application["applicant"])
     client.send_bank(**application["bank"])
     client.send_credit_bureau(**application["credit_bureau"])
-    backend.retry_while_busy(client.predict)
+    retry_while_busy(client.predict)
     approved = client.decrypt_verdict()
     if not explain:
         return Verdict(index, approved)
-    explanation = backend.retry_while_busy(lambda: backend.explain_encrypt_run_decrypt(client))
+    explanation = retry_while_busy(lambda: explain_application(client))
     years = explanation.years_employed if explanation.outcome == "years_needed" else None
     return Verdict(index, approved, explanation.outcome, years or "")
 
 
 def _work(
-    client: backend.CreditScoringClient,
+    client: CreditScoringClient,
     jobs: queue.SimpleQueue[tuple[int, Application]],
     results: queue.SimpleQueue[Verdict | BaseException],
     stop: threading.Event,
@@ -187,7 +191,9 @@ def score_portfolio(
     applications: Sequence[Application],
     out_path: Path,
     *,
-    key_dir: Path | None = None,
+    key_dir: Path,
+    client_specs_path: Path,
+    preprocessing_path: Path,
     explain: bool = False,
     sessions: int = DEFAULT_SESSIONS,
     limit: int | None = None,
@@ -199,9 +205,11 @@ def score_portfolio(
         server_url: the FHE server's base URL.
         applications: {party: fields} per application (``portfolio_csv.read_applications``).
         out_path: the verdicts CSV, created or continued.
-        key_dir: the key folder (default ``default_key_dir(out_path)``); its keys are used
+        key_dir: the key folder (the command's default: ``default_key_dir``); its keys are used
             again if an interrupted run left them, and they are deleted once the portfolio is done
             (the folder too, if nothing else is in it).
+        client_specs_path: the FHE module's client specs (``deployment_files/client_specs.json``).
+        preprocessing_path: each party's preprocessing (``deployment_files/preprocessing.json``).
         explain: also explain each refusal (one more FHE run per refused application).
         sessions: server sessions scoring at once (each one application at a time).
         limit: score at most this many applications in this call.
@@ -212,7 +220,7 @@ def score_portfolio(
 
     Raises:
         PortfolioInputError: ``out_path`` is not a verdicts CSV of this portfolio.
-        backend.ClientError: (a subclass) the server refused or failed; every verdict decrypted
+        ClientError: (a subclass) the server refused or failed; every verdict decrypted
             before is written.
     """
     started = time.perf_counter()
@@ -220,14 +228,23 @@ def score_portfolio(
     done = output.open(len(applications))
     skipped = len(done)
     todo = [i for i in range(len(applications)) if i not in done][:limit]
-    keys = SharedKeys(key_dir or default_key_dir(out_path))
+    keys = SharedKeys(key_dir, client_specs_path)
     reused = False
     try:
         if todo:
             reused = keys.prepare()
-            _score(
-                server_url, applications, todo, keys, output, done, explain, sessions, on_progress
-            )
+
+            def new_client(number: int) -> CreditScoringClient:
+                return CreditScoringClient(
+                    server_url,
+                    keys.key_dir / f"{SESSION_DIR_PREFIX}{number}",
+                    client_specs_path=client_specs_path,
+                    preprocessing_path=preprocessing_path,
+                    key_generator=keys.link_into,
+                    resume_lost_sessions=True,
+                )
+
+            _score(new_client, applications, todo, output, done, explain, sessions, on_progress)
     finally:
         output.close()
     complete = len(done) == len(applications)
@@ -245,10 +262,9 @@ def score_portfolio(
 
 
 def _score(
-    server_url: str,
+    new_client: Callable[[int], CreditScoringClient],
     applications: Sequence[Application],
     todo: list[int],
-    keys: SharedKeys,
     output: VerdictsFile,
     done: dict[int, Verdict],
     explain: bool,
@@ -261,19 +277,14 @@ def _score(
         jobs.put((index, applications[index]))
     results: queue.SimpleQueue[Verdict | BaseException] = queue.SimpleQueue()
     stop = threading.Event()
-    clients: list[backend.CreditScoringClient] = []
+    clients: list[CreditScoringClient] = []
     threads: list[threading.Thread] = []
     failure: BaseException | None = None
     try:
         for number in range(max(1, min(sessions, len(todo)))):
-            client = backend.CreditScoringClient(
-                server_url,
-                keys.key_dir / f"{SESSION_DIR_PREFIX}{number}",
-                key_generator=keys.link_into,
-                resume_lost_sessions=True,
-            )
+            client = new_client(number)
             clients.append(client)
-            backend.retry_while_busy(client.generate_keys)
+            retry_while_busy(client.generate_keys)
         for client in clients:
             thread = threading.Thread(
                 target=_work, args=(client, jobs, results, stop, explain), daemon=True
@@ -333,121 +344,3 @@ def _drain(
             output.append(item)
             done[item.application] = item
     return failure
-
-
-# ---------------------------------------------------------------------------------------------
-# The command
-# ---------------------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m fhe_client.portfolio",
-        description="Score every application of a CSV with the encrypted decision tree; write "
-        "each verdict (and, with --explain, each refusal's explanation) to a CSV. Run it again "
-        "with the same --out to go on after an interruption.",
-    )
-    parser.add_argument(
-        "--server",
-        default=None,
-        help="the FHE server's URL (default: FHE_SERVER_URL, else http://127.0.0.1:8000)",
-    )
-    parser.add_argument("--csv", type=Path, required=True, help="the applications CSV")
-    parser.add_argument("--out", type=Path, required=True, help="the verdicts CSV")
-    parser.add_argument(
-        "--key-dir",
-        type=Path,
-        help="the key folder (default: one per --out under FHE_CLIENT_KEYS_DIR)",
-    )
-    parser.add_argument(
-        "--explain",
-        action="store_true",
-        help="explain each refusal: the fewest years employed that would most likely give "
-        "approval (one more FHE run per refused application)",
-    )
-    parser.add_argument(
-        "--sessions",
-        type=int,
-        default=DEFAULT_SESSIONS,
-        help=f"server sessions scoring at once (default {DEFAULT_SESSIONS})",
-    )
-    parser.add_argument("--limit", type=int, help="score at most this many applications now")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
-
-
-def progress_bar(stream: TextIO | None = None, width: int = 30) -> Progress:
-    """A progress callback drawing one line on stderr: bar, count, rate and time left.
-
-    Args:
-        stream: where to draw (default stderr).
-        width: the bar's width in characters.
-    """
-    out = stream or sys.stderr
-    started = time.perf_counter()
-    before: int | None = None  # written by an earlier run
-
-    def draw(written: int, total: int) -> None:
-        nonlocal before
-        before = written - 1 if before is None else before
-        elapsed = time.perf_counter() - started
-        rate = (written - before) / elapsed if elapsed > 0 else 0.0
-        left = (total - written) / rate if rate > 0 else 0.0
-        filled = width * written // max(total, 1)
-        bar = "#" * filled + "." * (width - filled)
-        end = "\n" if written == total else ""
-        line = f"\r[{bar}] {written}/{total} applications, {rate:.2f}/s, {left:.0f} s left "
-        print(line, end=end, file=out, flush=True)
-
-    return draw
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the command; return its exit code (see the module's docstring)."""
-    args = _parser().parse_args(argv)
-    if args.sessions < 1 or (args.limit is not None and args.limit < 0):
-        print("error: --sessions must be at least 1 and --limit at least 0", file=sys.stderr)
-        return 2
-    server_url = args.server or settings.ClientSettings().resolved_server_url()
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        preprocessors = {party: backend.party_preprocessor(party) for party in settings.PARTIES}
-        applications = read_applications(args.csv, preprocessors)
-        result = score_portfolio(
-            server_url,
-            applications,
-            args.out,
-            key_dir=args.key_dir,
-            explain=args.explain,
-            sessions=args.sessions,
-            limit=args.limit,
-            on_progress=None if args.quiet else progress_bar(),
-        )
-    except PortfolioInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except backend.ClientError as error:
-        print(
-            f"\nerror: {error} (every verdict decrypted so far is in {args.out})", file=sys.stderr
-        )
-        return 1
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: run the same command again to go on ({args.out})", file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    rate = result.scored / result.seconds if result.seconds > 0 else 0.0
-    state = "complete" if result.complete else "not complete: run the same command again"
-    keys = ", with the keys of the interrupted run" if result.reused_keys else ""
-    print(
-        f"{result.scored} applications scored in {result.seconds:.1f} s ({rate:.2f}/s{keys}), "
-        f"{result.skipped} already written; {args.out}: {state}",
-        file=sys.stderr,
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,9 @@
 """The files of a bank's portfolio: the applications CSV it reads and the verdicts CSV it writes.
 
 The applications CSV has one row per application and one column per field of the three parties
-(``settings.PARTY_FIELDS``, canonical values, booleans true/false); an ``approved`` column (the
-data set's label) may be there and is ignored. Every row is checked before anything is scored.
+(``contracts.parties.PARTY_FIELDS``, canonical values, booleans true/false); an ``approved``
+column (the data set's label) may be there and is ignored. Every row is checked before anything
+is scored.
 
 The verdicts CSV (``OUTPUT_COLUMNS``) is appended one row per application as each is decrypted
 and flushed at once, so an interrupted run loses nothing decrypted; a rerun reads which
@@ -25,8 +26,9 @@ try:
 except ImportError:  # not POSIX: no lock between runs
     fcntl = None  # type: ignore[assignment]
 
-import settings
-from fhe_client.preprocessing import ClientError, InvalidFieldError, PartyPreprocessor
+from contracts.parties import PARTIES, PARTY_FIELDS
+from fhe_client.errors import ClientError, InvalidFieldError
+from fhe_client.preprocessing import PartyPreprocessor
 
 Application = Mapping[str, Mapping[str, Any]]
 """One application: {party: that party's raw fields}."""
@@ -80,7 +82,7 @@ def read_applications(
         PortfolioInputError: the file cannot be read, a column is missing or unknown, or a value
             is invalid (the message names the row, its line and the field).
     """
-    columns = {party: list(settings.PARTY_FIELDS[party]) for party in settings.PARTIES}
+    columns = {party: list(PARTY_FIELDS[party]) for party in PARTIES}
     expected = {name for names in columns.values() for name in names}
     try:
         with open(path, newline="", encoding="utf-8") as handle:

@@ -1,45 +1,23 @@
 """Each party's preprocessing: its own raw fields -> the circuit's quantized integer inputs.
 
-Read from ``deployment_files/preprocessing.json``. numpy only (no Concrete, no OpenFHE), so both the
-single-key client library (``backend``, Python 3.11) and the three-party party clients
-(``threeparty.party``, Python 3.10) use the same code.
+Read from ``deployment_files/preprocessing.json`` (the caller gives the path). numpy and
+``contracts`` only (no Concrete, no OpenFHE, no settings), so both the single-key client library
+(``fhe_client.client``, Python 3.11) and the three-party party clients (``threeparty.party``,
+Python 3.10) use the same code.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-import settings
-
-
-class ClientError(Exception):
-    """Base class of every error the client library raises on purpose.
-
-    Attributes:
-        message: readable English message.
-        code: short stable key (e.g. "not_found", "order_keys_first") a page can translate.
-        details: extra values a translated message may show (e.g. ``parties``, ``retry_after``).
-    """
-
-    code: str = "client_error"
-
-    def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-        self.details = details
-
-
-class InvalidFieldError(ClientError, ValueError):
-    """A field value is missing, of the wrong type, out of range or not a known category."""
-
-    code = "invalid_field"
+from contracts.parties import PARTIES
+from fhe_client.errors import InvalidFieldError
 
 
 @dataclass(frozen=True)
@@ -47,7 +25,7 @@ class FeatureSpec:
     """How one raw field becomes the circuit's integer input(s).
 
     Attributes:
-        field: raw field name (as in settings.PARTY_FIELDS).
+        field: raw field name (as in contracts.parties.PARTY_FIELDS).
         kind: "bool", "numeric", "log_numeric" (log of a positive number) or "category".
         categories: canonical category values (index = numeric code), for kind "category".
         encoding: "quantized" (one input: Concrete ML's input quantizer), "binary" (one input,
@@ -169,10 +147,25 @@ class PartyPreprocessor:
         )
 
     @classmethod
-    def load_all(cls, path: Path = settings.PREPROCESSING_PATH) -> dict[str, PartyPreprocessor]:
-        """Read every party's preprocessing from its JSON file."""
+    def load_all(cls, path: Path) -> dict[str, PartyPreprocessor]:
+        """Read every party's preprocessing from its JSON file.
+
+        Args:
+            path: the preprocessing JSON (``deployment_files/preprocessing.json``).
+        """
         spec = json.loads(Path(path).read_text(encoding="utf-8"))
-        return {party: cls.from_spec(party, spec) for party in settings.PARTIES}
+        return {party: cls.from_spec(party, spec) for party in PARTIES}
+
+    def categories(self, field: str) -> tuple[str, ...]:
+        """The canonical values of one of this party's category fields, in code order.
+
+        Raises:
+            KeyError: if ``field`` is not one of this party's category fields.
+        """
+        for feature in self.features:
+            if feature.field == field and feature.kind == "category":
+                return feature.categories
+        raise KeyError(f"{self.party} has no category field {field!r}")
 
     def to_numbers(self, fields: dict[str, Any]) -> list[float]:
         """Check the party's raw fields and turn them into float features (circuit order).
@@ -214,3 +207,20 @@ class PartyPreprocessor:
     def transform(self, fields: dict[str, Any]) -> np.ndarray:
         """Raw fields of this party -> quantized integer vector the circuit takes."""
         return self.quantize_numbers(self.to_numbers(fields))
+
+
+@lru_cache(maxsize=4 * len(PARTIES))
+def load_party_preprocessor(path: Path, party: str) -> PartyPreprocessor:
+    """One party's preprocessor (cached), built only from that party's part of the spec.
+
+    Args:
+        path: ``preprocessing.json`` of the deployment.
+        party: "applicant", "bank" or "credit_bureau".
+    """
+    return PartyPreprocessor.from_spec(party, _preprocessing_spec(Path(path)))
+
+
+@lru_cache(maxsize=4)
+def _preprocessing_spec(path: Path) -> dict[str, Any]:
+    """The preprocessing JSON (read once per file); each party builds from its own part."""
+    return json.loads(path.read_text(encoding="utf-8"))

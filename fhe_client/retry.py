@@ -2,16 +2,21 @@
 
 ``call_with_retries`` is the one loop behind the client library's automatic retries (a 503 that
 the server marks transient: a replica or the session store went away) and behind
-``backend.wait_while_busy`` (a full queue, store or quota, for programs that queue on purpose).
+``wait_while_busy`` (a full queue, store or quota, for programs that queue on purpose).
 Both wait at most a given number of seconds in all and report how long they waited.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from fhe_client.errors import ServerBusyError
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -77,3 +82,62 @@ def call_with_retries(
             wait = max(0.0, min(wait, max_wait - waited))
             sleep(wait)
             waited += wait
+
+
+def wait_while_busy(
+    step: Callable[[], T],
+    max_wait: float = 120.0,
+    default_wait: float = 1.0,
+    attempts: int | None = None,
+) -> Waited[T]:
+    """Call a client step; while the server answers busy (503 or 429), wait and call it again.
+
+    Each wait is the server's Retry-After (``default_wait`` seconds when it gave none): a full
+    FHE queue, a full session store or this client's session quota. For programs that queue
+    work on purpose (the benchmark's concurrent clients); the page shows the busy message to the
+    person instead.
+
+    Args:
+        step: the call, e.g. ``client.predict``.
+        max_wait: most seconds to wait in all.
+        default_wait: seconds to wait when the server did not say.
+        attempts: most calls in all (None: as many as ``max_wait`` allows).
+
+    Returns:
+        What ``step`` returned, with the seconds waited and the calls made.
+
+    Raises:
+        ServerBusyError: the server was still busy at the last attempt; its ``waited`` and
+            ``attempts`` attributes say how long the helper waited and how often it called.
+    """
+    made = 0
+
+    def wait_for(error: Exception, delay: float) -> float | None:
+        nonlocal made
+        made += 1
+        if not isinstance(error, ServerBusyError) or (attempts is not None and made >= attempts):
+            return None
+        return error.retry_after or default_wait
+
+    return call_with_retries(step, wait_for, max_wait)
+
+
+def retry_while_busy(
+    step: Callable[[], T],
+    attempts: int = 20,
+    default_wait: float = 1.0,
+    max_wait: float = 600.0,
+) -> T:
+    """As ``wait_while_busy``, returning only the step's value (the wait is logged).
+
+    Raises:
+        ServerBusyError: the server was still busy after ``attempts`` calls or ``max_wait``
+            seconds of waiting.
+        ValueError: if ``attempts`` is below 1.
+    """
+    if attempts < 1:
+        raise ValueError("attempts must be at least 1")
+    result = wait_while_busy(step, max_wait, default_wait, attempts)
+    if result.waited:
+        logger.info("busy server: waited %.1f s over %d calls", result.waited, result.attempts)
+    return result.value

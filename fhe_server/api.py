@@ -17,7 +17,7 @@ Contract (also at ``/docs``)::
                                                      (for nginx's auth_request; not in /docs)
 
 Every call under ``/sessions/{session_id}`` needs ``Authorization: Bearer <token>``. Errors are
-JSON ``{"detail": "..."}`` with the statuses of ``protocol.ERRORS``.
+JSON ``{"detail": "..."}`` with the statuses of ``contracts.single_key.ERRORS``.
 """
 
 from __future__ import annotations
@@ -38,10 +38,8 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from fhe_server.app_base import base_app
-from fhe_server.body import BODY_LEFT_UNREAD, error_headers, read_body
-from fhe_server.errors import InvalidTokenError, RetryLaterError, ServiceError
-from fhe_server.protocol import (
+from contracts.parties import Party
+from contracts.single_key import (
     ADMISSION_PATH,
     API_VERSION,
     CANDIDATES,
@@ -50,15 +48,17 @@ from fhe_server.protocol import (
     EXPLAIN_PATH,
     HEALTH_PATH,
     INPUT_PATH,
-    OCTET_STREAM,
     OUTPUT_PATH,
     PREDICT_PATH,
     REFUSAL_DETAIL_HEADER,
     REFUSAL_STATUS_HEADER,
     SESSION_PATH,
     SESSIONS_PATH,
-    Party,
 )
+from contracts.wire import OCTET_STREAM
+from fhe_server.app_base import base_app
+from fhe_server.body import BODY_LEFT_UNREAD, error_headers, read_body
+from fhe_server.errors import InvalidTokenError, RetryLaterError, ServiceError
 from fhe_server.service import ScoringService, build_service
 from fhe_server.stores import SessionStore
 from settings import ServerSettings

@@ -5,13 +5,13 @@ from __future__ import annotations
 import anyio
 from starlette.requests import Request
 
+from contracts.wire import CONTENT_TYPE_HEADER, OCTET_STREAM
 from fhe_server.errors import (
     IncompleteBodyError,
     InvalidPayloadError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
-from fhe_server.protocol import CONTENT_TYPE_HEADER, OCTET_STREAM
 from settings import ServerSettings
 
 # Scope key set once a request's body has been received to its end.

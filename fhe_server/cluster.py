@@ -32,9 +32,9 @@ from typing import IO
 
 import httpx
 
+from contracts.single_key import HEALTH_PATH
 from fhe_server.launcher import free_port, stop_process
 from fhe_server.make_parent import watch_make_parent
-from fhe_server.protocol import HEALTH_PATH
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 TEMPLATE_PATH = Path(__file__).with_name("nginx.conf.template")

@@ -1,14 +1,16 @@
 """The service's errors: each one is the client's doing (or a full server) and maps to one status.
 
 The API answers a ``ServiceError`` with its ``status_code``, its ``headers()`` and the JSON body
-``{"detail": str(error)}``; the statuses and their meanings are listed in ``protocol.ERRORS``.
+``{"detail": str(error)}``; the statuses and their meanings are listed in
+``contracts.single_key.ERRORS``.
 """
 
 from __future__ import annotations
 
 from http import HTTPStatus
 
-from fhe_server.protocol import RETRY_AFTER_HEADER, TRANSIENT_HEADER
+from contracts.single_key import TRANSIENT_HEADER
+from contracts.wire import BEARER_SCHEME, RETRY_AFTER_HEADER, WWW_AUTHENTICATE_HEADER
 
 
 class ServiceError(Exception):
@@ -34,7 +36,7 @@ class InvalidTokenError(ServiceError):
 
     def headers(self) -> dict[str, str] | None:
         """Tell the client which authentication scheme to use."""
-        return {"WWW-Authenticate": "Bearer"}
+        return {WWW_AUTHENTICATE_HEADER: BEARER_SCHEME}
 
 
 class SessionNotFoundError(ServiceError):

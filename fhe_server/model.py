@@ -14,9 +14,10 @@ from typing import Any
 from concrete import fhe
 
 import settings
+from contracts.parties import PARTIES
+from contracts.single_key import CANDIDATES
 from fhe_server.concrete_runtime import start_concrete_runtime
 from fhe_server.errors import InvalidPayloadError
-from fhe_server.protocol import CANDIDATES, PARTIES
 
 logger = logging.getLogger("fhe_server")
 

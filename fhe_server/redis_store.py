@@ -45,6 +45,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from contracts.wire import SESSION_ID_PATTERN
 from fhe_server.errors import (
     InvalidTokenError,
     ServerBusyError,
@@ -52,7 +53,6 @@ from fhe_server.errors import (
     StepOutOfOrderError,
     StoreUnavailableError,
 )
-from fhe_server.protocol import SESSION_ID_PATTERN
 from fhe_server.redis_errors import store_errors
 from fhe_server.redis_listener import RemovalListener
 from fhe_server.redis_scripts import (

@@ -9,9 +9,10 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
+from contracts.parties import PARTIES, Party
+from contracts.single_key import CANDIDATES
 from fhe_server.errors import SessionNotFoundError
 from fhe_server.model import FHEModel
-from fhe_server.protocol import CANDIDATES, PARTIES, Party
 from fhe_server.runtime import FHEGate, KeyCache, SessionQuota
 from fhe_server.stores import FileSessionStore, SessionStore, short_id
 from settings import ServerSettings

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from contracts.parties import Party
+from contracts.wire import SESSION_ID_PATTERN
 from fhe_server.errors import (
     InvalidTokenError,
     ServerBusyError,
     SessionNotFoundError,
     StepOutOfOrderError,
 )
-from fhe_server.protocol import SESSION_ID_PATTERN, Party
 from fhe_server.runtime import SessionQuota
 
 logger = logging.getLogger("fhe_server")

@@ -23,9 +23,9 @@ import pytest
 from helpers_server import running_server
 
 import backend
+import credit_portfolio
 import settings
 from development.reference import clear_explain, clear_verdict
-from fhe_client import portfolio
 from fhe_client.portfolio_csv import OUTPUT_COLUMNS, Verdict, VerdictsFile
 from fhe_server.launcher import REPO_DIR
 
@@ -50,7 +50,7 @@ def _command(url: str, folder: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "fhe_client.portfolio",
+        "credit_portfolio",
         "--server",
         url,
         "--csv",
@@ -149,7 +149,7 @@ def test_a_portfolio_scored_in_three_runs_gives_the_clear_verdicts_once_each(tmp
 
 def _main(command: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """The command's main() in this process (no FHE runs: every check comes first)."""
-    code = portfolio.main(command[3:])
+    code = credit_portfolio.main(command[3:])
     return code, capsys.readouterr().err
 
 

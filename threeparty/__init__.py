@@ -12,5 +12,6 @@ import os
 # times swing tenfold. Set before any submodule imports openfhe; an explicit setting wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-PARTIES: tuple[str, ...] = ("applicant", "bank", "credit_bureau")
-"""The three parties, in key-generation order (the applicant leads)."""
+from contracts.parties import PARTIES  # noqa: E402  (after OMP_NUM_THREADS)
+
+__all__ = ["PARTIES"]  # the three parties, in key-generation order (the applicant leads)

@@ -53,7 +53,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import openfhe  # noqa: E402
 
-from threeparty import PARTIES  # noqa: E402
+from contracts.parties import LEAD, PARTIES, RECIPIENTS  # noqa: E402
 from threeparty.layout import Layout, LayoutError, load_layout  # noqa: E402
 
 PLAINTEXT_MODULUS = 65537
@@ -62,7 +62,7 @@ MULTIPLICATIVE_DEPTH = 3
 for the product of the owners' vectors (three owners; this tree has two, so it uses one) and one
 counted for the plaintext mask. Depth 2 and 3 give the same modulus here (5 towers)."""
 MULTIPARTY_MODE = "NOISE_FLOODING_MULTIPARTY"
-LEAD_PARTY = PARTIES[0]
+LEAD_PARTY = LEAD
 
 ROTATION_INDICES: tuple[int, ...] = (1,)
 """Rotation keys made. (1,): one key, a block's 8 slots summed with 7 rotations by 1. The
@@ -320,7 +320,7 @@ def challenge_matches(slots: np.ndarray, values: Sequence[int]) -> bool:
     return bool((slots[:count] == np.asarray(values)).all() and not slots[count:].any())
 
 
-TAGGED_PARTIES: tuple[str, ...] = ("applicant", "bank")
+TAGGED_PARTIES: tuple[str, ...] = RECIPIENTS
 """The result's recipients: each multiplies a secret tag of its own into the evaluation."""
 
 

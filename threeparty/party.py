@@ -43,9 +43,11 @@ import numpy as np
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 
-from fhe_client.preprocessing import InvalidFieldError, PartyPreprocessor
+from contracts.wire import CONTENT_TYPE_HEADER, bearer
+from fhe_client.errors import InvalidFieldError
+from fhe_client.preprocessing import load_party_preprocessor
 from threeparty import engine, protocol, transcript
-from threeparty.layout import Layout, load_layout
+from threeparty.layout import LAYOUT_PATH, Layout, load_layout
 from threeparty.transcript import Identity, Transcript, TranscriptError
 
 BOX_SECRET_FILE = "box_secret.key"
@@ -55,6 +57,8 @@ TOKEN_FILE = "token"
 DEFAULT_WAIT_SECONDS = 120.0
 HTTP_TIMEOUT_SECONDS = 120.0
 LONG_POLL_SECONDS = 10.0
+PREPROCESSING_PATH = LAYOUT_PATH.with_name("preprocessing.json")
+"""Each party's preprocessing, shipped next to the layout (``deployment_files``)."""
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -94,7 +98,7 @@ def own_rows(role: str, fields: Fields) -> np.ndarray:
     Raises:
         PartyError: invalid_field, if the fields do not fit the party's preprocessing.
     """
-    preprocessor = PartyPreprocessor.load_all()[role]
+    preprocessor = load_party_preprocessor(PREPROCESSING_PATH, role)
     applications = [fields] if isinstance(fields, Mapping) else list(fields)
     if not applications or len(applications) > protocol.MAX_APPLICATIONS:
         raise PartyError(
@@ -159,7 +163,7 @@ def clear_verdicts(fields: Mapping[str, Fields], mode: str, layout: Layout) -> l
 
 def party_fields(role: str) -> list[str]:
     """The names of a party's own fields (its CSV columns), in the circuit's order."""
-    return [feature.field for feature in PartyPreprocessor.load_all()[role].features]
+    return [feature.field for feature in load_party_preprocessor(PREPROCESSING_PATH, role).features]
 
 
 def read_rows(path: Path, role: str) -> list[dict[str, Any]]:
@@ -170,7 +174,7 @@ def read_rows(path: Path, role: str) -> list[dict[str, Any]]:
     Raises:
         PartyError: invalid_field when the file cannot be read or has other columns.
     """
-    features = {f.field: f for f in PartyPreprocessor.load_all()[role].features}
+    features = {f.field: f for f in load_party_preprocessor(PREPROCESSING_PATH, role).features}
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
@@ -383,7 +387,7 @@ class PartyClient:
             protocol.STEP,
             content=body,
             values={"step": step},
-            headers={"Content-Type": protocol.OCTET_STREAM},
+            headers={CONTENT_TYPE_HEADER: protocol.OCTET_STREAM},
         )
         self.status()
         return len(body)
@@ -488,7 +492,7 @@ class PartyClient:
                 self.session_id, self.role, self._invitation, digest
             ),
         )
-        self._http.headers["Authorization"] = f"{protocol.BEARER} {token}"
+        self._http.headers.update(bearer(token))
         status = self.status()
         try:
             roster = transcript.check_roster(
@@ -906,7 +910,7 @@ def delete_session(server_url: str, key_dir: Path, invitation: str) -> None:
         protocol.SESSION.format(sid=session_id),
         204,
         "delete the session",
-        headers={"Authorization": f"{protocol.BEARER} {token}"},
+        headers=bearer(token),
     )
 
 

@@ -29,7 +29,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from threeparty import PARTIES, protocol
+from contracts.parties import PARTIES
+from threeparty import protocol
 
 _LENGTH = struct.Struct(">Q")
 READY = b"ready"

@@ -32,7 +32,8 @@ from typing import Any
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from threeparty import PARTIES, protocol
+from contracts.parties import PARTIES
+from threeparty import protocol
 
 STATEMENT_VERSION = "3pty/2"
 STATEMENT_PREFIX = b"threeparty statement v2\x00"

@@ -38,6 +38,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contracts.wire import OCTET_STREAM
 from fhe_server import body as request_body
 from fhe_server import errors as fhe_errors
 from fhe_server.app_base import base_app
@@ -135,14 +136,14 @@ class Evaluated(BaseModel):
 
 def octets(data: bytes) -> Response:
     """A binary answer."""
-    return Response(data, media_type="application/octet-stream")
+    return Response(data, media_type=OCTET_STREAM)
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody} for code in codes}
 
 
-_BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+_BINARY = {OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}}
 
 
 def _binary_body(description: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contracts.wire import BEARER_SCHEME, RETRY_AFTER_HEADER, WWW_AUTHENTICATE_HEADER
 from fhe_server import errors as fhe_errors
 from threeparty.protocol import ErrorCode
 from threeparty.sandbox import SandboxError
@@ -31,9 +32,9 @@ class ServiceError(Exception):
         """The JSON answer."""
         headers = {}
         if self.retry_after is not None:
-            headers["Retry-After"] = str(self.retry_after)
+            headers[RETRY_AFTER_HEADER] = str(self.retry_after)
         if self.code is ErrorCode.unauthorized:
-            headers["WWW-Authenticate"] = "Bearer"
+            headers[WWW_AUTHENTICATE_HEADER] = BEARER_SCHEME
         if self.code is ErrorCode.too_large:
             headers["Connection"] = "close"
         return JSONResponse(

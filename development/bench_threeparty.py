@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from contracts import examples
 from fhe_server.launcher import ServerProcess
 from threeparty import PARTIES, engine, processes, protocol
 from threeparty.layout import Layout, load_layout
@@ -85,11 +86,7 @@ PORTFOLIO_SIZE = protocol.MAX_APPLICATIONS
 TARGET_PORTFOLIO_S = 6.0
 PROCESS_WARMUPS = 1
 PARTY_WAIT_SECONDS = 120.0
-PROCESS_FIELDS: dict[str, dict[str, Any]] = {
-    "applicant": processes.EXAMPLE_APPLICANT,
-    "bank": {"account_age": 12},
-    "credit_bureau": {"employed": False, "years_employed": "0-2"},
-}
+PROCESS_FIELDS: dict[str, dict[str, Any]] = examples.EXAMPLE_FIELDS
 
 
 def traffic(flow: dict[str, Any], layout: Layout) -> dict[str, dict[str, int]]:

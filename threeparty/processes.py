@@ -16,26 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contracts import examples
 from threeparty import protocol
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 PROCESS_TIMEOUT_SECONDS = 300.0
 
-EXAMPLE_APPLICANT: dict[str, Any] = {
-    "own_car": False,
-    "own_property": True,
-    "mobile_phone": True,
-    "num_children": 1,
-    "household_size": 3,
-    "total_income": 90000,
-    "age": 38,
-    "income_type": "Commercial associate",
-    "education_type": "Higher education",
-    "family_status": "Married",
-    "occupation_type": "Managers",
-    "housing_type": "House / apartment",
-}
-"""An applicant's fields (the tests' and the benchmark's example application)."""
+EXAMPLE_APPLICANT = examples.EXAMPLE_APPLICANT
+"""An applicant's fields (``contracts.examples``, the tests' and the benchmark's example)."""
 
 
 @dataclass(frozen=True)

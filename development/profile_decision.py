@@ -1,0 +1,140 @@
+"""Server CPU per warm decision, as a server sees it: one predict, then a pause, and again.
+
+``python -m development.profile_decision`` runs the deployed circuit on one key set in a child
+process per OpenMP setting (libomp's default ``KMP_BLOCKTIME=200`` and the server's ``0``, see
+``fhe_server/concrete_runtime.py``), one warm predict every ``--pause`` seconds, and prints each
+child's CPU-seconds per decision (all its threads) and median wall time. With ``--perf`` (Debian:
+``apt-get install linux-perf``) it also records the server's own setting with ``perf`` and prints
+where a decision's CPU goes: bootstraps, the key switches, the per-call conversion of the
+bootstrap key to the Fourier domain (concrete builds a ``RuntimeContext`` for every call), the
+OpenMP barriers, the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+SETTINGS = {"libomp default (200 ms spin)": "200", "server (KMP_BLOCKTIME=0)": "0"}
+# perf's "children" share of these frames, by what they are.
+PERF_FRAMES = {
+    "bootstraps": "memref_bootstrap_lwe_u64",
+    "key switches": "concrete_cpu_keyswitch_lwe_ciphertext_u64",
+    "bootstrap key to the Fourier domain, every call": "RuntimeContext::RuntimeContext",
+    "OpenMP barrier waits": "__kmp_hyper_barrier",
+}
+
+
+def child(decisions: int, pause: float, ready: Path | None) -> None:
+    """Run in the child: warm decisions with pauses; print one JSON line of figures."""
+    from concrete import fhe
+
+    import settings
+    from backend import party_preprocessor
+    from contracts.examples import EXAMPLE_FIELDS
+    from contracts.parties import PARTIES
+    from fhe_server.model import FHEModel
+
+    model = FHEModel.load(settings.DEPLOYMENT_DIR)
+    client = fhe.Client(fhe.ClientSpecs.deserialize(settings.CLIENT_SPECS_PATH.read_bytes()))
+    client.keygen(force=True)
+    quantized = [party_preprocessor(p).transform(EXAMPLE_FIELDS[p]) for p in PARTIES]
+    values = client.encrypt(*quantized, function_name="predict")
+    keys = model.evaluation_keys(client.evaluation_keys.serialize())
+    inputs = [model.value(p, v.serialize()) for p, v in zip(PARTIES, values, strict=True)]
+    model.run("predict", inputs, keys)  # the first run on a key set expands its keys
+    time.sleep(pause)
+    if ready is not None:
+        ready.write_text(str(os.getpid()))
+        time.sleep(1.0)
+    walls = []
+    cpu = time.process_time()
+    for _ in range(decisions):
+        start = time.perf_counter()
+        model.run("predict", inputs, keys)
+        walls.append(time.perf_counter() - start)
+        time.sleep(pause)
+    line = {
+        "cpu_per_decision": (time.process_time() - cpu) / decisions,
+        "wall_median": statistics.median(walls),
+        "blocktime": os.environ.get("KMP_BLOCKTIME"),
+    }
+    print(json.dumps(line), flush=True)
+
+
+def run_child(blocktime: str, decisions: int, pause: float, perf: bool) -> dict:
+    """One child process with ``KMP_BLOCKTIME=blocktime``; with ``perf``, its profile too."""
+    env = {**os.environ, "KMP_BLOCKTIME": blocktime, "PYTHONPATH": str(REPO_DIR)}
+    with tempfile.TemporaryDirectory() as folder:
+        ready = Path(folder) / "ready"
+        command = [sys.executable, "-m", "development.profile_decision", "--child"]
+        command += ["--decisions", str(decisions), "--pause", str(pause)]
+        if perf:
+            command += ["--ready", str(ready)]
+        process = subprocess.Popen(
+            command, cwd=REPO_DIR, env=env, stdout=subprocess.PIPE, text=True
+        )
+        shares: dict[str, float] = {}
+        if perf:
+            while not ready.exists() and process.poll() is None:
+                time.sleep(0.2)
+            data = Path(folder) / "perf.data"
+            seconds = decisions * (pause + 0.4)
+            subprocess.run(
+                ["perf", "record", "-F", "250", "--call-graph", "dwarf,8192", "-o", str(data),
+                 "-p", ready.read_text(), "--", "sleep", f"{seconds:.1f}"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            report = subprocess.run(
+                ["perf", "report", "-i", str(data), "--children", "--sort", "sym", "--stdio"],
+                check=True, capture_output=True, text=True,
+            ).stdout  # fmt: skip
+            for name, frame in PERF_FRAMES.items():
+                found = [
+                    float(line.split("%")[0])
+                    for line in report.splitlines()
+                    if frame in line and line.strip()[:1].isdigit()
+                ]
+                shares[name] = max(found, default=0.0)
+        out, _ = process.communicate(timeout=600)
+    result = json.loads(out.strip().splitlines()[-1])
+    result["perf_children_percent"] = shares
+    return result
+
+
+def main() -> None:
+    """Parse the arguments; run the children (or be one); print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decisions", type=int, default=16)
+    parser.add_argument("--pause", type=float, default=0.5, help="seconds between decisions")
+    parser.add_argument("--perf", action="store_true", help="also profile with Linux perf")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ready", type=Path, default=None, help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.child:
+        child(arguments.decisions, arguments.pause, arguments.ready)
+        return
+    print(f"load average {os.getloadavg()[0]:.1f}; one warm predict every {arguments.pause} s")
+    for name, blocktime in SETTINGS.items():
+        found = run_child(blocktime, arguments.decisions, arguments.pause, False)
+        print(
+            f"{name}: {found['cpu_per_decision']:.3f} CPU-s per decision, "
+            f"wall median {found['wall_median']:.3f} s"
+        )
+    if arguments.perf:
+        found = run_child("0", arguments.decisions, arguments.pause, True)
+        for name, share in found["perf_children_percent"].items():
+            print(f"  {name}: {share:.0f} % of the CPU samples")
+    print(f"load average {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

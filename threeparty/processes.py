@@ -2,13 +2,13 @@
 
 Used by the test of the whole flow over processes and by the benchmark that times it, so both
 drive the command line the same way: each party its own process, its own key folder, its fields
-as JSON on stdin, ``OMP_NUM_THREADS=1``, its JSON lines read back when it exits.
+as JSON on stdin, ``OMP_NUM_THREADS=1``, its JSON lines read back when it exits. The command
+lines themselves come from ``threeparty.command``, which the page uses too.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from threeparty import protocol
+from threeparty import command, protocol
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 PROCESS_TIMEOUT_SECONDS = 300.0
@@ -68,9 +68,13 @@ def party_identity(keys_dir: Path) -> dict[str, str]:
     Raises:
         RuntimeError: when the command fails.
     """
-    command = [sys.executable, "-m", "threeparty", "identity", "--keys", str(keys_dir)]
     done = subprocess.run(
-        command, cwd=REPO_DIR, capture_output=True, text=True, timeout=60, check=False
+        command.identity_command(sys.executable, keys_dir),
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"python -m threeparty identity failed: {done.stderr.strip()}")
@@ -109,15 +113,19 @@ def start_party(
         peers: {role: fingerprint} of the two other parties.
         extra: more arguments (``--csv FILE --out FILE`` for a portfolio; fields then {}).
     """
-    command = [sys.executable, "-m", "threeparty", "--role", role, "--server", server_url]
-    command += ["--session", invitation, "--keys", str(keys_dir), "--wait", str(wait)]
-    for other, print_ in peers.items():
-        command += ["--peer", f"{other}={print_}"]
-    command += list(extra)
     process = subprocess.Popen(
-        command,
+        command.party_command(
+            sys.executable,
+            role=role,
+            server_url=server_url,
+            invitation=invitation,
+            keys_dir=keys_dir,
+            wait=wait,
+            peers=peers,
+            extra=extra,
+        ),
         cwd=REPO_DIR,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env=command.party_env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

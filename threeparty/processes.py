@@ -100,8 +100,11 @@ def start_party(
     wait: float,
     peers: Mapping[str, str],
     extra: Sequence[str] = (),
+    *,
+    python: str | Path = sys.executable,
+    stderr: int = subprocess.PIPE,
 ) -> subprocess.Popen[str]:
-    """Start one party's command line with this Python; its fields go to its stdin.
+    """Start one party's command line (default: with this Python); its fields go to its stdin.
 
     Args:
         server_url: the three-party server's base URL.
@@ -112,10 +115,14 @@ def start_party(
         wait: seconds the party waits for another before a time-out (``--wait``).
         peers: {role: fingerprint} of the two other parties.
         extra: more arguments (``--csv FILE --out FILE`` for a portfolio; fields then {}).
+        python: the interpreter with openfhe (the page, on Python 3.11, gives
+            ``.venv-threeparty``'s).
+        stderr: where the party's stderr goes (``subprocess.DEVNULL`` for a caller that reads
+            only its stdout while it runs, so that a full stderr pipe cannot block it).
     """
     process = subprocess.Popen(
         command.party_command(
-            sys.executable,
+            python,
             role=role,
             server_url=server_url,
             invitation=invitation,
@@ -128,7 +135,7 @@ def start_party(
         env=command.party_env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
     )
     assert process.stdin is not None

@@ -35,8 +35,7 @@ PAGE_TITLES = {
     "en": "Credit-card approval prediction with FHE",
 }
 RELABEL_BUTTON_ID = "relabel-button"
-# The three-party section's outputs, and the phrases of its progress table.
-TP_OUTPUT_IDS = ("tp-explain", "tp-progress", "tp-verdict")
+# The phrases of the three-party section's progress table.
 TP_TABLE_KEYS = (
     "tp_step",
     "tp_row_joined",

@@ -28,6 +28,7 @@ import httpx
 import settings
 from page.config import TP_PYTHON, ThreePartyConfig
 from threeparty import command
+from threeparty.processes import start_party
 
 ROLES = ("applicant", "bank", "credit_bureau")
 RECIPIENTS = ("applicant", "bank")
@@ -174,7 +175,7 @@ def run_parties(
     try:
         for role in ROLES:
             peers = {other: known[other]["fingerprint"] for other in ROLES if other != role}
-            process = processes.start_party(
+            process = start_party(
                 url,
                 role,
                 invitations[role],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from page import strings, supervisor, threeparty_runs
 from page.config import TP_PYTHON, ThreePartyConfig
 from page.sections import threeparty as tp_section
 from page.threeparty_runs import RECIPIENTS, FlowState, party_fields, unavailable_reason
+from threeparty import command
 
 
 def test_a_missing_environment_is_named() -> None:
@@ -111,3 +113,44 @@ def test_three_party_explanation_has_the_single_key_wording(
     assert explanation == expected
     if lang == "zh" and fewest and not employed:
         assert explanation == "在职且工作年限达到2–5年时，您最有可能获批。"
+
+
+def test_the_page_reads_the_three_party_settings_once_into_its_config() -> None:
+    environ = {"THREEPARTY_SERVER_URL": "http://relay.example:9000/", "THREEPARTY_SERVER_PORT": "9"}
+    config = ThreePartyConfig.from_environment(environ)
+    assert config.server_url == "http://relay.example:9000" and config.port == 9
+    assert config.local_url == "http://127.0.0.1:9"
+    default = ThreePartyConfig.from_environment({})
+    assert default.server_url == "" and default.port == 8001 and default.python == TP_PYTHON
+    with pytest.raises(AttributeError):
+        default.port = 1  # type: ignore[misc]  # frozen: read once, passed on
+
+
+def test_the_party_command_line_is_built_in_one_place_without_touching_the_environment() -> None:
+    # Importing the builder (the page does) sets nothing: OMP_NUM_THREADS is set where OpenFHE
+    # runs, and given to the party processes only.
+    probe = (
+        "import os; os.environ.pop('OMP_NUM_THREADS', None); "
+        "from threeparty import command; "
+        "print(os.environ.get('OMP_NUM_THREADS'), command.party_env({})['OMP_NUM_THREADS'])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=settings.REPO_DIR, capture_output=True, text=True
+    )
+    assert done.stdout.split() == ["None", "1"], done.stderr
+    line = command.party_command(
+        "/py",
+        role="bank",
+        server_url="http://s",
+        invitation="INV",
+        keys_dir=Path("/k"),
+        wait=5.0,
+        peers={"applicant": "F1", "credit_bureau": "F2"},
+    )
+    assert line == [
+        "/py", "-m", "threeparty", "--role", "bank", "--server", "http://s", "--session", "INV",
+        "--keys", "/k", "--wait", "5.0", "--peer", "applicant=F1", "--peer", "credit_bureau=F2",
+    ]  # fmt: skip
+    assert command.identity_command("/py", Path("/k")) == [
+        "/py", "-m", "threeparty", "identity", "--keys", "/k",
+    ]  # fmt: skip

@@ -28,7 +28,7 @@ import httpx
 import settings
 from page.config import TP_PYTHON, ThreePartyConfig
 from threeparty import command
-from threeparty.processes import start_party
+from threeparty.processes import identities, start_party
 
 ROLES = ("applicant", "bank", "credit_bureau")
 RECIPIENTS = ("applicant", "bank")
@@ -120,23 +120,6 @@ def _read_lines(role: str, stream: Any, events: queue.Queue[tuple[str, Any]]) ->
     events.put((role, None))
 
 
-def _identity(config: ThreePartyConfig, keys_dir: Path) -> dict[str, str]:
-    """A party's identity, made (once) by its own process in its folder: {verify_key, fingerprint}.
-
-    The signing key stays in ``keys_dir``; this process reads only the public part it prints.
-    """
-    done = subprocess.run(
-        command.identity_command(config.python, keys_dir),
-        cwd=settings.REPO_DIR,
-        capture_output=True,
-        text=True,
-        timeout=config.identity_timeout,
-        check=True,
-        env=command.party_env(),
-    )
-    return json.loads(done.stdout.splitlines()[-1])
-
-
 def _delete_session(config: ThreePartyConfig, url: str, keys_root: Path, session_id: str) -> None:
     """Delete the session with the token the applicant's process chose (best effort)."""
     with contextlib.suppress(httpx.HTTPError, OSError):
@@ -153,16 +136,17 @@ def run_parties(
 ) -> Iterator[FlowState]:
     """Create a session, run the three party processes, yield the state after each event.
 
-    Each party's process makes its identity key in its own folder; the session is created for
-    the roster of their verify keys, and each party gets the two others' fingerprints (in a real
-    deployment, compared out of band). The key folders (``keys_root``/<role>) and the session are
-    removed at the end, whatever happens; processes still running then are killed.
+    Each party's process makes its identity key in its own folder (``identities``); the session
+    is created for the roster of their verify keys, and each party gets the two others'
+    fingerprints (in a real deployment, compared out of band). The key folders
+    (``keys_root``/<role>) and the session are removed at the end, whatever happens; processes
+    still running then are killed.
 
     Raises:
         TimeoutError: the run took longer than ``config.flow_timeout``.
         httpx.HTTPError: the server refused the session.
     """
-    known = {role: _identity(config, keys_root / role) for role in ROLES}
+    known = identities(keys_root, python=config.python, timeout=config.identity_timeout)
     roster = {role: known[role]["verify_key"] for role in ROLES}
     created = httpx.post(
         f"{url}/sessions", json={"mode": MODE, "roster": roster}, timeout=config.request_timeout

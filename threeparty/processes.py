@@ -59,31 +59,45 @@ class PartyRun:
         return next((line for line in reversed(self.lines) if line.get("step") == name), None)
 
 
-def party_identity(keys_dir: Path) -> dict[str, str]:
+def party_identity(
+    keys_dir: Path, *, python: str | Path = sys.executable, timeout: float = 60.0
+) -> dict[str, str]:
     """Make (once) a party's identity key in its folder, in its own process; return its public part.
 
     The signing key is made and kept by ``python -m threeparty identity`` in ``keys_dir``: the
     calling process sees only {"verify_key", "fingerprint"}.
 
+    Args:
+        keys_dir: the party's own key folder.
+        python: the interpreter with openfhe (default this one; the page gives
+            ``.venv-threeparty``'s).
+        timeout: seconds the command may take.
+
     Raises:
         RuntimeError: when the command fails.
     """
     done = subprocess.run(
-        command.identity_command(sys.executable, keys_dir),
+        command.identity_command(python, keys_dir),
         cwd=REPO_DIR,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
+        env=command.party_env(),
     )
     if done.returncode != 0:
         raise RuntimeError(f"python -m threeparty identity failed: {done.stderr.strip()}")
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def identities(keys_root: Path) -> dict[str, dict[str, str]]:
+def identities(
+    keys_root: Path, *, python: str | Path = sys.executable, timeout: float = 60.0
+) -> dict[str, dict[str, str]]:
     """Each party's public identity (``party_identity``), folders ``keys_root``/<role>."""
-    return {role: party_identity(keys_root / role) for role in protocol.ROLES}
+    return {
+        role: party_identity(keys_root / role, python=python, timeout=timeout)
+        for role in protocol.ROLES
+    }
 
 
 def peers_of(role: str, known: Mapping[str, Mapping[str, str]]) -> dict[str, str]:

@@ -19,6 +19,7 @@ import pytest
 
 import app
 import settings
+from fhe_server.launcher import free_port
 from page import strings, supervisor, threeparty_runs
 from page.config import TP_PYTHON, ThreePartyConfig
 from page.sections import threeparty as tp_section
@@ -154,3 +155,28 @@ def test_the_party_command_line_is_built_in_one_place_without_touching_the_envir
     assert command.identity_command("/py", Path("/k")) == [
         "/py", "-m", "threeparty", "identity", "--keys", "/k",
     ]  # fmt: skip
+
+
+def test_the_supervisor_restarts_the_three_party_server_and_stops_it() -> None:
+    if unavailable_reason() is not None:
+        pytest.skip(f"three-party mode unavailable: {unavailable_reason()}")
+    everything = supervisor.Supervisor()
+    child = everything.add(
+        "threeparty",
+        supervisor.threeparty_server(TP_PYTHON, free_port(), start_timeout=120, restart_limit=3),
+    )
+    child.start_in_background()  # as app.main does: the page serves meanwhile
+    try:
+        assert child.ready(timeout=120), child.state
+        first = child.server.process
+        assert first is not None
+        first.kill()  # dies: the watcher reaps it and starts it again on the same port
+        deadline = time.monotonic() + 120
+        while child.restarts < 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert child.restarts == 1 and child.ready(timeout=120), child.state
+        assert first.poll() is not None and child.server.process is not first
+        assert everything.states() == {"threeparty": "running"}
+    finally:
+        everything.stop()
+    assert child.state == "stopped" and child.server.process is None

@@ -38,10 +38,9 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from fhe_server.app_base import base_app
 from fhe_server.body import BODY_LEFT_UNREAD, error_headers, read_body
 from fhe_server.errors import InvalidTokenError, RetryLaterError, ServiceError
-from fhe_server.hosts import AllowedHostsMiddleware
-from fhe_server.json_errors import JSONErrorsMiddleware
 from fhe_server.protocol import (
     ADMISSION_PATH,
     API_VERSION,
@@ -443,17 +442,16 @@ def create_app(config: ServerSettings) -> FastAPI:
     Args:
         config: the server settings every route and the lifespan use.
     """
-    app = FastAPI(
+    return base_app(
         title="Encrypted credit-card approval: FHE server",
         version=f"{API_VERSION}.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        settings=config,
+        router=router,
+        handlers={
+            ServiceError: service_error_handler,
+            RequestValidationError: validation_error_handler,
+            Exception: unexpected_error_handler,
+        },
     )
-    app.state.settings = config
-    app.include_router(router)
-    app.add_middleware(AllowedHostsMiddleware, allowed_hosts=config.allowed_hosts)
-    app.add_middleware(JSONErrorsMiddleware)  # outermost of ours: sees every route's error
-    app.add_exception_handler(ServiceError, service_error_handler)
-    app.add_exception_handler(RequestValidationError, validation_error_handler)
-    app.add_exception_handler(Exception, unexpected_error_handler)
-    return app

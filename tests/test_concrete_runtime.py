@@ -81,3 +81,31 @@ def test_the_server_survives_a_broken_pipe_after_a_prediction(tmp_path: Path) ->
             assert http.get("/health").status_code == 200
             assert server.is_running()
             assert full_flow_verdict(http, kit, profile) == int(profile.verdict())
+
+
+BLOCKTIME_SCRIPT = """
+import os
+from fhe_server.concrete_runtime import start_concrete_runtime
+start_concrete_runtime()
+print(os.environ.get("KMP_BLOCKTIME"), flush=True)
+"""
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "0"), ("50", "50")])
+def test_circuit_threads_sleep_between_loops_unless_the_operator_says_otherwise(
+    given: str | None, expected: str
+) -> None:
+    """OpenMP threads must not spin 200 ms after each decision (CPU per decision, README)."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_DIR)}
+    if given is not None:
+        env["KMP_BLOCKTIME"] = given
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCKTIME_SCRIPT],
+        cwd=REPO_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [expected]

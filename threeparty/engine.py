@@ -45,6 +45,7 @@ import hashlib  # noqa: E402
 import secrets  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from collections import OrderedDict  # noqa: E402
 from collections.abc import Callable, Mapping, Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from functools import lru_cache  # noqa: E402
@@ -109,8 +110,56 @@ class SelfTestError(EngineError):
 
 
 # -- blobs ------------------------------------------------------------------------------------
+_MEMO: OrderedDict[int, tuple[str, bytes, Any]] | None = None
+_MEMO_CAPACITY = 0
+_MEMO_LOCK = threading.Lock()
+
+
+def keep_objects(capacity: int = 32) -> None:
+    """Keep the last ``capacity`` OpenFHE objects this process serialized or deserialized.
+
+    A party hands the same blob to the engine several times (its own round-1 shares when it
+    sums them, the joint keys it just summed when it evaluates, its secret share for each
+    decryption, the output it evaluated when it decrypts it); deserializing an evaluation key
+    takes 15-50 ms here and a ciphertext 10-40 ms. With this on, the engine remembers each
+    blob's object by the blob itself: a lookup matches only the very same ``bytes`` object
+    (identity, not equal content, so nothing is hashed and no other bytes can ever map to a
+    remembered object), and every check ``_unpack`` makes (kind, crypto context, key tag) is
+    made as before. Off by default (the server parses blobs in throw-away workers);
+    ``capacity`` 0 turns it off.
+    """
+    global _MEMO, _MEMO_CAPACITY
+    with _MEMO_LOCK:
+        if capacity <= 0:
+            _MEMO = None
+        elif _MEMO is None:
+            _MEMO = OrderedDict()
+        _MEMO_CAPACITY = capacity
+
+
+def _memo_put(kind: str, blob: bytes, obj: Any) -> None:
+    with _MEMO_LOCK:
+        if _MEMO is None:
+            return
+        _MEMO[id(blob)] = (kind, blob, obj)  # the entry keeps the blob alive: its id stays its
+        _MEMO.move_to_end(id(blob))
+        while len(_MEMO) > _MEMO_CAPACITY:
+            _MEMO.popitem(last=False)
+
+
+def _memo_get(kind: str, blob: bytes) -> Any:
+    with _MEMO_LOCK:
+        entry = _MEMO.get(id(blob)) if _MEMO is not None else None
+        if entry is None or entry[1] is not blob or entry[0] != kind:
+            return None
+        _MEMO.move_to_end(id(blob))
+        return entry[2]
+
+
 def _pack(kind: str, obj: Any) -> bytes:
-    return _MAGIC + bytes([_KINDS[kind], 0]) + openfhe.Serialize(obj, openfhe.BINARY)
+    blob = _MAGIC + bytes([_KINDS[kind], 0]) + openfhe.Serialize(obj, openfhe.BINARY)
+    _memo_put(kind, blob, obj)
+    return blob
 
 
 _DESERIALIZERS: dict[str, Callable[[bytes, Any], Any]] = {
@@ -139,12 +188,15 @@ def _unpack(kind: str, data: bytes, key_tag: str | None = None, cc: Any = None) 
         found = next((k for k, v in _KINDS.items() if v == data[2]), "unknown")
         raise InvalidBlobError(f"expected a {kind} blob, got a {found} blob")
     cc = cc if cc is not None else context()
-    try:
-        obj = _DESERIALIZERS[kind](data[4:], openfhe.BINARY)
-    except Exception as exc:  # OpenFHE raises RuntimeError and others on bad bytes
-        raise InvalidBlobError(f"{kind}: the bytes do not deserialize ({exc})") from exc
+    obj = _memo_get(kind, data)
     if obj is None:
-        raise InvalidBlobError(f"{kind}: the bytes do not deserialize")
+        try:
+            obj = _DESERIALIZERS[kind](data[4:], openfhe.BINARY)
+        except Exception as exc:  # OpenFHE raises RuntimeError and others on bad bytes
+            raise InvalidBlobError(f"{kind}: the bytes do not deserialize ({exc})") from exc
+        if obj is None:
+            raise InvalidBlobError(f"{kind}: the bytes do not deserialize")
+        _memo_put(kind, data, obj)
     if hasattr(obj, "GetCryptoContext") and obj.GetCryptoContext() != cc:
         raise InvalidBlobError(f"{kind}: made with other encryption parameters")
     if key_tag is not None and kind != "rotation_keys":

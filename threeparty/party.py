@@ -256,6 +256,7 @@ class PartyClient:
         self.roster_digest = ""
         self.key_tag = ""
         self.joint: engine.JointRound1 | None = None
+        self._round2_share: bytes | None = None
 
     def close(self) -> None:
         """Close the HTTP client."""
@@ -453,6 +454,7 @@ class PartyClient:
             PartyError: with a readable reason (server refusal, tampering, time-out, bad fields).
         """
         started = self._started = time.perf_counter()
+        engine.keep_objects()  # this process handles the same keys and ciphertexts again
         self._prepare_key_dir()
         layout = load_layout()
         given = own_rows(self.role, fields)  # bad fields stop it before it joins
@@ -591,6 +593,9 @@ class PartyClient:
                 {},
                 {"challenge": transcript.digest(challenge), "partial": transcript.digest(own)},
             )
+        # While the others confirm: the joint round-1 keys and this party's round-2 share (key
+        # material only, kept in this process; no input is encrypted before the check passes).
+        self._round2(share, joint_public_key)
         self._wait_step("confirm_commit")
         if not self._has(self.role, "confirm_reveal"):
             self._put_step("confirm_reveal", {protocol.PARTIAL_BLOB: own})
@@ -631,16 +636,10 @@ class PartyClient:
     ) -> None:
         """Round 2 and the ciphertexts: committed, then uploaded once all three committed."""
         start = time.perf_counter()
-        self.joint = self._combine_round1(joint_public_key)
-
-        joint = self.joint
+        round2 = self._round2(share, joint_public_key)
 
         def make() -> bytes:
-            blobs = {
-                protocol.ROUND2_BLOB: engine.round2(
-                    share, joint.joint_eval_mult_round1, self.key_tag
-                )
-            }
+            blobs = {protocol.ROUND2_BLOB: round2}
             vectors = self._vectors(layout, rows)
             for index, data in engine.encrypt(joint_public_key, vectors).items():
                 blobs[protocol.ciphertext_blob(index)] = data
@@ -663,6 +662,15 @@ class PartyClient:
             own_fields=bool(layout.party_vectors(self.role)),  # else it encrypts its tag only
             uploaded=size,
         )
+
+    def _round2(self, share: engine.PartyKeyShare, joint_public_key: bytes) -> bytes:
+        """This party's round-2 share, on the joint round-1 keys it summed itself (made once)."""
+        if self._round2_share is None:
+            self.joint = self._combine_round1(joint_public_key)
+            self._round2_share = engine.round2(
+                share, self.joint.joint_eval_mult_round1, self.key_tag
+            )
+        return self._round2_share
 
     def _vectors(self, layout: Layout, rows: np.ndarray) -> dict[int, np.ndarray]:
         """What this party encrypts: its literal vector from its own rows, with its tag."""

@@ -331,3 +331,24 @@ def test_parameter_check_refuses_a_depth_too_small_for_the_owners_and_the_mask(l
         engine.MULTIPLICATIVE_DEPTH = deployed
         engine._make_context.cache_clear()
     engine.check_parameters(layout)
+
+
+def test_kept_objects_are_found_by_the_very_same_blob_only(flow):
+    """keep_objects: the same bytes object gives the kept object back; equal bytes are parsed."""
+    blob = flow["output"]
+    engine.keep_objects(8)
+    try:
+        first = engine._unpack("ciphertext", blob)
+        assert engine._unpack("ciphertext", blob) is first
+        copy = bytes(bytearray(blob))  # equal content, another object
+        assert copy is not blob
+        assert engine._unpack("ciphertext", copy) is not first
+        with pytest.raises(engine.InvalidBlobError, match="expected a partial blob"):
+            engine._unpack("partial", blob)  # the header's kind is checked before the memo
+        with pytest.raises(engine.KeyTagError):
+            engine._unpack("ciphertext", blob, key_tag="another key set")
+        packed = engine._pack("ciphertext", first)
+        assert engine._unpack("ciphertext", packed) is first  # what it serialized, it keeps
+    finally:
+        engine.keep_objects(0)
+    assert engine._unpack("ciphertext", blob) is not first  # off: parsed every time

@@ -29,7 +29,9 @@ from tests.threeparty.support import FIELDS, Kit, RawParty, Relay, create, play,
 from threeparty import engine, protocol
 from threeparty.layout import LAYOUT_PATH, load_layout
 from threeparty.party import delete_session, party_rows
-from threeparty.server import ServiceError, SessionStore, ThreePartySettings
+from threeparty.server.errors import ServiceError
+from threeparty.server.settings import ThreePartySettings
+from threeparty.server.store import SessionStore
 from threeparty.transcript import Identity
 
 APP = "threeparty.server:app"

@@ -1,4 +1,4 @@
-"""The three-party server's sessions on disk, so that they survive a restart.
+"""Three-party sessions on disk, so that they survive a restart (the default storage).
 
 One folder per session under the store folder (``THREEPARTY_STORE_DIR``, default
 ``.fhe_store/threeparty``): ``meta.json`` (mode, roster, invitation and token digests, the signed
@@ -29,8 +29,8 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-class SessionFiles:
-    """Read and write sessions under ``root`` (None: nothing is written, nothing survives).
+class FileStorage:
+    """Sessions under ``root``, a ``SessionStorage`` (None: nothing is written, nothing survives).
 
     Args:
         root: the store folder (made 0700 when first written).

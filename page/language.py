@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 import settings
+from contracts.parties import PARTIES
 from page import strings
 
 Translate = Callable[..., str]
@@ -35,8 +36,7 @@ PAGE_TITLES = {
     "en": "Credit-card approval prediction with FHE",
 }
 RELABEL_BUTTON_ID = "relabel-button"
-# The three-party section's outputs, and the phrases of its progress table.
-TP_OUTPUT_IDS = ("tp-explain", "tp-progress", "tp-verdict")
+# The phrases of the three-party section's progress table.
 TP_TABLE_KEYS = (
     "tp_step",
     "tp_row_joined",
@@ -267,7 +267,7 @@ def _phrase_pattern(
     lang: str, translate: Translate, keys: Iterable[str], *, capitalized: bool
 ) -> Callable[[str], str]:
     """A function replacing every phrase of ``keys`` and every party name in any language."""
-    parties = [f"party_{p}" for p in ("applicant", "bank", "credit_bureau")]
+    parties = [f"party_{p}" for p in PARTIES]
 
     def name(source: str, key: str) -> str:
         text = translate(source, key)

@@ -22,12 +22,20 @@ from helpers_server import ScriptedServer
 
 import app
 import backend
+import page.runtime
 import settings
-import threeparty_page
 from page import strings
 from page.limits import Admissions, LimitExceeded, RateLimiter
 
-APP_SOURCE = Path(app.__file__).read_text(encoding="utf-8")
+PAGE_DIR = Path(app.__file__).with_name("page")
+# The page's code: app.py composes the sections; the runtime and the sections hold the handlers.
+PAGE_SOURCES = [
+    Path(app.__file__),
+    PAGE_DIR / "runtime.py",
+    PAGE_DIR / "threeparty_runs.py",
+    *sorted((PAGE_DIR / "sections").glob("*.py")),
+]
+APP_SOURCE = "\n".join(path.read_text(encoding="utf-8") for path in PAGE_SOURCES)
 TRANSLATIONS = {lang: dict(strings.table(lang)) for lang in strings.LANGUAGES}
 ZH_REQUEST = {"accept-language": "zh-CN,zh;q=0.9,en;q=0.8"}
 EN_REQUEST = {"accept-language": "en-US,en;q=0.9,zh;q=0.5"}
@@ -98,8 +106,9 @@ def tr(lang: str, key: str, **values: Any) -> str:
 def test_both_languages_have_every_key_and_no_empty_string() -> None:
     en, zh = TRANSLATIONS["en"], TRANSLATIONS["zh"]
     assert set(en) == set(zh)
-    # Traditional Chinese also holds the three-party section's texts (kept in en and zh there).
-    assert set(TRANSLATIONS["zh-Hant"]) == set(en) | set(threeparty_page.TRANSLATIONS["en"])
+    # Every section's texts, the three-party mode's too, are in every locale file.
+    assert set(TRANSLATIONS["zh-Hant"]) == set(en)
+    assert {key for key in en if key.startswith("tp_")} >= {"tp_title", "tp_holdings"}
     for lang, table in TRANSLATIONS.items():
         for key, text in table.items():
             assert isinstance(text, str) and text.strip(), f"{lang}:{key} is empty"
@@ -112,8 +121,6 @@ def test_placeholders_are_the_same_in_both_languages() -> None:
     en, zh, hant = TRANSLATIONS["en"], TRANSLATIONS["zh"], TRANSLATIONS["zh-Hant"]
     for key in en:
         assert fields(en[key]) == fields(zh[key]) == fields(hant[key]), key
-    for key, text in threeparty_page.TRANSLATIONS["en"].items():
-        assert fields(text) == fields(hant[key]), key
 
 
 def _prose(text: str) -> str:
@@ -143,14 +150,14 @@ def test_chinese_table_is_chinese_with_full_width_punctuation(lang: str) -> None
 def test_every_key_used_in_app_is_translated() -> None:
     used = set(re.findall(r"i18n\(\"([a-z0-9_]+)\"\)", APP_SOURCE))
     used |= set(re.findall(r"tr\(\s*lang,\s*\"([a-z0-9_]+)\"", APP_SOURCE))
-    used |= set(re.findall(r"_page_error\(\s*lang,\s*\"([a-z0-9_]+)\"", APP_SOURCE))
+    used |= set(re.findall(r"page_error\(\s*lang,\s*\"([a-z0-9_]+)\"", APP_SOURCE))
     used |= set(re.findall(r"\"(err_[a-z0-9_]+)\"", APP_SOURCE))
-    used |= set(re.findall(r"label_key=\"([a-z0-9_]+)\"", APP_SOURCE))
+    used |= set(re.findall(r"output_box\(\s*i18n,\s*\"([a-z0-9_]+)\"", APP_SOURCE))
     limits_source = Path(app.__file__).with_name("page").joinpath("limits.py").read_text()
     used |= set(re.findall(r"\"(err_[a-z0-9_]+)\"", limits_source))
-    for text in re.findall(r"field_slider\(field=\"[a-z_]+\", text=\"([a-z0-9_]+)\"", APP_SOURCE):
+    for text in re.findall(r"field_slider\(i18n, \"[a-z_]+\", \"([a-z0-9_]+)\"", APP_SOURCE):
         used |= {f"label_{text}", f"info_{text}"}
-    for step, keys in re.findall(r"step_intro\((\d+)((?:, \"[a-z0-9_]+\")*)\)", APP_SOURCE):
+    for step, keys in re.findall(r"step_intro\(i18n, (\d+)((?:, \"[a-z0-9_]+\")*)\)", APP_SOURCE):
         used |= {f"step{step}_title", *re.findall(r"\"([a-z0-9_]+)\"", keys)}
     assert len(used) > 60
     missing = used - set(TRANSLATIONS["en"])
@@ -235,7 +242,7 @@ def test_every_chinese_locale_gets_the_chinese_table() -> None:
     # The page's gr.I18n: each script's table with the three-party section in that script.
     i18n_tables = app.make_i18n().translations
     assert i18n_tables["zh-TW"]["tp_title"] == TRANSLATIONS["zh-Hant"]["tp_title"]
-    assert i18n_tables["zh-CN"]["tp_title"] == threeparty_page.TRANSLATIONS["zh"]["tp_title"]
+    assert i18n_tables["zh-CN"]["tp_title"] == TRANSLATIONS["zh"]["tp_title"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -695,7 +702,7 @@ def test_explain_answers_in_both_languages(
 ) -> None:
     _, steps = scripted
     client = steps.keygen(None, request=make_request(ZH_REQUEST))[0]
-    monkeypatch.setattr(app, "order_problem", lambda *_args: None)
+    monkeypatch.setattr(page.runtime, "order_problem", lambda *_args: None)
     monkeypatch.setattr(backend, "explain_encrypt_run_decrypt", lambda _client: explanation)
     assert steps.explain(client, [], employed, request=make_request(ZH_REQUEST)) == zh_text
     assert steps.explain(client, [], employed, request=make_request(EN_REQUEST)) == en_text
@@ -780,7 +787,8 @@ def test_no_handler_is_in_the_api_and_checks_have_no_outputs(
 ) -> None:
     assert all(fn.api_visibility == "private" for fn in demo.fns.values())
     checks = [fn for fn in demo.fns.values() if fn.name.startswith("check_")]
-    assert len(checks) == 7 and all(not fn.outputs for fn in checks)
+    # Step 1's, the six step buttons' and the three-party run's.
+    assert len(checks) == 8 and all(not fn.outputs for fn in checks)
     allowed = app.page_fn_ids(demo)
     unload = [i for i, fn in demo.fns.items() if any(t[1] == "unload" for t in fn.targets)]
     assert unload and not set(unload) & allowed
@@ -836,5 +844,6 @@ def test_importing_app_does_no_work() -> None:
 
 
 def test_app_does_not_read_or_write_the_environment() -> None:
+    # The page reads its environment in one place only: page/config.py (PageConfig).
     for source in (APP_SOURCE, Path(backend.__file__).read_text(encoding="utf-8")):
         assert "os.environ" not in source and "getenv" not in source

@@ -25,11 +25,10 @@ from conftest import free_port
 from test_browser import chromium  # noqa: F401  (the fixture)
 
 import settings
-import threeparty_page
 from development.page_script import RunningApp
 from development.page_script import running_app as start_app
 from development.reference import clear_explain, clear_verdict
-from page import strings
+from page import strings, threeparty_runs
 from page.strings import display_name, explanation_text, tr
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -212,7 +211,7 @@ def test_unemployed_profile_language_switch_and_refusal(
         assert browser._toast(driver, message.strip()) == "Error"
         browser._assert_no_output_marked(driver)
         assert driver.value("evaluation-key") == kept
-        if threeparty_page.unavailable_reason() is None:
+        if threeparty_runs.unavailable_reason() is None:
             # A three-party run counts as a key generation: refused the same way, its boxes
             # left as they were.
             toasts = driver.page.locator(".toast-body.error")
@@ -230,9 +229,7 @@ def _script_sets() -> tuple[set[str], set[str]]:
     """Characters only the Simplified table uses, and only the Traditional one."""
 
     def chars(lang: str) -> set[str]:
-        texts = [*strings.table(lang).values()]
-        if lang in threeparty_page.TRANSLATIONS:
-            texts += threeparty_page.TRANSLATIONS[lang].values()
+        texts = [*strings.table(lang).values()]  # the three-party section's texts included
         return set(browser.CJK.findall("".join(texts)))
 
     return chars("zh") - chars("zh-Hant"), chars("zh-Hant") - chars("zh")

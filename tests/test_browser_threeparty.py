@@ -30,8 +30,8 @@ from test_browser import (  # noqa: F401  (fixtures)
 
 import app
 import settings
-import threeparty_page
 from development.reference import clear_verdict
+from page import threeparty_runs
 from page.strings import display_name, explanation_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -48,7 +48,7 @@ def threeparty_server_port() -> Iterator[None]:
 
     Autouse: it runs before ``running_app``, which copies the environment.
     """
-    reason = threeparty_page.unavailable_reason()
+    reason = threeparty_runs.unavailable_reason()
     if reason is not None:
         pytest.skip(f"three-party mode unavailable: {reason}")
     with pytest.MonkeyPatch.context() as patch:

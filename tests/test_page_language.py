@@ -14,8 +14,9 @@ import pytest
 
 import app
 import settings
-import threeparty_page
 from page import diagram, language, strings
+from page.sections import threeparty as tp_section
+from page.threeparty_runs import RECIPIENTS, ROLES, FlowState
 
 PAIRS = list(itertools.permutations(strings.LANGUAGES, 2))
 
@@ -33,9 +34,9 @@ def test_whole_outputs_are_retranslated(source: str, target: str) -> None:
         assert language.retranslate(text, target, app.tr) == text
 
 
-def _finished_run() -> threeparty_page.FlowState:
-    state = threeparty_page.FlowState()
-    for role in threeparty_page.ROLES:
+def _finished_run() -> FlowState:
+    state = FlowState()
+    for role in ROLES:
         up = {"bytes_up": 3_400_000, "bytes_down": 1_200_000}
         state.add(role, {"step": "joined", "fingerprint": "ab12-cd34-ef56-0123-4567"})
         state.add(role, {"step": "round1", "seconds": 1.234, "uploaded": 14_400_000})
@@ -47,12 +48,12 @@ def _finished_run() -> threeparty_page.FlowState:
         )
         state.add(role, {"step": "evaluated", "evaluation_seconds": 2.75})
         state.add(role, {"step": "verified", "seconds": 0.4})
-        recipients = [r for r in threeparty_page.RECIPIENTS if r != role]
+        recipients = [r for r in RECIPIENTS if r != role]
         state.add(
             role,
             {"step": "partial_decrypted", "sent_to": recipients, "partial_bytes": 700_000, **up},
         )
-        if role in threeparty_page.RECIPIENTS:
+        if role in RECIPIENTS:
             verdict = {"approved": False, "fewest_years_employed": "2-5", **up}
             state.add(role, {"step": "verdict", **verdict})
     return state
@@ -61,8 +62,8 @@ def _finished_run() -> threeparty_page.FlowState:
 @pytest.mark.parametrize(("source", "target"), PAIRS)
 def test_the_three_party_table_is_retranslated(source: str, target: str) -> None:
     state = _finished_run()
-    shown, verdict, explanation = threeparty_page.render(state, source, app.tr, employed=False)
-    expected = threeparty_page.render(state, target, app.tr, employed=False)
+    shown, verdict, explanation = tp_section.render(state, source, app.tr, employed=False)
+    expected = tp_section.render(state, target, app.tr, employed=False)
     retranslated = language.retranslate_phrases(shown, target, app.tr, language.TP_TABLE_KEYS)
     assert retranslated == expected[0]
     assert language.retranslate(verdict, target, app.tr) == expected[1]
@@ -71,10 +72,10 @@ def test_the_three_party_table_is_retranslated(source: str, target: str) -> None
 
 def test_chinese_tables_use_full_width_units() -> None:
     for lang in ("zh", "zh-Hant"):
-        table, _, _ = threeparty_page.render(_finished_run(), lang, app.tr)
+        table, _, _ = tp_section.render(_finished_run(), lang, app.tr)
         assert "1.23 秒" in table and "（0.7 MB）" in table, table
         assert not re.search(r"\d s\b|\(\d", table), table
-    english, _, _ = threeparty_page.render(_finished_run(), "en", app.tr)
+    english, _, _ = tp_section.render(_finished_run(), "en", app.tr)
     assert "1.23 s" in english and "(0.7 MB)" in english
 
 

@@ -4,14 +4,13 @@ The applicant, the bank and the credit bureau each hold one share of a joint Ope
 the server evaluates the public decision tree (``deployment_files/threeparty_layout.json``) on
 their ciphertexts with public evaluation keys only. This package imports on Python 3.10 without
 Concrete, Gradio or torch; OpenFHE itself is imported only by ``threeparty.engine``.
+
+Importing the package changes nothing in the environment (the page's process imports
+``threeparty.command``): ``OMP_NUM_THREADS=1`` is set where OpenFHE runs, by the entry points
+(``python -m threeparty``, ``threeparty.engine`` before it loads openfhe, which the server and
+the sandbox workers import) and given to every child process they start.
 """
 
-import os
-
-# Every OpenFHE process runs single-threaded: on a shared 2-core machine OpenMP threads make its
-# times swing tenfold. Set before any submodule imports openfhe; an explicit setting wins.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-from contracts.parties import PARTIES  # noqa: E402  (after OMP_NUM_THREADS)
+from contracts.parties import PARTIES
 
 __all__ = ["PARTIES"]  # the three parties, in key-generation order (the applicant leads)

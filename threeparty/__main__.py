@@ -28,23 +28,27 @@ Exit codes: 0 done; 1 the flow failed or was refused (the last line is {"step": 
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
 import os
-import sys
-from pathlib import Path
-from typing import Any
 
-from threeparty import protocol
-from threeparty.party import (
+# A party process runs OpenFHE single-threaded (see threeparty.engine); set before anything loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from threeparty import protocol  # noqa: E402
+from threeparty.party import (  # noqa: E402
     DEFAULT_WAIT_SECONDS,
     PartyClient,
     PartyError,
     create_session,
     read_rows,
 )
-from threeparty.transcript import Identity
+from threeparty.transcript import Identity  # noqa: E402
 
 WAIT_VARIABLE = "THREEPARTY_PARTY_WAIT_SECONDS"
 

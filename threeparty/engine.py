@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # before openfhe loads: see threeparty/__init__.py
+# Every OpenFHE process runs single-threaded: on a shared 2-core machine OpenMP threads make its
+# times swing tenfold. Set before openfhe loads; an explicit setting wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import hashlib  # noqa: E402
 import secrets  # noqa: E402

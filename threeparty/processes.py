@@ -2,13 +2,13 @@
 
 Used by the test of the whole flow over processes and by the benchmark that times it, so both
 drive the command line the same way: each party its own process, its own key folder, its fields
-as JSON on stdin, ``OMP_NUM_THREADS=1``, its JSON lines read back when it exits.
+as JSON on stdin, ``OMP_NUM_THREADS=1``, its JSON lines read back when it exits. The command
+lines themselves come from ``threeparty.command``, which the page uses too.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts import examples
-from threeparty import protocol
+from threeparty import command, protocol
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 PROCESS_TIMEOUT_SECONDS = 300.0
@@ -47,27 +47,45 @@ class PartyRun:
         return next((line for line in reversed(self.lines) if line.get("step") == name), None)
 
 
-def party_identity(keys_dir: Path) -> dict[str, str]:
+def party_identity(
+    keys_dir: Path, *, python: str | Path = sys.executable, timeout: float = 60.0
+) -> dict[str, str]:
     """Make (once) a party's identity key in its folder, in its own process; return its public part.
 
     The signing key is made and kept by ``python -m threeparty identity`` in ``keys_dir``: the
     calling process sees only {"verify_key", "fingerprint"}.
 
+    Args:
+        keys_dir: the party's own key folder.
+        python: the interpreter with openfhe (default this one; the page gives
+            ``.venv-threeparty``'s).
+        timeout: seconds the command may take.
+
     Raises:
         RuntimeError: when the command fails.
     """
-    command = [sys.executable, "-m", "threeparty", "identity", "--keys", str(keys_dir)]
     done = subprocess.run(
-        command, cwd=REPO_DIR, capture_output=True, text=True, timeout=60, check=False
+        command.identity_command(python, keys_dir),
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=command.party_env(),
     )
     if done.returncode != 0:
         raise RuntimeError(f"python -m threeparty identity failed: {done.stderr.strip()}")
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def identities(keys_root: Path) -> dict[str, dict[str, str]]:
+def identities(
+    keys_root: Path, *, python: str | Path = sys.executable, timeout: float = 60.0
+) -> dict[str, dict[str, str]]:
     """Each party's public identity (``party_identity``), folders ``keys_root``/<role>."""
-    return {role: party_identity(keys_root / role) for role in protocol.ROLES}
+    return {
+        role: party_identity(keys_root / role, python=python, timeout=timeout)
+        for role in protocol.ROLES
+    }
 
 
 def peers_of(role: str, known: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
@@ -84,8 +102,11 @@ def start_party(
     wait: float,
     peers: Mapping[str, str],
     extra: Sequence[str] = (),
+    *,
+    python: str | Path = sys.executable,
+    stderr: int = subprocess.PIPE,
 ) -> subprocess.Popen[str]:
-    """Start one party's command line with this Python; its fields go to its stdin.
+    """Start one party's command line (default: with this Python); its fields go to its stdin.
 
     Args:
         server_url: the three-party server's base URL.
@@ -96,19 +117,27 @@ def start_party(
         wait: seconds the party waits for another before a time-out (``--wait``).
         peers: {role: fingerprint} of the two other parties.
         extra: more arguments (``--csv FILE --out FILE`` for a portfolio; fields then {}).
+        python: the interpreter with openfhe (the page, on Python 3.11, gives
+            ``.venv-threeparty``'s).
+        stderr: where the party's stderr goes (``subprocess.DEVNULL`` for a caller that reads
+            only its stdout while it runs, so that a full stderr pipe cannot block it).
     """
-    command = [sys.executable, "-m", "threeparty", "--role", role, "--server", server_url]
-    command += ["--session", invitation, "--keys", str(keys_dir), "--wait", str(wait)]
-    for other, print_ in peers.items():
-        command += ["--peer", f"{other}={print_}"]
-    command += list(extra)
     process = subprocess.Popen(
-        command,
+        command.party_command(
+            python,
+            role=role,
+            server_url=server_url,
+            invitation=invitation,
+            keys_dir=keys_dir,
+            wait=wait,
+            peers=peers,
+            extra=extra,
+        ),
         cwd=REPO_DIR,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env=command.party_env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
     )
     assert process.stdin is not None

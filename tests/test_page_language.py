@@ -14,9 +14,10 @@ import pytest
 
 import app
 import settings
+from contracts.parties import RECIPIENTS
 from page import diagram, language, strings
 from page.sections import threeparty as tp_section
-from page.threeparty_runs import RECIPIENTS, ROLES, FlowState
+from page.threeparty_runs import ROLES, FlowState
 
 PAIRS = list(itertools.permutations(strings.LANGUAGES, 2))
 

@@ -19,11 +19,12 @@ import pytest
 
 import app
 import settings
+from contracts.parties import RECIPIENTS
 from fhe_server.launcher import free_port
 from page import strings, supervisor, threeparty_runs
 from page.config import TP_PYTHON, ThreePartyConfig
 from page.sections import threeparty as tp_section
-from page.threeparty_runs import RECIPIENTS, FlowState, party_fields, unavailable_reason
+from page.threeparty_runs import FlowState, party_fields, unavailable_reason
 from threeparty import command
 
 

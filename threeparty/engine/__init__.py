@@ -50,6 +50,15 @@ import os
 # wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# The encryption parameters: here, in the package, so that one set on it (a test lowers the depth
+# to see ``check_parameters`` refuse it) is the one ``context._make_context`` reads.
+PLAINTEXT_MODULUS = 65537
+MULTIPLICATIVE_DEPTH = 3
+"""Declared depth (OpenFHE sizes the modulus and so the noise budget from it): up to two levels
+for the product of the owners' vectors (three owners; this tree has two, so it uses one) and one
+counted for the plaintext mask. Depth 2 and 3 give the same modulus here (5 towers)."""
+MULTIPARTY_MODE = "NOISE_FLOODING_MULTIPARTY"
+
 from threeparty.engine.api import (  # noqa: E402
     _verdicts,
     combine_round1,
@@ -80,9 +89,6 @@ from threeparty.engine.blobs import (  # noqa: E402
 from threeparty.engine.context import (  # noqa: E402
     _CACHE_LOCK,
     LEAD_PARTY,
-    MULTIPARTY_MODE,
-    MULTIPLICATIVE_DEPTH,
-    PLAINTEXT_MODULUS,
     ROTATION_INDICES,
     _clear_caches,
     _make_context,

@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from contracts.parties import PARTIES
-from threeparty.engine.context import PLAINTEXT_MODULUS, ROTATION_INDICES, context
+from threeparty.engine import PLAINTEXT_MODULUS
+from threeparty.engine.context import ROTATION_INDICES, context
 from threeparty.engine.errors import DecryptionError
 from threeparty.engine.evaluation import _default, _Engine
 from threeparty.engine.keys import EvaluationKeys, JointRound1, PartyKeyShare, Round1Blobs

@@ -1,4 +1,8 @@
-"""The crypto context and its parameters, made once per process, and OpenFHE's key caches.
+"""The crypto context, made once per process, and OpenFHE's key caches.
+
+The encryption parameters are the package's (``threeparty.engine.PLAINTEXT_MODULUS``,
+``MULTIPLICATIVE_DEPTH``, ``MULTIPARTY_MODE``): ``_make_context`` reads them there each time it
+makes a context, so one that a test or a tool sets on the package is the one used.
 
 OpenFHE keeps evaluation keys in process-global caches keyed by key tag; ``_CACHE_LOCK`` serializes
 whatever inserts keys in them and ``_clear_caches`` empties them again.
@@ -12,15 +16,10 @@ from typing import Any
 
 import openfhe
 
+import threeparty.engine as _package
 from contracts.parties import LEAD
 from threeparty.layout import Layout
 
-PLAINTEXT_MODULUS = 65537
-MULTIPLICATIVE_DEPTH = 3
-"""Declared depth (OpenFHE sizes the modulus and so the noise budget from it): up to two levels
-for the product of the owners' vectors (three owners; this tree has two, so it uses one) and one
-counted for the plaintext mask. Depth 2 and 3 give the same modulus here (5 towers)."""
-MULTIPARTY_MODE = "NOISE_FLOODING_MULTIPARTY"
 LEAD_PARTY = LEAD
 
 ROTATION_INDICES: tuple[int, ...] = (1,)
@@ -35,8 +34,8 @@ _CACHE_LOCK = threading.RLock()
 @lru_cache(maxsize=4)
 def _make_context(multiparty_mode: str) -> Any:
     params = openfhe.CCParamsBFVRNS()
-    params.SetPlaintextModulus(PLAINTEXT_MODULUS)
-    params.SetMultiplicativeDepth(MULTIPLICATIVE_DEPTH)
+    params.SetPlaintextModulus(_package.PLAINTEXT_MODULUS)
+    params.SetMultiplicativeDepth(_package.MULTIPLICATIVE_DEPTH)
     params.SetMultipartyMode(getattr(openfhe.MultipartyMode, multiparty_mode))
     cc = openfhe.GenCryptoContext(params)
     for feature in ("PKE", "KEYSWITCH", "LEVELEDSHE", "ADVANCEDSHE", "MULTIPARTY"):
@@ -50,7 +49,7 @@ def context() -> Any:
     Returns:
         An ``openfhe.CryptoContext`` for BFV, t = 65537, depth 3, NOISE_FLOODING_MULTIPARTY.
     """
-    return _make_context(MULTIPARTY_MODE)
+    return _make_context(_package.MULTIPARTY_MODE)
 
 
 def slot_count() -> int:

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 
 from contracts.parties import PARTIES
+from threeparty.engine import PLAINTEXT_MODULUS
 from threeparty.engine.blobs import _pack, _unpack
 from threeparty.engine.context import (
     _CACHE_LOCK,
     LEAD_PARTY,
-    PLAINTEXT_MODULUS,
     ROTATION_INDICES,
     _clear_caches,
     context,

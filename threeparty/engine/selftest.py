@@ -9,14 +9,9 @@ from typing import Any
 import numpy as np
 
 from contracts.parties import PARTIES
+from threeparty.engine import MULTIPARTY_MODE, PLAINTEXT_MODULUS
 from threeparty.engine.api import _verdicts
-from threeparty.engine.context import (
-    LEAD_PARTY,
-    MULTIPARTY_MODE,
-    PLAINTEXT_MODULUS,
-    ROTATION_INDICES,
-    _make_context,
-)
+from threeparty.engine.context import LEAD_PARTY, ROTATION_INDICES, _make_context
 from threeparty.engine.errors import EngineError, SelfTestError
 from threeparty.engine.evaluation import _Engine
 from threeparty.engine.keys import EvaluationKeys

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from contracts.parties import RECIPIENTS
-from threeparty.engine.context import PLAINTEXT_MODULUS, max_blocks
+from threeparty.engine import PLAINTEXT_MODULUS
+from threeparty.engine.context import max_blocks
 from threeparty.engine.errors import InvalidInputError
 from threeparty.layout import Layout, LayoutError
 

@@ -17,8 +17,8 @@ from helpers_server import ScriptedServer, running_server
 
 import backend
 import settings
+from development.instrumentation import RecordingTransport
 from development.reference import clear_explain, clear_verdict
-from fhe_server.launcher import RecordingTransport
 
 pytestmark = pytest.mark.slow
 

@@ -18,10 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from development.instrumentation import HealthProbe, RecordingTransport
 from fhe_server.launcher import (
-    HealthProbe,
     PortInUseError,
-    RecordingTransport,
     ServerProcess,
     ServerStartError,
     free_port,

@@ -36,7 +36,7 @@ from helpers_fhe import (
 from helpers_server import one_fhe_slot_server
 
 from backend import CreditScoringClient, ServerBusyError
-from fhe_server.launcher import HealthProbe
+from development.instrumentation import HealthProbe
 
 pytestmark = pytest.mark.slow
 

@@ -32,8 +32,8 @@ from helpers_server import running_server
 
 import settings
 from backend import KEYS_FILE_NAME, CreditScoringClient, party_preprocessor
+from development.instrumentation import RecordedRequest, RecordingTransport
 from development.reference import clear_explain
-from fhe_server.launcher import RecordedRequest, RecordingTransport
 
 pytestmark = pytest.mark.slow
 

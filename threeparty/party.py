@@ -28,188 +28,80 @@ Progress is reported as one dict per step (the CLI prints them as JSON lines): `
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
-import os
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-import httpx
 import numpy as np
 from nacl.exceptions import CryptoError
-from nacl.public import PrivateKey, PublicKey, SealedBox
+from nacl.public import PublicKey, SealedBox
 
-from contracts.wire import CONTENT_TYPE_HEADER, bearer
-from fhe_client.errors import InvalidFieldError
-from fhe_client.preprocessing import load_party_preprocessor
 from threeparty import engine, protocol, transcript
-from threeparty.layout import LAYOUT_PATH, Layout, load_layout
-from threeparty.transcript import Identity, Transcript, TranscriptError
+from threeparty.layout import Layout, load_layout
+from threeparty.party_base import (
+    BOX_SECRET_FILE,
+    DEFAULT_WAIT_SECONDS,
+    HTTP_TIMEOUT_SECONDS,
+    LONG_POLL_SECONDS,
+    TAG_FILE,
+    TAG_SALT_BYTES,
+    TOKEN_FILE,
+    PartyError,
+    Progress,
+    _write_private,
+)
+from threeparty.party_keys import PartyKeyRounds
+from threeparty.party_session import PartySession
+from threeparty.rows import (
+    PREPROCESSING_PATH,
+    Fields,
+    clear_verdicts,
+    mode_rows,
+    own_rows,
+    party_fields,
+    party_rows,
+    read_rows,
+    read_verdict,
+)
+from threeparty.sessions_client import _session_request, create_session, delete_session
 
-BOX_SECRET_FILE = "box_secret.key"
-TAG_FILE = "tag"
-TAG_SALT_BYTES = 32
-TOKEN_FILE = "token"
-DEFAULT_WAIT_SECONDS = 120.0
-HTTP_TIMEOUT_SECONDS = 120.0
-LONG_POLL_SECONDS = 10.0
-PREPROCESSING_PATH = LAYOUT_PATH.with_name("preprocessing.json")
-"""Each party's preprocessing, shipped next to the layout (``deployment_files``)."""
-
-Progress = Callable[[dict[str, Any]], None]
-
-
-class PartyError(Exception):
-    """A step failed; ``str(error)`` says why in one readable sentence.
-
-    Attributes:
-        code: a ``protocol.ErrorCode`` value from the server; a ``TranscriptError`` code
-            ("bad_signature", "wrong_roster", "tampered", "replayed", "bad_chain"); or
-            "key_confirmation", "output_mismatch", "timeout", "invalid_field", "unreachable",
-            "key_dir", "bad_result".
-    """
-
-    def __init__(self, message: str, code: str):
-        """Build the error."""
-        super().__init__(message)
-        self.code = code
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a secret file readable by its owner only (0600), atomically."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-    os.replace(temporary, path)
-
-
-Fields = Mapping[str, Any] | Sequence[Mapping[str, Any]]
-"""A party's fields: one application's, or (batch mode) one mapping per application."""
-
-
-def own_rows(role: str, fields: Fields) -> np.ndarray:
-    """The party's quantized inputs, one row per application it was given.
-
-    Raises:
-        PartyError: invalid_field, if the fields do not fit the party's preprocessing.
-    """
-    preprocessor = load_party_preprocessor(PREPROCESSING_PATH, role)
-    applications = [fields] if isinstance(fields, Mapping) else list(fields)
-    if not applications or len(applications) > protocol.MAX_APPLICATIONS:
-        raise PartyError(
-            f"from 1 to {protocol.MAX_APPLICATIONS} applications, got {len(applications)}",
-            "invalid_field",
-        )
-    try:
-        return np.vstack([preprocessor.transform(dict(one)) for one in applications])
-    except InvalidFieldError as error:
-        raise PartyError(f"the {role}'s fields are invalid: {error}", "invalid_field") from None
+# Re-exported: the party program, the page, the tests and the tools import them from here.
+__all__ = [
+    "BOX_SECRET_FILE",
+    "DEFAULT_WAIT_SECONDS",
+    "HTTP_TIMEOUT_SECONDS",
+    "LONG_POLL_SECONDS",
+    "PREPROCESSING_PATH",
+    "TAG_FILE",
+    "TAG_SALT_BYTES",
+    "TOKEN_FILE",
+    "Fields",
+    "PartyClient",
+    "PartyError",
+    "PartyKeyRounds",
+    "PartySession",
+    "Progress",
+    "clear_verdicts",
+    "create_session",
+    "delete_session",
+    "mode_rows",
+    "own_rows",
+    "party_fields",
+    "party_rows",
+    "read_rows",
+    "read_verdict",
+    "_session_request",
+    "_write_private",
+]
 
 
-def mode_rows(role: str, rows: np.ndarray, mode: str, batch: bool) -> np.ndarray:
-    """The rows ``role`` encrypts in ``mode``, one per block, from its ``own_rows``.
-
-    The applicant and the bank repeat their application in every block of the mode; the credit
-    bureau encrypts its own row only (block 0): in explain mode the candidate rows of blocks 1..
-    are public and added by whoever evaluates (``Layout.candidates_for``). In batch mode every
-    party sends its own row of each application, in the same order.
-
-    Raises:
-        PartyError: invalid_field, when one application is given to a batch or several to
-            another mode.
-    """
-    if (mode == "batch") != batch:
-        raise PartyError(
-            "a batch takes one set of fields per application; other modes one set",
-            "invalid_field",
-        )
-    if mode == "batch":
-        return rows
-    blocks = 1 if role == engine.EXPLAIN_PARTY else protocol.blocks_for(mode)
-    return np.tile(rows[0], (blocks, 1))
-
-
-def party_rows(role: str, fields: Fields, mode: str, layout: Layout) -> np.ndarray:
-    """The party's quantized inputs, one row per block it encrypts (``mode_rows``).
-
-    Raises:
-        PartyError: invalid_field, if the fields do not fit the party's preprocessing.
-    """
-    return mode_rows(role, own_rows(role, fields), mode, not isinstance(fields, Mapping))
-
-
-def clear_verdicts(fields: Mapping[str, Fields], mode: str, layout: Layout) -> list[int]:
-    """What the evaluation must give, in clear: the tree on the parties' rows (and candidates).
-
-    Args:
-        fields: {role: its fields}.
-        mode: "predict", "explain" (blocks 1.. then hold the public candidate rows) or "batch".
-        layout: the slot layout.
-
-    Returns:
-        One 0/1 verdict per block.
-    """
-    rows = {role: party_rows(role, fields[role], mode, layout) for role in protocol.ROLES}
-    candidates = layout.candidates_for(mode)
-    if candidates is not None:
-        rows[engine.EXPLAIN_PARTY] = np.vstack([rows[engine.EXPLAIN_PARTY], candidates])
-    return [int(v) for v in layout.clear_verdicts(rows)]
-
-
-def party_fields(role: str) -> list[str]:
-    """The names of a party's own fields (its CSV columns), in the circuit's order."""
-    return [feature.field for feature in load_party_preprocessor(PREPROCESSING_PATH, role).features]
-
-
-def read_rows(path: Path, role: str) -> list[dict[str, Any]]:
-    """A party's applications from a CSV of its own columns (one row per application).
-
-    The header names the party's fields; booleans are true/false (or 1/0), numbers plain.
-
-    Raises:
-        PartyError: invalid_field when the file cannot be read or has other columns.
-    """
-    features = {f.field: f for f in load_party_preprocessor(PREPROCESSING_PATH, role).features}
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            columns = set(reader.fieldnames or ())
-            if columns != set(features):
-                raise PartyError(
-                    f"{path}: the {role}'s columns are {sorted(features)}, got {sorted(columns)}",
-                    "invalid_field",
-                )
-            return [{k: features[k].parse_text(v) for k, v in row.items()} for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise PartyError(f"cannot read {path}: {error}", "invalid_field") from None
-
-
-def read_verdict(mode: str, bits: list[int], layout: Layout) -> dict[str, Any]:
-    """Turn the fused bits (one per block) into the verdict and, in explain mode, the bins.
-
-    Returns:
-        {"approved": bool} and, in explain mode, "approved_years_employed" (the bins that,
-        with employed = yes, give approval) and "fewest_years_employed" (the smallest, or None);
-        in batch mode {"approved": [bool, one per application]}.
-    """
-    if mode == "batch":
-        return {"approved": [bool(bit) for bit in bits]}
-    result: dict[str, Any] = {"approved": bool(bits[0])}
-    if mode == "explain":
-        bins = list(layout.explain_candidates["years_employed"])
-        approved = [b for b, bit in zip(bins, bits[1 : 1 + len(bins)], strict=True) if bit]
-        result["approved_years_employed"] = approved
-        result["fewest_years_employed"] = approved[0] if approved else None
-    return result
-
-
-class PartyClient:
+class PartyClient(PartyKeyRounds):
     """One party of a three-party session.
+
+    The connection, the folder and the key rounds are its bases' (``party_session``,
+    ``party_keys``); here: the whole run, the inputs, the evaluation's check and the decryption.
 
     Args:
         role: "applicant", "bank" or "credit_bureau".
@@ -222,233 +114,6 @@ class PartyClient:
         transport: an httpx transport (default: the network); the server is not trusted either
             way.
     """
-
-    def __init__(
-        self,
-        role: str,
-        server_url: str,
-        invitation: str,
-        key_dir: Path,
-        peers: Mapping[str, str],
-        wait_seconds: float = DEFAULT_WAIT_SECONDS,
-        on_progress: Progress | None = None,
-        transport: httpx.BaseTransport | None = None,
-    ):
-        """Check the arguments and open the HTTP client (see the class docstring)."""
-        if role not in protocol.ROLES:
-            raise PartyError(f"role must be one of {', '.join(protocol.ROLES)}", "invalid_role")
-        try:
-            self.session_id, self._invitation = protocol.parse_session_code(invitation)
-            self.peers = {r: transcript.normalize_fingerprint(fp) for r, fp in peers.items()}
-        except ValueError as error:
-            raise PartyError(str(error), "invalid_code") from None
-        self.role = role
-        self.key_dir = Path(key_dir)
-        self.session_dir = self.key_dir / f"session-{self.session_id}"
-        self.wait_seconds = wait_seconds
-        self.on_progress = on_progress or (lambda _event: None)
-        self.bytes_up = 0
-        self.bytes_down = 0
-        self._http = httpx.Client(
-            base_url=server_url.rstrip("/"), timeout=HTTP_TIMEOUT_SECONDS, transport=transport
-        )
-        self._status: dict[str, Any] = {"version": -1}
-        self._started = time.perf_counter()
-        self._blobs: dict[tuple[str, str, str], bytes] = {}
-        self.transcript: Transcript | None = None
-        self.identity: Identity | None = None
-        self.roster_digest = ""
-        self.key_tag = ""
-        self.joint: engine.JointRound1 | None = None
-        self._round2_share: bytes | None = None
-
-    def close(self) -> None:
-        """Close the HTTP client."""
-        self._http.close()
-
-    def __enter__(self) -> PartyClient:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    # -- HTTP ---------------------------------------------------------------------------------
-    def _request(
-        self,
-        method: str,
-        route: str,
-        content: bytes | None = None,
-        values: Mapping[str, str] | None = None,
-        query: Mapping[str, Any] | None = None,
-        json_body: Any = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> bytes:
-        """Call the server (retrying after a 503's Retry-After); count the bytes.
-
-        Raises:
-            PartyError: with the server's reason on a 4xx/5xx, or "unreachable".
-        """
-        url = route.format(sid=self.session_id, **(values or {}))
-        for _attempt in range(30):
-            try:
-                response = self._http.request(
-                    method, url, content=content, params=query, json=json_body, headers=headers
-                )
-            except httpx.HTTPError as error:
-                raise PartyError(
-                    f"cannot reach the three-party server: {error.__class__.__name__}: {error}",
-                    "unreachable",
-                ) from None
-            self.bytes_up += len(content or b"")
-            self.bytes_down += len(response.content)
-            if response.status_code != 503 or "retry-after" not in response.headers:
-                break
-            time.sleep(min(10.0, float(response.headers["retry-after"])))
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-                detail, code = str(body.get("detail")), str(body.get("code", "server_error"))
-            except ValueError:
-                detail, code = response.text[:200], "server_error"
-            raise PartyError(
-                f"the server refused {method} {route.format(sid='…', **(values or {}))} "
-                f"(HTTP {response.status_code}): {detail}",
-                code,
-            )
-        return response.content
-
-    def status(self, since: int = -1, wait: float = 0.0) -> dict[str, Any]:
-        """The session's status (long-polls up to ``wait`` s); verifies every new statement.
-
-        Raises:
-            PartyError: with the TranscriptError's code when a statement does not check.
-        """
-        query = {protocol.STATUS_SINCE: since, protocol.STATUS_WAIT: wait}
-        data = self._request("GET", protocol.STATUS, query=query)
-        try:
-            self._status = json.loads(data)
-            if self.transcript is not None:
-                self.transcript.absorb(self._status.get("transcript") or {})
-        except TranscriptError as error:
-            raise PartyError(f"refused: {error}", error.code) from None
-        except (ValueError, AttributeError, TypeError) as error:
-            raise PartyError(f"the server's status is malformed: {error}", "tampered") from None
-        return self._status
-
-    def wait_for(self, ready: Callable[[], bool], what: str) -> dict[str, Any]:
-        """Wait until ``ready()`` (on the verified transcript), long-polling the server.
-
-        Raises:
-            PartyError: timeout, after ``wait_seconds`` (nothing done so far is lost).
-        """
-        deadline = time.monotonic() + self.wait_seconds
-        status = self.status()
-        while not ready():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise PartyError(
-                    f"timed out after {self.wait_seconds:g} s waiting for {what}. Nothing done "
-                    "so far is lost: run the same command again to continue (the session "
-                    f"expires after {status['expires_in']:.0f} s without activity).",
-                    "timeout",
-                )
-            status = self.status(since=status["version"], wait=min(LONG_POLL_SECONDS, left))
-        return status
-
-    def _wait_step(self, step: str, roles: tuple[str, ...] | None = None) -> None:
-        roles = roles or protocol.step_roles(step)
-        names = ", ".join(f"the {r}'s" for r in roles)
-        self.wait_for(lambda: all(self._has(r, step) for r in roles), f"{names} {step}")
-
-    def _has(self, role: str, step: str) -> bool:
-        assert self.transcript is not None
-        return self.transcript.has(role, step)
-
-    def _progress(self, step: str, **values: Any) -> None:
-        self.on_progress(
-            {
-                "step": step,
-                "role": self.role,
-                "elapsed": round(time.perf_counter() - self._started, 3),
-                **values,
-                "bytes_up": self.bytes_up,
-                "bytes_down": self.bytes_down,
-            }
-        )
-
-    def _put_step(
-        self, step: str, blobs: Mapping[str, bytes], refs: Mapping[str, str] | None = None
-    ) -> int:
-        """Sign and upload one step; return the body's size."""
-        assert self.identity is not None
-        body = self.identity.signed_step(self.session_id, self.role, step, blobs, refs)
-        self._request(
-            "PUT",
-            protocol.STEP,
-            content=body,
-            values={"step": step},
-            headers={CONTENT_TYPE_HEADER: protocol.OCTET_STREAM},
-        )
-        self.status()
-        return len(body)
-
-    def _fetch(self, role: str, step: str, name: str) -> bytes:
-        """A blob of another party's step, checked against the hash its statement signed."""
-        key = (role, step, name)
-        if key not in self._blobs:
-            data = self._request(
-                "GET", protocol.BLOB, values={"step": step, "role": role, "name": name}
-            )
-            assert self.transcript is not None
-            try:
-                self._blobs[key] = self.transcript.check_blob(role, step, name, data)
-            except TranscriptError as error:
-                raise PartyError(f"refused: {error}", error.code) from None
-        return self._blobs[key]
-
-    def _ref(self, role: str, step: str, name: str) -> str:
-        assert self.transcript is not None
-        try:
-            return self.transcript.ref(role, step, name)
-        except TranscriptError as error:
-            raise PartyError(f"refused: {error}", error.code) from None
-
-    # -- local secrets and commitments --------------------------------------------------------
-    def _prepare_key_dir(self) -> None:
-        try:
-            for folder in (self.key_dir, self.session_dir):
-                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.chmod(folder, 0o700)
-            self.identity = Identity.load_or_create(self.key_dir)
-        except (OSError, ValueError) as error:
-            raise PartyError(
-                f"cannot use the key folder {self.key_dir}: {error}", "key_dir"
-            ) from None
-
-    def _local(self, name: str, make: Callable[[], bytes]) -> bytes:
-        """A value kept in the session folder (made once): what a commitment binds."""
-        path = self.session_dir / name
-        if path.exists():
-            return path.read_bytes()
-        data = make()
-        _write_private(path, data)
-        return data
-
-    def _box_key(self) -> PrivateKey:
-        return PrivateKey(self._local(BOX_SECRET_FILE, lambda: bytes(PrivateKey.generate())))
-
-    def _share(self, made: engine.PartyKeyShare | None = None) -> engine.PartyKeyShare:
-        try:
-            if made is not None:
-                made.save(self.session_dir)
-                return made
-            return engine.PartyKeyShare.load(self.session_dir, self.role)
-        except engine.InvalidBlobError as error:
-            raise PartyError(
-                f"this party's round 1 is on the server but its key share cannot be read "
-                f"({error}): it cannot go on; create a new session",
-                "key_dir",
-            ) from None
 
     # -- the flow -------------------------------------------------------------------------------
     def run(self, fields: Fields) -> dict[str, Any]:
@@ -479,157 +144,6 @@ class PartyClient:
         result = self._decrypt(share, output, mode, layout)
         self._progress("done", seconds=round(time.perf_counter() - started, 3))
         return result
-
-    def _join(self) -> None:
-        """Redeem the invitation with a token this party chose; check the roster."""
-        assert self.identity is not None
-        token = self._local(TOKEN_FILE, lambda: secrets.token_urlsafe(32).encode()).decode()
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        self._request(
-            "POST",
-            protocol.JOIN,
-            json_body=self.identity.join_request(
-                self.session_id, self.role, self._invitation, digest
-            ),
-        )
-        self._http.headers.update(bearer(token))
-        status = self.status()
-        try:
-            roster = transcript.check_roster(
-                status.get("roster") or {}, self.role, self.identity.verify_key, self.peers
-            )
-        except TranscriptError as error:
-            raise PartyError(f"refused: {error}", error.code) from None
-        self.roster_digest = transcript.roster_digest(status["roster"])
-        self.transcript = Transcript(self.session_id, roster)
-        self.status()
-        self._progress(
-            "joined",
-            session=self.session_id[:8],
-            mode=status["mode"],
-            fingerprint=self.identity.fingerprint,
-            peers={r: transcript.fingerprint(roster[r]) for r in protocol.ROLES if r != self.role},
-        )
-
-    def _round1(self) -> engine.PartyKeyShare:
-        if self._has(self.role, "round1"):
-            return self._share()
-        previous = protocol.previous_role(self.role)
-        box = self._box_key()
-        start = time.perf_counter()
-        refs = {"roster": self.roster_digest}
-        if previous is None:
-            share, made = engine.lead_round1()
-        else:
-            self._wait_step("round1", (previous,))
-            public_key = self._fetch(previous, "round1", "public_key")
-            lead_mult = self._fetch(protocol.LEAD, "round1", "eval_mult")
-            lead_rotation = self._fetch(protocol.LEAD, "round1", "rotation")
-            try:
-                share, made = engine.join_round1(self.role, public_key, lead_mult, lead_rotation)
-            except engine.EngineError as error:
-                raise PartyError(
-                    f"round 1 cannot build on this material: {error}", "bad_chain"
-                ) from None
-            refs |= {
-                "previous_public_key": transcript.digest(public_key),
-                "lead_eval_mult": transcript.digest(lead_mult),
-                "lead_rotation": transcript.digest(lead_rotation),
-            }
-        seconds = time.perf_counter() - start
-        blobs = {
-            "public_key": made.public_key,
-            "eval_mult": made.eval_mult,
-            "rotation": made.rotation,
-            "box_key": bytes(box.public_key),
-        }
-        self._share(share)
-        size = self._put_step("round1", blobs, refs)
-        self._blobs.update({(self.role, "round1", name): data for name, data in blobs.items()})
-        self._progress("round1", seconds=round(seconds, 3), uploaded=size)
-        return share
-
-    def _check_chain(self) -> bytes:
-        """Check that every round 1 builds on the previous party's; return the joint key."""
-        self._wait_step("round1")
-        assert self.transcript is not None
-        for role in protocol.ROLES:
-            if self._ref(role, "round1", "roster") != self.roster_digest:
-                raise PartyError(f"refused: the {role} signed another roster", "bad_chain")
-            previous = protocol.previous_role(role)
-            if previous is None:
-                continue
-            expected = {
-                "previous_public_key": (previous, "public_key"),
-                "lead_eval_mult": (protocol.LEAD, "eval_mult"),
-                "lead_rotation": (protocol.LEAD, "rotation"),
-            }
-            for ref, (owner, name) in expected.items():
-                signed = self.transcript.statement(owner, "round1")["blobs"][name]
-                if self._ref(role, "round1", ref) != signed:
-                    raise PartyError(
-                        f"refused: the {role}'s round 1 does not build on the {owner}'s {name} "
-                        "(the key chain is broken)",
-                        "bad_chain",
-                    )
-        joint_public_key = self._fetch(protocol.ROLES[-1], "round1", "public_key")
-        self.key_tag = engine.key_tag_of(joint_public_key)
-        self._progress("chain_verified", key_tag=self.key_tag[:16])
-        return joint_public_key
-
-    def _confirm_key(self, share: engine.PartyKeyShare, joint_public_key: bytes) -> None:
-        """Key confirmation: the three shares together must decrypt a challenge of the chain."""
-        seed = self._round1_digest()
-        values = engine.challenge_values(seed)
-        if self.role == protocol.LEAD and not self._has(self.role, "challenge"):
-            challenge = engine.encrypt(joint_public_key, {0: np.asarray(values)})[0]
-            self._put_step("challenge", {protocol.CHALLENGE_BLOB: challenge}, {"round1": seed})
-        self._wait_step("challenge")
-        if self._ref(protocol.LEAD, "challenge", "round1") != seed:
-            raise PartyError("refused: the challenge is bound to another round 1", "bad_chain")
-        challenge = self._fetch(protocol.LEAD, "challenge", protocol.CHALLENGE_BLOB)
-        own = self._local(
-            "confirm.partial", lambda: engine.partial_decrypt(share, challenge, self.key_tag)
-        )
-        if not self._has(self.role, "confirm_commit"):
-            self._put_step(
-                "confirm_commit",
-                {},
-                {"challenge": transcript.digest(challenge), "partial": transcript.digest(own)},
-            )
-        # While the others confirm: the joint round-1 keys and this party's round-2 share (key
-        # material only, kept in this process; no input is encrypted before the check passes).
-        self._round2(share, joint_public_key)
-        self._wait_step("confirm_commit")
-        if not self._has(self.role, "confirm_reveal"):
-            self._put_step("confirm_reveal", {protocol.PARTIAL_BLOB: own})
-        self._wait_step("confirm_reveal")
-        partials = [self._revealed(role, own) for role in protocol.ROLES]
-        try:
-            slots = engine.fuse_slots(partials)
-        except engine.EngineError:
-            slots = np.zeros(0, dtype=np.int64)
-        if not engine.challenge_matches(slots, values):
-            raise PartyError(
-                "refused: key confirmation failed: the joint key does not decrypt the challenge "
-                "with the three parties' shares, so some party's round 1 did not build on the "
-                "others'. No input was encrypted.",
-                "key_confirmation",
-            )
-        self._progress("key_confirmed", challenge_slots=len(values))
-
-    def _round1_digest(self) -> str:
-        assert self.transcript is not None
-        return self.transcript.digest_of({role: "round1" for role in protocol.ROLES})
-
-    def _revealed(self, role: str, own: bytes) -> bytes:
-        """A party's revealed challenge partial, checked against its commitment."""
-        data = own if role == self.role else self._fetch(role, "confirm_reveal", "partial")
-        if transcript.digest(data) != self._ref(role, "confirm_commit", "partial"):
-            raise PartyError(
-                f"refused: the {role} revealed another partial than it committed to", "tampered"
-            )
-        return data
 
     def _inputs(
         self,
@@ -667,15 +181,6 @@ class PartyClient:
             uploaded=size,
         )
 
-    def _round2(self, share: engine.PartyKeyShare, joint_public_key: bytes) -> bytes:
-        """This party's round-2 share, on the joint round-1 keys it summed itself (made once)."""
-        if self._round2_share is None:
-            self.joint = self._combine_round1(joint_public_key)
-            self._round2_share = engine.round2(
-                share, self.joint.joint_eval_mult_round1, self.key_tag
-            )
-        return self._round2_share
-
     def _vectors(self, layout: Layout, rows: np.ndarray) -> dict[int, np.ndarray]:
         """What this party encrypts: its literal vector from its own rows, with its tag."""
         return engine.tagged_vectors(layout, self.role, rows, self._tag()[1])
@@ -701,23 +206,6 @@ class PartyClient:
             return {}
         salt, tag = self._tag()
         return {"tag": transcript.digest(salt + tag.to_bytes(4, "big"))}
-
-    def _combine_round1(self, joint_public_key: bytes) -> engine.JointRound1:
-        """The joint round-1 keys, combined by this party from the signed shares."""
-        round1 = [
-            engine.Round1Blobs(
-                public_key=joint_public_key if role == protocol.ROLES[-1] else b"",
-                eval_mult=self._fetch(role, "round1", "eval_mult"),
-                rotation=self._fetch(role, "round1", "rotation"),
-            )
-            for role in protocol.ROLES
-        ]
-        try:
-            return engine.combine_round1(round1)
-        except engine.EngineError as error:
-            raise PartyError(
-                f"refused: the round-1 shares do not add up: {error}", "bad_chain"
-            ) from None
 
     def _verify_evaluation(self, layout: Layout, mode: str) -> bytes:
         """Re-evaluate from the signed inputs; return the output if the server's is the same."""
@@ -861,70 +349,3 @@ class PartyClient:
         result = read_verdict(mode, [int(b) for b in bits], layout)
         self._progress("verdict", **result)
         return result
-
-
-def create_session(
-    server_url: str, roster: Mapping[str, str], mode: str = "predict", applications: int = 1
-) -> dict[str, Any]:
-    """Create a session for a roster; return {"session_id", "mode", "roster", "invitations"...}.
-
-    Args:
-        server_url: the three-party server's base URL.
-        roster: {role: verify key hex} of the three parties (``python -m threeparty identity``).
-        mode: "predict", "explain" or "batch".
-        applications: how many applications a batch scores (1 to ``protocol.MAX_APPLICATIONS``).
-
-    Raises:
-        PartyError: if the server cannot be reached or refuses.
-    """
-    response = _session_request(
-        "POST",
-        server_url,
-        protocol.SESSIONS,
-        201,
-        "create a session",
-        json={"mode": mode, "roster": dict(roster), "applications": applications},
-    )
-    return response.json()
-
-
-def delete_session(server_url: str, key_dir: Path, invitation: str) -> None:
-    """Delete a session as the party whose folder ``key_dir`` is (it joined with its token).
-
-    Raises:
-        PartyError: if the invitation is malformed, the party never joined, the server cannot
-            be reached or refuses.
-    """
-    try:
-        session_id, _secret = protocol.parse_session_code(invitation)
-    except ValueError as error:
-        raise PartyError(str(error), "invalid_code") from None
-    token_path = Path(key_dir) / f"session-{session_id}" / TOKEN_FILE
-    try:
-        token = token_path.read_text()
-    except OSError:
-        raise PartyError(f"no token in {token_path}: this party never joined", "key_dir") from None
-    _session_request(
-        "DELETE",
-        server_url,
-        protocol.SESSION.format(sid=session_id),
-        204,
-        "delete the session",
-        headers=bearer(token),
-    )
-
-
-def _session_request(
-    method: str, server_url: str, path: str, expected: int, action: str, **kwargs: Any
-) -> httpx.Response:
-    """One request about a whole session, outside a party's run; other answers are PartyError."""
-    try:
-        response = httpx.request(method, f"{server_url.rstrip('/')}{path}", timeout=30.0, **kwargs)
-    except httpx.HTTPError as error:
-        raise PartyError(f"cannot reach the three-party server: {error}", "unreachable") from None
-    if response.status_code != expected:
-        raise PartyError(
-            f"the server refused to {action} (HTTP {response.status_code}): {response.text[:200]}",
-            "server_error",
-        )
-    return response

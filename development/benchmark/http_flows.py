@@ -1,7 +1,7 @@
 """Stage 4, over HTTP: five-step flows, explain and the server's memory with live sessions.
 
 ``backend.CreditScoringClient`` against a real ``uvicorn server:app`` (``fhe_server.launcher``),
-its requests timed by the launcher's ``RecordingTransport``.
+its requests timed by ``development.instrumentation.RecordingTransport``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from development.benchmark.dataset import Dataset
 from development.benchmark.options import Options
 from development.benchmark.report import Report
 from development.benchmark.timing import Stopwatch, rss_bytes, timed
-from fhe_server.launcher import RecordedRequest, RecordingTransport, ServerProcess
+from development.instrumentation import RecordedRequest, RecordingTransport
+from fhe_server.launcher import ServerProcess
 
 RSS_SESSIONS = 5
 FLOW_STEPS = (

@@ -15,7 +15,8 @@ from development.benchmark.http_flows import full_flow
 from development.benchmark.options import Options
 from development.benchmark.report import Report
 from development.benchmark.timing import timed
-from fhe_server.launcher import HealthProbe, ServerProcess
+from development.instrumentation import HealthProbe
+from fhe_server.launcher import ServerProcess
 
 THROUGHPUT_CLIENTS = 4
 HEALTH_POLL_SECONDS = 0.1

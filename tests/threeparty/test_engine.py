@@ -315,18 +315,26 @@ def test_key_share_is_saved_owner_only_and_loads_back(flow, tmp_path):
         engine.PartyKeyShare.load(tmp_path / "keys", "bank")
 
 
-def test_parameter_check_refuses_a_depth_too_small_for_the_owners_and_the_mask(layout):
-    # Last in the module: it makes a context with other parameters, then restores the default.
-    # Three vectors (the owners' and the bank's tag): 2 levels of multiplication + the mask.
+def test_the_deployed_modulus_leaves_a_wide_noise_margin(flow):
+    """256 held-out rows: the output still decrypts with 2^45 more noise (self-test asks 2^30)."""
+    assert engine.noise_margin_bits(flow, limit=45) >= 45
+
+
+def test_a_modulus_too_small_for_the_circuit_is_refused(layout):
+    # Last but one in the module: it makes a context with other parameters, then restores them.
+    # Three vectors (the owners' and the bank's tag): two levels of multiplication, the mask.
     assert layout.owners() == ["applicant", "credit_bureau"]
     assert [len(engine.vector_indices(layout, p)) for p in PARTIES] == [1, 1, 1]
-    engine.check_parameters(layout)
     deployed = engine.MULTIPLICATIVE_DEPTH
     engine._make_context.cache_clear()
     try:
-        engine.MULTIPLICATIVE_DEPTH = 2
-        with pytest.raises(engine.SelfTestError, match="multiplicative depth 2 < 3"):
-            engine.check_parameters(layout)
+        engine.MULTIPLICATIVE_DEPTH = 0  # OpenFHE then picks 3 towers and ring dimension 8192
+        rows = np.asarray(layout.probe["rows"], dtype=np.int64)
+        small = engine.run_flow(layout, layout.split_rows(rows))
+        assert small["verdicts"] == [int(v) for v in layout.probe["verdicts"]]  # it decrypts...
+        assert engine.noise_margin_bits(small) < engine.MIN_NOISE_MARGIN_BITS  # ...just barely
+        with pytest.raises(engine.SelfTestError, match="wrong parameters"):
+            engine.self_test(layout)
     finally:
         engine.MULTIPLICATIVE_DEPTH = deployed
         engine._make_context.cache_clear()

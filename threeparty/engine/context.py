@@ -25,7 +25,7 @@ LEAD_PARTY = LEAD
 ROTATION_INDICES: tuple[int, ...] = (1,)
 """Rotation keys made. (1,): one key, a block's 8 slots summed with 7 rotations by 1. The
 alternative (1, 2, 4) sums with 3 rotations but costs each party two more rotation-key shares
-(6.6 MB each, up and down); see README, "Three-party mode", for the measured trade-off."""
+(4.2 MB each, up and down); see README, "Three-party mode", for the measured trade-off."""
 
 
 _CACHE_LOCK = threading.RLock()

@@ -11,46 +11,91 @@ import numpy as np
 from contracts.parties import PARTIES
 from threeparty.engine import MULTIPARTY_MODE, PLAINTEXT_MODULUS
 from threeparty.engine.api import _verdicts
+from threeparty.engine.blobs import _pack, _unpack
 from threeparty.engine.context import LEAD_PARTY, ROTATION_INDICES, _make_context
 from threeparty.engine.errors import EngineError, SelfTestError
 from threeparty.engine.evaluation import _Engine
 from threeparty.engine.keys import EvaluationKeys
-from threeparty.engine.vectors import TAGGED_PARTIES, random_tag, tagged_vectors, vector_indices
+from threeparty.engine.vectors import TAGGED_PARTIES, random_tag, tagged_vectors
 from threeparty.layout import Layout, load_layout
 
 MIN_RING_DIMENSION = 16384
+MIN_NOISE_MARGIN_BITS = 30
+"""The evaluated known answer must still decrypt after its noise is multiplied by 2^30 (two
+multiplications by 2^15): a modulus too small for the circuit is refused before it serves."""
+NOISE_STEP_BITS = 15  # one scaling of the output: a plaintext constant 2^15 (< t = 65537)
 
 
 def check_parameters(layout: Layout, multiparty_mode: str = MULTIPARTY_MODE) -> None:
-    """Refuse parameters that are not the deployed, secure ones for this layout.
+    """Refuse parameters that are not the deployed, secure ones.
 
-    A known answer cannot catch every wrong setting: with this circuit (one multiplication and a
-    mask) ``FIXED_NOISE_MULTIPARTY`` decrypts correctly at ring dimension 8192, but without noise
-    flooding a partial decryption is not shown to hide its party's key share.
+    A known answer cannot catch every wrong setting: with this circuit ``FIXED_NOISE_MULTIPARTY``
+    decrypts correctly at ring dimension 8192, but without noise flooding a partial decryption
+    is not shown to hide its party's key share. Whether the modulus suits the layout's circuit is
+    measured, not counted: ``self_test`` requires ``MIN_NOISE_MARGIN_BITS`` of noise margin.
 
     Args:
-        layout: the slot layout (its owners set the multiplicative depth it needs).
+        layout: the slot layout (its circuit is what ``self_test`` then measures).
         multiparty_mode: the multiparty mode the context is made with.
 
     Raises:
-        SelfTestError: another multiparty mode than noise flooding, a ring dimension under
-            16384, or a multiplicative depth under what the layout needs.
+        SelfTestError: another multiparty mode than noise flooding, or a ring dimension under
+            16384.
     """
+    del layout  # kept in the signature: the callers name the layout the parameters serve
     if multiparty_mode != "NOISE_FLOODING_MULTIPARTY":
         raise SelfTestError(
             f"multiparty mode {multiparty_mode}: only NOISE_FLOODING_MULTIPARTY floods the noise "
             "of partial decryptions, which keeps them from revealing the key shares"
         )
     cc = _make_context(multiparty_mode)
-    factors = sum(len(vector_indices(layout, party)) for party in PARTIES)
-    needed = (factors - 1).bit_length() + 1  # the vectors' product, then the mask
-    problems = []
     if cc.GetRingDimension() < MIN_RING_DIMENSION:
-        problems.append(f"ring dimension {cc.GetRingDimension()} < {MIN_RING_DIMENSION}")
-    if cc.GetMultiplicativeDepth() < needed:
-        problems.append(f"multiplicative depth {cc.GetMultiplicativeDepth()} < {needed}")
-    if problems:
-        raise SelfTestError("wrong parameters: " + "; ".join(problems))
+        raise SelfTestError(
+            f"wrong parameters: ring dimension {cc.GetRingDimension()} < {MIN_RING_DIMENSION}"
+        )
+
+
+def noise_margin_bits(
+    flow: Mapping[str, Any],
+    limit: int = MIN_NOISE_MARGIN_BITS,
+    multiparty_mode: str = MULTIPARTY_MODE,
+) -> int:
+    """How much more noise the output of a ``run_flow`` takes and still decrypts, in bits.
+
+    Multiplies the evaluated output by the plaintext constant 2^15 again and again (each time
+    the noise grows by up to 2^15, and the message by 2^15 mod t) and decrypts it with the three
+    flooded partial decryptions, until it no longer decrypts to the scaled message or ``limit``
+    bits are reached.
+
+    Args:
+        flow: a ``run_flow`` result (its output, shares and key tag).
+        limit: stop once this many bits of margin are shown.
+        multiparty_mode: the mode the flow's context was made with.
+
+    Returns:
+        The bits of margin shown: a multiple of 15, at least ``limit`` when there is that much.
+    """
+    engine = _Engine(_make_context(multiparty_mode))
+    cc, tag, shares = engine.cc, flow["joint"].key_tag, flow["shares"]
+
+    def fused(blob: bytes) -> np.ndarray:
+        return engine.fuse_slots([engine.partial_decrypt(shares[p], blob, tag) for p in PARTIES])
+
+    step = pow(2, NOISE_STEP_BITS, PLAINTEXT_MODULUS)
+    constant = cc.MakePackedPlaintext([step] * int(cc.GetRingDimension()))
+    expected = fused(flow["output"])
+    current = _unpack("ciphertext", flow["output"], tag, cc=cc)
+    shown = 0
+    while shown < limit:
+        current = cc.EvalMult(current, constant)
+        expected = expected * step % PLAINTEXT_MODULUS
+        try:
+            if not np.array_equal(fused(_pack("ciphertext", current)), expected):
+                break
+        except EngineError:
+            break
+        shown += NOISE_STEP_BITS
+    return shown
 
 
 def self_test(
@@ -91,6 +136,13 @@ def self_test(
         raise SelfTestError(
             f"the known-answer check gave {flow['verdicts']}, expected {expected} "
             f"({multiparty_mode})"
+        )
+    margin = noise_margin_bits(flow, multiparty_mode=multiparty_mode)
+    if margin < MIN_NOISE_MARGIN_BITS:
+        raise SelfTestError(
+            f"wrong parameters: the evaluated output takes only 2^{margin} more noise, under "
+            f"the 2^{MIN_NOISE_MARGIN_BITS} required: the ciphertext modulus is too small for "
+            "the circuit"
         )
     return blob_sizes(flow)
 

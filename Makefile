@@ -168,12 +168,12 @@ $(TP_WANTS):
 
 $(TP_STAMP): requirements-threeparty.txt $(TP_WANTS)
 	@$(TP_ENV_FN); \
-	pair=; why='$(subst ','\'',$(TP_WHY))'; \
+	pair=; why='$(subst ','\'',$(TP_WHY))'; why=$${why%;}; \
 	if [ "$(TP_WANT)" = 3.12 ]; then \
 	    echo "three-party engine: Python 3.12 + openfhe 1.6.1.0.24.4 ($$why)"; \
 	    if tp_env "$(PYTHON_THREEPARTY_312)" 3.12; then pair="Python 3.12 + openfhe 1.6.1.0.24.4"; \
 	    else \
-	        why="FALLBACK: the Python 3.12 environment could not be made or openfhe did not import in it"; \
+	        why="FALLBACK: the Python 3.12 environment could not be made or openfhe did not import in it (see above)"; \
 	        echo "three-party engine: $$why; trying Python 3.10 + openfhe 1.6.1.0.22.4" >&2; \
 	    fi; \
 	else \
@@ -181,7 +181,7 @@ $(TP_STAMP): requirements-threeparty.txt $(TP_WANTS)
 	fi; \
 	if [ -z "$$pair" ]; then \
 	    test -n "$(PYTHON_THREEPARTY_310)" || { echo "no Python 3.10 found (pyenv 3.10.13 or python3.10)" >&2; exit 1; }; \
-	    tp_env "$(PYTHON_THREEPARTY_310)" 3.10 || exit 1; \
+	    tp_env "$(PYTHON_THREEPARTY_310)" 3.10 || { echo "three-party engine: the Python 3.10 environment could not be made or openfhe did not import in it (see above; openfhe loads the system's libgomp.so.1: apt-get install libgomp1)" >&2; exit 1; }; \
 	    pair="Python 3.10 + openfhe 1.6.1.0.22.4"; why="no 3.12 pair: $$why"; \
 	fi; \
 	rm -f $(TP_VENV)/.wants-python*; touch $(TP_WANTS); \

@@ -36,7 +36,7 @@ EXIT_GRACE_SECONDS = 3.0
 
 
 class InterpreterServerProcess(ServerProcess):
-    """A ``ServerProcess`` run by another interpreter (the three-party server's Python 3.10)."""
+    """A ``ServerProcess`` run by another interpreter (the three-party server's, its own venv)."""
 
     def __init__(self, python: Path, app: str, **options: object) -> None:
         super().__init__(app, **options)  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """A three-party run from the page's process: three party processes, their JSON lines.
 
-The threshold engine (OpenFHE) runs on Python 3.10 in ``.venv-threeparty``; this module imports
-neither it nor anything heavy of ``threeparty``: ``threeparty.processes`` starts each party
+The threshold engine (OpenFHE) runs in ``.venv-threeparty`` (Python 3.12 or 3.10); this module
+imports neither it nor anything heavy of ``threeparty``: ``threeparty.processes`` starts each party
 (``python -m threeparty ...``, built by the pure ``threeparty.command``) as it does for the tests
 and the benchmark. Each party
 is a separate OS process of ``.venv-threeparty/bin/python`` with its own key folder under the

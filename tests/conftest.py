@@ -16,8 +16,9 @@
   traceback: concrete's libraries install their own crash handlers over Python's
   ``faulthandler`` (LLVM's on import, the runtime's on the first run of a circuit), and theirs
   print nothing here, so faulthandler takes the fatal signals back after every test.
-- ``tests/threeparty`` is not collected here: it needs OpenFHE, which imports on Python 3.10 only,
-  so ``make test`` runs it in a second pytest in ``.venv-threeparty`` (see its own conftest).
+- ``tests/threeparty`` is not collected here: it needs OpenFHE, which runs in
+  ``.venv-threeparty`` (Python 3.10 or 3.12), so ``make test`` runs it in a second pytest there
+  (see its own conftest).
 """
 
 import atexit
@@ -34,7 +35,7 @@ from fhe_server.launcher import free_port
 
 __all__ = ["free_port"]
 
-# The three-party suite runs in its own Python 3.10 session (`make test-threeparty`).
+# The three-party suite runs in its own session in .venv-threeparty (`make test-threeparty`).
 collect_ignore = ["threeparty"]
 
 # Passes counted per session: "all" and "browser".

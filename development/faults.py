@@ -15,7 +15,9 @@ and raw HTTP clients go through nginx:
 - Redis stopped for ``FAULT_SECONDS``, then started again empty;
 - a replica SIGKILLed in the middle of a predict (then started again);
 - a flood of creations that the quota refuses, from 4 threads of another process, while a warm
-  user decides (run first, on idle replicas).
+  user decides (run first, on idle replicas): once by clients of the library (they ask
+  ``GET /admission`` and upload nothing when refused), once by raw clients that upload the keys
+  every time.
 
 Prints the README's "Faults" table and writes ``<out>/faults_results.json`` with the details,
 among them the answers 500 nginx logged (must be 0) and the wrong verdicts (must be 0).
@@ -45,6 +47,8 @@ import settings
 from backend import CreditScoringClient, ServerBusyError, generate_key_file, wait_while_busy
 from contracts.wire import OCTET_STREAM
 from development.bench_cluster import Keys, decide, default_profile, open_session
+from fhe_client.errors import ServerError
+from fhe_client.transport import ServerSession
 from fhe_server.cluster import Cluster, free_port
 
 TIMEOUT = httpx.Timeout(300.0)
@@ -336,8 +340,28 @@ def cpu_per_creation(run: Run, create: Callable[[], None], count: int) -> dict[s
     }
 
 
-def flood_process(url: str, keys_path: str, seconds: float, results: Any) -> None:
-    """In its own process (as other machines would be): threads posting creations."""
+def library_creation(url: str, evaluation_keys: bytes) -> int:
+    """One creation as the client library makes it; the status it ended with (201 or refusal).
+
+    ``ServerSession.open`` asks ``GET /admission`` first and sends the keys only if admitted.
+    """
+    session = ServerSession(url, timeout=TIMEOUT, retry_seconds=0.0)
+    try:
+        session.open(evaluation_keys)
+        session.delete()
+        return 201
+    except ServerError as refused:
+        return int(refused.status_code or 0)
+    finally:
+        session.close()
+
+
+def flood_process(url: str, keys_path: str, seconds: float, results: Any, mode: str) -> None:
+    """In its own process (as other machines would be): threads asking for creations.
+
+    ``mode`` "raw": each thread POSTs the 15.4 MB of keys again and again, whatever it is told;
+    "library": each thread creates sessions with the client library, which asks first.
+    """
     evaluation_keys = Path(keys_path).read_bytes()
     statuses: list[int] = []
     deadline = time.monotonic() + seconds
@@ -345,6 +369,9 @@ def flood_process(url: str, keys_path: str, seconds: float, results: Any) -> Non
     def post() -> None:
         with httpx.Client(base_url=url, timeout=TIMEOUT) as http:
             while time.monotonic() < deadline:
+                if mode == "library":
+                    statuses.append(library_creation(url, evaluation_keys))
+                    continue
                 response = http.post(
                     "/sessions", content=evaluation_keys, headers={"Content-Type": OCTET_STREAM}
                 )
@@ -371,8 +398,20 @@ def decision_times(run: Run, session: tuple[str, dict], seconds: float) -> list[
     return times
 
 
-def flood(run: Run, seconds: float) -> dict[str, Any]:
-    """Refused creations from 4 threads while a warm user decides; their cost."""
+FLOOD_MODES = {
+    "raw": "raw HTTP clients that upload the 15.4 MB keys every time",
+    "library": "clients of the library, which ask GET /admission first",
+}
+
+
+def flood(run: Run, seconds: float, mode: str = "raw") -> dict[str, Any]:
+    """Refused creations from 4 threads while a warm user decides; their cost.
+
+    Args:
+        run: the running cluster.
+        seconds: how long the flood (and the measurement before it) lasts.
+        mode: "raw" or "library" (``FLOOD_MODES``).
+    """
     headers = {"Content-Type": OCTET_STREAM}
     http = httpx.Client(base_url=run.cluster.url, timeout=TIMEOUT)
     created: list[tuple[str, dict]] = []
@@ -381,9 +420,13 @@ def flood(run: Run, seconds: float) -> dict[str, Any]:
         created.append(open_session(http, run.keys))
 
     def refused() -> None:
-        response = http.post("/sessions", content=run.keys.evaluation_keys, headers=headers)
-        if response.status_code != 429:
-            raise RuntimeError(f"expected a refusal, got {response.status_code}")
+        if mode == "library":
+            status = library_creation(run.cluster.url, run.keys.evaluation_keys)
+        else:
+            response = http.post("/sessions", content=run.keys.evaluation_keys, headers=headers)
+            status = response.status_code
+        if status != 429:
+            raise RuntimeError(f"expected a refusal, got {status}")
 
     warm = open_session(http, run.keys)
     decide(http, run.keys, *warm)
@@ -400,7 +443,7 @@ def flood(run: Run, seconds: float) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     flooder = context.Process(
-        target=flood_process, args=(run.cluster.url, str(keys_path), seconds, results)
+        target=flood_process, args=(run.cluster.url, str(keys_path), seconds, results, mode)
     )
     flooder.start()
     during = decision_times(run, warm, seconds)
@@ -414,7 +457,8 @@ def flood(run: Run, seconds: float) -> dict[str, Any]:
     median_before, median_during = statistics.median(before), statistics.median(during)
     share = sum(cost_refused.values()) / sum(cost_accepted.values())
     return row(
-        f"a {seconds:.0f} s flood of refused creations ({FLOOD_THREADS} threads)",
+        f"a {seconds:.0f} s flood of refused creations, {FLOOD_THREADS} threads of "
+        f"{FLOOD_MODES[mode]}",
         f"429 at once ({refusals} refusals, statuses {sorted(statuses)}); a warm user's "
         f"decision median {median_before:.2f} s before, {median_during:.2f} s during "
         f"(x{median_during / median_before:.2f}); a refusal costs {share:.1%} of the CPU "
@@ -455,7 +499,9 @@ def run_all(flood_seconds: float, workdir: Path) -> dict[str, Any]:
         dead_master = str(free_port())
         pause_ms = str(int(FAULT_SECONDS * 1000))
         rows = [
-            flood(run, flood_seconds),  # first: on idle replicas, before any was restarted
+            # First: on idle replicas, before any was restarted.
+            flood(run, flood_seconds, "library"),
+            flood(run, flood_seconds, "raw"),
             full_redis(run),
             redis_fault(
                 run,

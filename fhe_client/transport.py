@@ -16,7 +16,14 @@ from typing import Any
 
 import httpx
 
-from contracts.single_key import SESSION_PATH, SESSIONS_PATH, TRANSIENT_STATUSES
+from contracts.single_key import (
+    ADMISSION_PATH,
+    REFUSAL_DETAIL_HEADER,
+    REFUSAL_STATUS_HEADER,
+    SESSION_PATH,
+    SESSIONS_PATH,
+    TRANSIENT_STATUSES,
+)
 from contracts.wire import CONTENT_TYPE_HEADER, OCTET_STREAM, bearer
 from fhe_client.errors import (
     ClientError,
@@ -58,6 +65,27 @@ def error_from_response(response: httpx.Response) -> ServerError:
     if detail is None:
         detail = response.text[:200] or response.reason_phrase
     return error_for_status(response.status_code, str(detail), response.headers)
+
+
+def refusal_from_admission(response: httpx.Response) -> ServerError | None:
+    """The refusal that ``GET /admission`` announced, or None if a creation would be admitted.
+
+    The server answers 204 (admitted) or 403 with the refusal's own status (429: this client's
+    quota; 503: the server holds as many sessions as it can), detail and Retry-After in headers.
+    Anything else (a server without the route, an error of the question itself) is no refusal:
+    the creation itself then gets the server's answer.
+
+    Args:
+        response: the answer to ``GET /admission``.
+
+    Returns:
+        The typed error the creation would have got, or None.
+    """
+    refusal = response.headers.get(REFUSAL_STATUS_HEADER, "")
+    if response.status_code != 403 or not refusal.isdigit():
+        return None
+    detail = response.headers.get(REFUSAL_DETAIL_HEADER) or "a new session is refused now"
+    return error_for_status(int(refusal), detail, response.headers)
 
 
 def transient_wait(error: Exception, delay: float) -> float | None:
@@ -116,9 +144,14 @@ class ServerSession:
         Returns:
             The new session's id.
 
+        It first asks ``GET /admission`` (no body): a refusal (quota, a full server) is raised
+        as the creation's own would be, without sending the 15 MB of keys; a transient one is
+        repeated within ``retry_seconds`` like any transient failure.
+
         Raises:
             ServerError: (a subclass) if the server refuses the keys or answers no id and token.
         """
+        self._check_admission()
         response = self.request(
             "POST", SESSIONS_PATH, content=evaluation_keys, expected=(200, 201), authenticated=False
         )
@@ -132,6 +165,21 @@ class ServerSession:
                 status_code=response.status_code,
             ) from error
         return self.session_id
+
+    def _check_admission(self) -> None:
+        """Raise the refusal ``GET /admission`` announces (after retrying a transient one)."""
+
+        def attempt() -> httpx.Response:
+            response = self._send_once("GET", ADMISSION_PATH, {})
+            refusal = refusal_from_admission(response)
+            if refusal is not None and refusal.transient:
+                raise refusal
+            return response
+
+        result = call_with_retries(attempt, transient_wait, self.retry_seconds)
+        refusal = refusal_from_admission(result.value)
+        if refusal is not None:
+            raise refusal
 
     def forget(self) -> None:
         """Forget the current session (without telling the server)."""

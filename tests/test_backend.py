@@ -158,8 +158,9 @@ def test_generate_keys_keeps_the_secret_key_local(
     assert (client.key_dir / backend.KEYS_FILE_NAME).stat().st_size > 0
     assert client.has_keys and client.session_id
     assert client.evaluation_key_size is not None and client.evaluation_key_size > 1_000_000
-    # The only upload of the key generation is the evaluation keys.
-    assert transport.calls[0] == ("POST", "/sessions")
+    # The only upload of the key generation is the evaluation keys, sent once the server said it
+    # would admit them (GET /admission has no body).
+    assert transport.calls[:2] == [("GET", "/admission"), ("POST", "/sessions")]
 
 
 @pytest.mark.parametrize("name", list(PROFILES))

@@ -195,8 +195,9 @@ def leaks(haystack: bytes, needles: dict[str, bytes]) -> list[str]:
 
 def test_the_flow_sent_only_keys_and_ciphertexts(recorded: Recorded) -> None:
     routes = [(r.method, httpx.URL(r.url).path.split("/")[-1]) for r in recorded.requests]
-    session_id = httpx.URL(recorded.requests[1].url).path.split("/")[2]
+    session_id = httpx.URL(recorded.requests[2].url).path.split("/")[2]
     assert routes == [
+        ("GET", "admission"),  # would a new session be admitted? (no body)
         ("POST", "sessions"),
         *(("PUT", party) for party in settings.PARTIES),
         ("POST", "predict"),
@@ -207,9 +208,9 @@ def test_the_flow_sent_only_keys_and_ciphertexts(recorded: Recorded) -> None:
     assert recorded.verdict is False and BASE_PROFILE.verdict() is False  # refused: explain ran
     assert recorded.explanation == clear_explain(*BASE_PROFILE.parts().values())
     sizes = [len(r.body) for r in recorded.requests]
-    assert sizes[0] == WIRE["evaluation_keys"]["bytes"]
-    assert sizes[1:4] == [WIRE[party]["bytes"] for party in settings.PARTIES]
-    assert sizes[4:] == [0, 0, WIRE["candidates"]["bytes"], 0]
+    assert sizes[:2] == [0, WIRE["evaluation_keys"]["bytes"]]
+    assert sizes[2:5] == [WIRE[party]["bytes"] for party in settings.PARTIES]
+    assert sizes[5:] == [0, 0, WIRE["candidates"]["bytes"], 0]
 
 
 def test_the_search_finds_material_that_did_leak(recorded: Recorded) -> None:

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 import backend
+from contracts.single_key import REFUSAL_DETAIL_HEADER, REFUSAL_STATUS_HEADER, TRANSIENT_HEADER
 from fhe_client.retry import Waited, backoff, call_with_retries
-from fhe_server.protocol import TRANSIENT_HEADER
 
 SESSION = {"session_id": "a" * 32, "token": "t", "expires_in": 60}
 
@@ -30,13 +30,22 @@ def saved_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
 
 
 class Sequence:
-    """A mock server answering the scripted responses in order, then 204s; logs each request."""
+    """A mock server answering the scripted responses in order, then 204s; logs each request.
 
-    def __init__(self, *answers: httpx.Response) -> None:
+    ``GET /admission`` (asked before every creation) is answered from ``admissions`` (default:
+    204, admitted) and logged apart, in ``asked``.
+    """
+
+    def __init__(self, *answers: httpx.Response, admissions: tuple[httpx.Response, ...] = ()):
         self.answers = list(answers)
+        self.admissions = list(admissions)
         self.requests: list[tuple[str, str]] = []
+        self.asked = 0
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        if (request.method, request.url.path) == ("GET", "/admission"):
+            self.asked += 1
+            return self.admissions.pop(0) if self.admissions else httpx.Response(204)
         self.requests.append((request.method, request.url.path))
         return self.answers.pop(0) if self.answers else httpx.Response(204)
 
@@ -87,6 +96,42 @@ def test_transient_failures_are_repeated_until_the_answer(make_client: Callable)
         server.requests
         == [("POST", "/sessions")] * 3 + [("PUT", f"/sessions/{'a' * 32}/inputs/bank")] * 2
     )
+
+
+def refusal(status: int, retry_after: str, transient: bool = False) -> httpx.Response:
+    """``GET /admission``'s refusal as a replica (or nginx's auth request) words it."""
+    headers = {
+        REFUSAL_STATUS_HEADER: str(status),
+        REFUSAL_DETAIL_HEADER: "the server holds as many sessions as it can",
+        "Retry-After": retry_after,
+    }
+    if transient:
+        headers[TRANSIENT_HEADER] = "1"
+    return httpx.Response(403, json={"detail": "refused"}, headers=headers)
+
+
+def test_a_refused_admission_sends_no_keys(make_client: Callable) -> None:
+    """A refusal announced by GET /admission is raised as the creation's, the keys unsent."""
+    server = Sequence(admissions=(refusal(503, "4"),))
+    client = make_client(server)
+    with pytest.raises(backend.ServerBusyError) as refused:
+        client.generate_keys()
+    assert refused.value.retry_after == 4 and refused.value.status_code == 503
+    assert server.asked == 1 and server.requests == []  # no POST: no 15 MB sent
+    quota = Sequence(admissions=(refusal(429, "60"),))
+    with pytest.raises(backend.ServerError) as limited:
+        make_client(quota).generate_keys()
+    assert limited.value.status_code == 429 and quota.requests == []
+
+
+def test_a_transient_admission_refusal_is_repeated_then_the_keys_go(make_client: Callable) -> None:
+    server = Sequence(
+        httpx.Response(201, json=SESSION), admissions=(refusal(503, "0", transient=True),)
+    )
+    client = make_client(server)
+    client.generate_keys()
+    assert server.asked == 2 and server.requests == [("POST", "/sessions")]
+    assert client.session_id == SESSION["session_id"]
 
 
 def test_a_busy_server_is_not_repeated_by_the_library(make_client: Callable) -> None:

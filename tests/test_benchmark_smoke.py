@@ -112,6 +112,11 @@ def test_quick_benchmark_figures_are_sane(quick_results: tuple[dict, Path]) -> N
     assert results["speedup_vs_naive"] == pytest.approx(
         results["naive_warm_predict_s"] / results["warm_predict_s"], rel=0.01
     )
+    assert results["speedup_vs_naive3"] == pytest.approx(
+        results["naive3_warm_predict_s"] / results["warm_predict_s"], rel=0.01
+    )
+    assert results["naive3_fhe_agreement_real"] == 1.0
+    assert 0 < results["naive3_bootstraps"]
     assert results["upload_ratio"] == pytest.approx(
         results["evaluation_key_bytes"] / results["naive_evaluation_key_bytes"], rel=0.01
     )

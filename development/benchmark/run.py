@@ -16,7 +16,7 @@ from development.benchmark.accuracy import measure_accuracy
 from development.benchmark.dataset import load_dataset
 from development.benchmark.direct_fhe import measure_direct_fhe
 from development.benchmark.http_flows import measure_http
-from development.benchmark.naive import measure_naive
+from development.benchmark.naive import measure_naive, measure_naive_low_bits
 from development.benchmark.options import Options, parse_options
 from development.benchmark.report import Report, write_results
 from development.benchmark.throughput import measure_throughput
@@ -31,6 +31,7 @@ STAGES = (
     "explain",
     "real FHE rows",
     "naive port",
+    "naive port, n_bits 3",
     "server start",
     "HTTP flows",
     "throughput",
@@ -69,6 +70,7 @@ def run(options: Options) -> dict[str, Any]:
         measure_accuracy(report, card, data, simulated_rows=options.simulated_rows)
         measure_direct_fhe(report, options, data, card)
         measure_naive(report, options, data, card, work_dir)
+        measure_naive_low_bits(report, options, data, card, work_dir)
         report.stage("server start")
         server = ServerProcess(
             env={"FHE_STORE_DIR": str(work_dir / "store"), **SERVER_ENV},

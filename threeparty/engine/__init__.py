@@ -61,9 +61,10 @@ and the bank's tag, two levels), rotates seven times, and multiplies by up to tw
 with four towers the evaluated output, decrypted with the flooded partial decryptions, still
 takes a further 2^60 of noise (measured on a full ciphertext of 2,048 predict blocks and on
 explain: it decrypts after four multiplications by 2^15, not after five). Every start checks
-the margin of the deployed parameters (``selftest.MIN_NOISE_MARGIN_BITS``). Against depth 3, every key share and joint key
-is 36 % smaller (6.56 to 4.20 MB), ciphertexts 20 % (1.31 to 1.05 MB), and every step faster; the
-ring dimension stays 16,384, so the smaller modulus is, if anything, more secure."""
+the margin of the deployed parameters (``selftest.MIN_NOISE_MARGIN_BITS``). Against depth 3,
+every key share and joint key is 36 % smaller (6.56 to 4.20 MB), ciphertexts 20 % (1.31 to
+1.05 MB), and every step faster; the ring dimension stays 16,384, so the smaller modulus is, if
+anything, more secure."""
 MULTIPARTY_MODE = "NOISE_FLOODING_MULTIPARTY"
 
 from threeparty.engine.api import (  # noqa: E402

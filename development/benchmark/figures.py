@@ -138,6 +138,9 @@ FIGURES: tuple[Figure, ...] = (
     Figure("naive3_warm_predict_s", "Naive port at n_bits 3: warm FHE predict", "s"),
     Figure("naive3_bootstraps", "Naive port at n_bits 3: bootstraps per prediction"),
     _no_table("naive3_f1", "Naive port at n_bits 3: F1"),
+    _no_table(
+        "naive3_time_per_bootstrap_s", "Naive port at n_bits 3: warm predict / bootstraps", "s"
+    ),
     _no_table("naive3_fhe_agreement_real", "Naive port at n_bits 3: FHE agrees with its clear"),
     _no_table("naive_time_per_bootstrap_s", "Naive port: warm predict / bootstraps", "s"),
     _no_table("naive_n_bits", "Naive port: n_bits (Concrete ML default)"),

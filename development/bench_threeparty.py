@@ -134,14 +134,18 @@ def evaluate_batch(
     """Seconds to evaluate ``rows`` in one ciphertext with the flow's keys; checks the verdicts."""
     split = layout.split_rows(rows)
     joint = flow["joint"]
+    tags = {"applicant": 3, "bank": 11}  # the recipients' tags, as the parties multiply them in
     ciphertexts = {
-        p: engine.encrypt(joint.joint_public_key, layout.encode_party(p, split[p])) for p in PARTIES
+        p: engine.encrypt(
+            joint.joint_public_key, engine.tagged_vectors(layout, p, split[p], tags.get(p, 1))
+        )
+        for p in PARTIES
     }
     start = time.perf_counter()
     output = engine.evaluate(flow["keys"], ciphertexts, len(rows), layout)
     seconds = time.perf_counter() - start
     partials = [engine.partial_decrypt(flow["shares"][p], output, joint.key_tag) for p in PARTIES]
-    verdicts = engine.fuse(partials, len(rows), layout)
+    verdicts = engine.fuse(partials, len(rows), layout, tags["applicant"] * tags["bank"])
     assert verdicts == expected, "the batch's verdicts differ from the clear tree"
     return seconds
 
@@ -385,7 +389,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {blob} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| traffic per party (MB up / down / total) | " + " | ".join(names) + " |",
+        "| engine-level traffic of the protocol without its checks (MB up / down / total; the "
+        "processes stage counts the party programs' real traffic) | " + " | ".join(names) + " |",
         "|---|" + "---:|" * len(names),
     ]
     for party in PARTIES:
@@ -401,9 +406,15 @@ def markdown(results: dict[str, Any]) -> str:
     if "portfolio" in results:
         lines += portfolio_markdown(results["portfolio"])
     lines += ["", "Targets: whole flow <= 6 s; traffic per party <= 70 MB (stretch 30 MB)."]
+    measured = None
+    if "processes" in results:  # the real traffic of the deployed choice (rotation 1)
+        moved = next(iter(results["processes"]["modes"].values()))["traffic"]
+        measured = max(t["up"] + t["down"] for t in moved.values()) / MB
     for n in names:
         flow_s = choices[n]["seconds"]["whole flow (one application)"]
         worst = max(t["up"] + t["down"] for t in choices[n]["traffic"].values()) / MB
+        if measured is not None and n == names[0]:
+            worst = measured
         lines.append(
             f"- {n}: flow {flow_s:.2f} s ({'met' if flow_s <= TARGET_FLOW_S else 'MISSED'}); "
             f"largest party traffic {worst:.1f} MB "

@@ -8,7 +8,7 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import anyio
@@ -118,6 +118,19 @@ class FHEGate:
         Raises:
             ServerBusyError: if the running and waiting jobs already fill the queue.
         """
+        async with self.slot():
+            return await anyio.to_thread.run_sync(func)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the ``max_concurrent`` places while the block runs (waiting if needed).
+
+        For work that is not one thread's function (the three-party server's evaluation runs in a
+        worker process); ``run`` uses it too, so both servers queue and refuse the same way.
+
+        Raises:
+            ServerBusyError: if the running and waiting jobs already fill the queue.
+        """
         if self.admitted >= self.capacity:
             raise ServerBusyError(
                 "the FHE queue is full; retry later", retry_after=self.retry_after()
@@ -125,7 +138,8 @@ class FHEGate:
         self.admitted += 1
         start = time.perf_counter()
         try:
-            return await anyio.to_thread.run_sync(func, limiter=self._limiter)
+            async with self._limiter:
+                yield
         finally:
             self.admitted -= 1
             self._mean_seconds = 0.7 * self._mean_seconds + 0.3 * (time.perf_counter() - start)

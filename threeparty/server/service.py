@@ -17,7 +17,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from fhe_server.runtime import SessionQuota
+from fhe_server.errors import ServerBusyError
+from fhe_server.runtime import FHEGate, SessionQuota
 from threeparty import engine, protocol, transcript
 from threeparty.layout import Layout
 from threeparty.protocol import ErrorCode
@@ -105,7 +106,8 @@ class ThreePartyService:
         )
         # Threads that wait on the workers: one per worker, so no call waits in a thread pool.
         self.workers = anyio.CapacityLimiter(max(1, config.sandbox_workers))
-        self.evaluations_admitted = 0
+        # The single-key server's evaluation gate: the same queue, refusal and Retry-After.
+        self.gate = FHEGate(config.max_concurrent_evaluations, config.max_waiting_evaluations)
         self.uploads = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -319,19 +321,18 @@ class ThreePartyService:
         # The parties of a session all ask; only the first takes a place in the queue, the
         # others wait for its output.
         admitted = not session.evaluating
-        if admitted:
-            capacity = self.config.max_concurrent_evaluations + self.config.max_waiting_evaluations
-            if self.evaluations_admitted >= capacity:
-                raise ServiceError(ErrorCode.busy, "the evaluation queue is full", retry_after=2)
-            self.evaluations_admitted += 1
-            session.evaluating = True
+        session.evaluating = True
         try:
-            async with session.lock:
-                if session.output is None:
-                    await self._evaluate(session)
+            async with self.gate.slot() if admitted else contextlib.nullcontext():
+                async with session.lock:
+                    if session.output is None:
+                        await self._evaluate(session)
+        except ServerBusyError as busy:
+            raise ServiceError(
+                ErrorCode.busy, "the evaluation queue is full", retry_after=busy.retry_after
+            ) from None
         finally:
             if admitted:
-                self.evaluations_admitted -= 1
                 session.evaluating = False
         return session.evaluation_seconds or 0.0
 

@@ -87,7 +87,9 @@ def run_child(blocktime: str, decisions: int, pause: float, perf: bool) -> dict:
             while not ready.exists() and process.poll() is None:
                 time.sleep(0.2)
             data = Path(folder) / "perf.data"
-            seconds = decisions * (pause + 0.4)
+            # Shorter than the child's loop (each decision adds its own time to the pauses):
+            # perf stops on its own then, while the child still runs.
+            seconds = decisions * pause
             subprocess.run(
                 ["perf", "record", "-F", "250", "--call-graph", "dwarf,8192", "-o", str(data),
                  "-p", ready.read_text(), "--", "sleep", f"{seconds:.1f}"],

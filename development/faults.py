@@ -29,6 +29,7 @@ import argparse
 import datetime
 import json
 import multiprocessing
+import os
 import shutil
 import statistics
 import sys
@@ -382,7 +383,8 @@ def flood_process(url: str, keys_path: str, seconds: float, results: Any, mode: 
         thread.start()
     for thread in threads:
         thread.join()
-    results.put(statuses)
+    times = os.times()
+    results.put((statuses, times.user + times.system))  # and the flood's own CPU seconds
 
 
 def decision_times(run: Run, session: tuple[str, dict], seconds: float) -> list[float]:
@@ -447,7 +449,7 @@ def flood(run: Run, seconds: float, mode: str = "raw") -> dict[str, Any]:
     )
     flooder.start()
     during = decision_times(run, warm, seconds)
-    answers = results.get(timeout=seconds + 300)
+    answers, flood_cpu = results.get(timeout=seconds + 300)
     flooder.join()
     refusals, statuses = len(answers), set(answers)
     run.admin.delete("fhe:quota:127.0.0.1")
@@ -461,8 +463,9 @@ def flood(run: Run, seconds: float, mode: str = "raw") -> dict[str, Any]:
         f"{FLOOD_MODES[mode]}",
         f"429 at once ({refusals} refusals, statuses {sorted(statuses)}); a warm user's "
         f"decision median {median_before:.2f} s before, {median_during:.2f} s during "
-        f"(x{median_during / median_before:.2f}); a refusal costs {share:.1%} of the CPU "
-        "of an accepted creation",
+        f"(x{median_during / median_before:.2f}; the flooding process itself used "
+        f"{flood_cpu / seconds:.2f} of the {psutil.cpu_count()} cores); a refusal costs "
+        f"{share:.1%} of the CPU of an accepted creation",
         "nothing",
         "none needed",
         refusals=refusals,
@@ -474,6 +477,7 @@ def flood(run: Run, seconds: float, mode: str = "raw") -> dict[str, Any]:
         cpu_accepted=cost_accepted,
         cpu_refused=cost_refused,
         refused_cpu_share=share,
+        flood_cpu_seconds=flood_cpu,
     )
 
 

@@ -15,9 +15,9 @@ and raw HTTP clients go through nginx:
 - Redis stopped for ``FAULT_SECONDS``, then started again empty;
 - a replica SIGKILLed in the middle of a predict (then started again);
 - a flood of creations that the quota refuses, from 4 threads of another process, while a warm
-  user decides (run first, on idle replicas): once by clients of the library (they ask
-  ``GET /admission`` and upload nothing when refused), once by raw clients that upload the keys
-  every time.
+  user decides (run first, on idle replicas): by clients of the library (they ask
+  ``GET /admission`` and upload nothing when refused), the same at nice 19 (standing for clients
+  on other machines), and by raw clients that upload the keys every time.
 
 Prints the README's "Faults" table and writes ``<out>/faults_results.json`` with the details,
 among them the answers 500 nginx logged (must be 0) and the wrong verdicts (must be 0).
@@ -361,8 +361,14 @@ def flood_process(url: str, keys_path: str, seconds: float, results: Any, mode: 
     """In its own process (as other machines would be): threads asking for creations.
 
     ``mode`` "raw": each thread POSTs the 15.4 MB of keys again and again, whatever it is told;
-    "library": each thread creates sessions with the client library, which asks first.
+    "library": each thread creates sessions with the client library, which asks first;
+    "library-nice": the same at the lowest CPU priority (nice 19), standing for clients on other
+    machines: on this machine's two cores it then takes CPU only when the cluster and the warm
+    user leave some, so what remains of the slowdown is the cluster's own cost of refusing.
     """
+    if mode.endswith("-nice"):
+        os.nice(19)
+        mode = mode.removesuffix("-nice")
     evaluation_keys = Path(keys_path).read_bytes()
     statuses: list[int] = []
     deadline = time.monotonic() + seconds
@@ -403,6 +409,7 @@ def decision_times(run: Run, session: tuple[str, dict], seconds: float) -> list[
 FLOOD_MODES = {
     "raw": "raw HTTP clients that upload the 15.4 MB keys every time",
     "library": "clients of the library, which ask GET /admission first",
+    "library-nice": "clients of the library at nice 19 (standing for other machines)",
 }
 
 
@@ -412,7 +419,7 @@ def flood(run: Run, seconds: float, mode: str = "raw") -> dict[str, Any]:
     Args:
         run: the running cluster.
         seconds: how long the flood (and the measurement before it) lasts.
-        mode: "raw" or "library" (``FLOOD_MODES``).
+        mode: "raw", "library" or "library-nice" (``FLOOD_MODES``).
     """
     headers = {"Content-Type": OCTET_STREAM}
     http = httpx.Client(base_url=run.cluster.url, timeout=TIMEOUT)
@@ -422,7 +429,7 @@ def flood(run: Run, seconds: float, mode: str = "raw") -> dict[str, Any]:
         created.append(open_session(http, run.keys))
 
     def refused() -> None:
-        if mode == "library":
+        if mode.startswith("library"):
             status = library_creation(run.cluster.url, run.keys.evaluation_keys)
         else:
             response = http.post("/sessions", content=run.keys.evaluation_keys, headers=headers)
@@ -505,6 +512,7 @@ def run_all(flood_seconds: float, workdir: Path) -> dict[str, Any]:
         rows = [
             # First: on idle replicas, before any was restarted.
             flood(run, flood_seconds, "library"),
+            flood(run, flood_seconds, "library-nice"),
             flood(run, flood_seconds, "raw"),
             full_redis(run),
             redis_fault(

@@ -14,6 +14,13 @@ API_VERSION = "1"
 CANDIDATES = "candidates"
 """Name of explain's third input (the encrypted candidate credit-bureau rows)."""
 
+BATCH_ROWS = 16
+"""Applications decided by one call of the module's ``predict_batch`` (a portfolio's unit): the
+bootstrap key's per-call preparation and the call's overhead are paid once for all of them, and
+the bootstraps of 16 rows keep both cores busy. A shorter last batch is padded by the client."""
+BATCH_INPUT_PREFIX = "batch_"
+"""``batch_<party>`` names each party's (BATCH_ROWS x fields) input of ``predict_batch``."""
+
 # ---------------------------------------------------------------------------------------------
 # Paths (format the templates with session_id= and party=)
 # ---------------------------------------------------------------------------------------------
@@ -27,6 +34,9 @@ INPUT_PATH = SESSION_PATH + "/inputs/{party}"
 PREDICT_PATH = SESSION_PATH + "/predict"
 OUTPUT_PATH = SESSION_PATH + "/output"
 EXPLAIN_PATH = SESSION_PATH + "/explain"
+BATCH_PATH = SESSION_PATH + "/batch"
+"""POST the three parties' batch ciphertexts, one after the other in party order (each of the
+model's fixed length); the answer is the encrypted verdicts of the BATCH_ROWS applications."""
 
 # ---------------------------------------------------------------------------------------------
 # Headers of this mode (the shared ones are in contracts.wire)

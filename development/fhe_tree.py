@@ -277,7 +277,10 @@ class QuantizedTree:
 
     # -- FHE -------------------------------------------------------------------------------
     def module(self) -> Any:
-        """Return the (uncompiled) concrete-python module with ``predict`` and ``explain``.
+        """Return the (uncompiled) concrete-python module: predict, predict_batch and explain.
+
+        ``predict_batch`` is ``predict`` on a matrix of rows (one application per row, each
+        party's fields in its own input), for a portfolio: one call for many applications.
 
         ``explain`` scores every candidate credit-bureau row against the same applicant and bank
         rows: the bootstrapped comparisons on the applicant's and bank's inputs are computed
@@ -316,6 +319,17 @@ class QuantizedTree:
                     score = score + ((x @ select) <= thresholds) @ paths
                 hits = score == targets
                 return np.sum(hits) if leaf_class == 1 else 1 - np.sum(hits)
+
+            @fhe.function(
+                {"applicant": "encrypted", "bank": "encrypted", "credit_bureau": "encrypted"}
+            )
+            def predict_batch(applicant, bank, credit_bureau):  # noqa: N805
+                x = np.concatenate((applicant, bank, credit_bureau), axis=1)
+                score = x @ linear + bias
+                if has_any:
+                    score = score + ((x @ select) <= thresholds) @ paths
+                matched = np.sum(score == targets, axis=1)
+                return matched if leaf_class == 1 else 1 - matched
 
             @fhe.function(
                 {"applicant": "encrypted", "bank": "encrypted", "candidates": "encrypted"}

@@ -2,7 +2,8 @@
 
 It generates the FHE keys locally, uploads only the evaluation keys, encrypts and sends each
 party's inputs separately, triggers the FHE run, fetches and decrypts the verdict and runs the
-explain step. Every path it reads is an argument (the client specs, the preprocessing, the key
+explain step; ``decide_batch`` decides up to 16 applications in one call (a portfolio's step).
+Every path it reads is an argument (the client specs, the preprocessing, the key
 folder): it reads no setting and no environment variable; ``backend`` passes the repository's.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
@@ -22,6 +23,8 @@ from concrete import fhe
 
 from contracts.parties import PARTIES
 from contracts.single_key import (
+    BATCH_PATH,
+    BATCH_ROWS,
     EXECUTION_TIME_HEADER,
     EXPLAIN_PATH,
     INPUT_PATH,
@@ -378,6 +381,64 @@ class CreditScoringClient:
                     return bins[index]
             return None
 
+    def decide_batch(self, applications: Sequence[Mapping[str, Mapping[str, Any]]]) -> list[bool]:
+        """Decide up to ``BATCH_ROWS`` applications in one server call (a portfolio's step).
+
+        Each party's rows are preprocessed and encrypted here with this client's key; the
+        server runs the tree on all of them at once (the module's ``predict_batch``) and only
+        this client decrypts the verdicts. A shorter list is padded with copies of its first
+        application, whose verdicts are dropped. The session's one-application state (inputs
+        sent, verdict) is not touched.
+
+        Args:
+            applications: 1 to ``BATCH_ROWS`` applications, each {party: fields} with the
+                fields the ``send_*`` methods take.
+
+        Returns:
+            Each application's verdict (True: approved), in order.
+
+        Raises:
+            ValueError: if there are no applications or more than ``BATCH_ROWS``.
+            InvalidFieldError: before anything is encrypted, if a field is missing or invalid.
+            StepOrderError: if generate_keys has not succeeded.
+            ServerError: (a subclass) if the server refuses or fails.
+        """
+        if not 1 <= len(applications) <= BATCH_ROWS:
+            raise ValueError(
+                f"a batch holds 1 to {BATCH_ROWS} applications, not {len(applications)}"
+            )
+        with self._lock:
+            rows = [
+                np.stack([self._preprocessor(p).transform(dict(a[p])) for a in applications])
+                for p in PARTIES
+            ]
+            session_id = self._require_session()
+            padding = BATCH_ROWS - len(applications)
+            rows = [np.concatenate([r, np.repeat(r[:1], padding, axis=0)]) for r in rows]
+            encrypted = self._fhe_client().encrypt(*rows, function_name="predict_batch")
+            response = self._request(
+                "POST",
+                BATCH_PATH.format(session_id=session_id),
+                content=b"".join(value.serialize() for value in encrypted),
+                expected=(200,),
+            )
+            data = response.content
+            verdicts = np.asarray(self._decrypt(data, function_name="predict_batch")).reshape(-1)
+            if verdicts.shape != (BATCH_ROWS,) or not set(verdicts.tolist()) <= {0, 1}:
+                raise ServerError(
+                    f"the encrypted batch output did not decrypt to {BATCH_ROWS} 0/1 verdicts",
+                    code="bad_response",
+                )
+            self._batch_fhe_execution_time = parse_seconds(
+                response.headers.get(EXECUTION_TIME_HEADER)
+            )
+            return [bool(v) for v in verdicts[: len(applications)]]
+
+    @property
+    def batch_fhe_execution_time(self) -> float | None:
+        """The server's FHE time of the last ``decide_batch`` (None before one)."""
+        return self._batch_fhe_execution_time
+
     def close(self) -> None:
         """Delete the server session (best effort) and the local keys; never raises.
 
@@ -407,6 +468,7 @@ class CreditScoringClient:
         self._verdict: bool | None = None
         self._encrypted_explain_output: bytes | None = None
         self._explain_fhe_execution_time: float | None = None
+        self._batch_fhe_execution_time: float | None = None
 
     def _send(self, party: str, fields: dict[str, Any]) -> None:
         """Check, quantize, encrypt and upload one party's fields."""

@@ -1,23 +1,26 @@
 """A bank's portfolio in single-key mode: every application of a CSV scored, CSV to CSV.
 
 One key set is generated (or taken back from the key folder of an interrupted run) and used by
-one server session (``--sessions N``: N sessions sharing it), scoring one application at a time
-exactly like ``backend.CreditScoringClient`` does for one: each party's fields are encrypted and
-uploaded separately, the server runs the tree, only this process (the key holder) decrypts, so
-each application keeps the privacy of a single one. The session's keys are prepared once and
-stay warm for the whole portfolio. With two sessions the client's encryption, uploads and
-decryption of one application overlap the server's FHE run of another, so the server's FHE slot
-never waits for the client; but each session's first decision prepares its own copy of the keys
-on the server (0.8 to 2.3 s on a busy 2-core machine), so this only pays on a server with a free
-core and a long portfolio (see the README, "A bank's portfolio"). Keep N at most the server's
-``FHE_KEY_CACHE_SIZE`` (2 by default), or the sessions evict each other's prepared keys.
+one server session (``--sessions N``: N sessions sharing it). Applications are decided 16 at a
+time (``contracts.single_key.BATCH_ROWS``) by one call of the module's ``predict_batch``: each
+party's rows are encrypted here, the server runs the tree on all of them in one FHE run (the
+bootstrap key's per-call preparation and the call's overhead paid once, the bootstraps of 16
+rows spread over both cores) and only this process (the key holder) decrypts, so each
+application keeps the privacy of a single one. With ``explain``, each refused application is
+then sent on its own and explained exactly like one application (``score_application``). The
+session's keys are prepared once and stay warm for the whole portfolio. With two sessions the
+client's encryption and decryption of one batch overlap the server's run of another, but each
+session's first call prepares its own copy of the keys on the server, so this only pays on a
+server with a free core and a long portfolio (see the README, "A bank's portfolio"). Keep N at
+most the server's ``FHE_KEY_CACHE_SIZE`` (2 by default), or the sessions evict each other's
+prepared keys.
 
-Each verdict is appended to the output CSV as soon as it is decrypted (``portfolio_csv``); a
-rerun with the same ``--out`` scores only the applications not there yet, with the keys left in
-the key folder. Once every application is written, the file is put in application order and the
-keys are deleted. The command is ``credit_portfolio`` (``python -m credit_portfolio``, installed
-as ``credit-portfolio``): it reads the settings and passes the server, the key folder and the
-deployment files in; this module reads none.
+Each batch's verdicts are appended to the output CSV as soon as they are decrypted
+(``portfolio_csv``); a rerun with the same ``--out`` scores only the applications not there yet,
+with the keys left in the key folder. Once every application is written, the file is put in
+application order and the keys are deleted. The command is ``credit_portfolio`` (``python -m
+credit_portfolio``, installed as ``credit-portfolio``): it reads the settings and passes the
+server, the key folder and the deployment files in; this module reads none.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ from pathlib import Path
 
 from concrete import fhe
 
+from contracts.single_key import BATCH_ROWS
 from fhe_client.client import CreditScoringClient
+from fhe_client.errors import ServerError
 from fhe_client.explanation import explain_application
 from fhe_client.keys import KEYS_FILE_NAME, generate_key_file, load_client_specs
 from fhe_client.portfolio_csv import (
@@ -50,7 +55,7 @@ DEFAULT_SESSIONS = 1
 NEW_KEYS_DIR = ".new"
 SESSION_DIR_PREFIX = "session-"
 Progress = Callable[[int, int], None]
-"""Called with (applications written, applications in the CSV) after each verdict."""
+"""Called with (applications written, applications in the CSV) after each batch."""
 
 
 @dataclass(frozen=True)
@@ -166,21 +171,51 @@ def score_application(
     return Verdict(index, approved, explanation.outcome, years or "")
 
 
+def score_batch(
+    client: CreditScoringClient, batch: Sequence[tuple[int, Application]], explain: bool
+) -> list[Verdict]:
+    """Decide up to ``BATCH_ROWS`` applications in one FHE run (and explain the refusals).
+
+    The verdicts come from one ``predict_batch`` call; a refused application to be explained is
+    then sent on its own (its three inputs, predict, explain), as ``score_application`` does,
+    and that run's verdict must agree with the batch's.
+
+    Raises:
+        ClientError: (a subclass) if the server refuses or fails.
+    """
+    approved = retry_while_busy(lambda: client.decide_batch([a for _, a in batch]))
+    verdicts = []
+    for (index, application), verdict in zip(batch, approved, strict=True):
+        if not explain:
+            verdicts.append(Verdict(index, verdict))
+        elif verdict:
+            verdicts.append(Verdict(index, True, "already_approved"))
+        else:
+            alone = score_application(client, index, application, explain=True)
+            if alone.approved:
+                raise ServerError(
+                    f"application {index}: the batch and the single run disagree",
+                    code="bad_response",
+                )
+            verdicts.append(alone)
+    return verdicts
+
+
 def _work(
     client: CreditScoringClient,
-    jobs: queue.SimpleQueue[tuple[int, Application]],
-    results: queue.SimpleQueue[Verdict | BaseException],
+    jobs: queue.SimpleQueue[list[tuple[int, Application]]],
+    results: queue.SimpleQueue[list[Verdict] | BaseException],
     stop: threading.Event,
     explain: bool,
 ) -> None:
-    """One session's thread: score applications from ``jobs`` until none is left or stopped."""
+    """One session's thread: score batches from ``jobs`` until none is left or stopped."""
     while not stop.is_set():
         try:
-            index, application = jobs.get_nowait()
+            batch = jobs.get_nowait()
         except queue.Empty:
             return
         try:
-            results.put(score_application(client, index, application, explain))
+            results.put(score_batch(client, batch, explain))
         except BaseException as error:  # handed to the main thread, which raises it
             results.put(error)
             return
@@ -213,7 +248,7 @@ def score_portfolio(
         explain: also explain each refusal (one more FHE run per refused application).
         sessions: server sessions scoring at once (each one application at a time).
         limit: score at most this many applications in this call.
-        on_progress: called after each verdict written.
+        on_progress: called after each batch's verdicts are written.
 
     Returns:
         What was done.
@@ -271,17 +306,18 @@ def _score(
     sessions: int,
     on_progress: Progress | None,
 ) -> None:
-    """Open the sessions, run their threads and write each verdict as it comes."""
-    jobs: queue.SimpleQueue[tuple[int, Application]] = queue.SimpleQueue()
-    for index in todo:
-        jobs.put((index, applications[index]))
-    results: queue.SimpleQueue[Verdict | BaseException] = queue.SimpleQueue()
+    """Open the sessions, run their threads and write each batch's verdicts as they come."""
+    jobs: queue.SimpleQueue[list[tuple[int, Application]]] = queue.SimpleQueue()
+    batches = [todo[i : i + BATCH_ROWS] for i in range(0, len(todo), BATCH_ROWS)]
+    for batch in batches:
+        jobs.put([(index, applications[index]) for index in batch])
+    results: queue.SimpleQueue[list[Verdict] | BaseException] = queue.SimpleQueue()
     stop = threading.Event()
     clients: list[CreditScoringClient] = []
     threads: list[threading.Thread] = []
     failure: BaseException | None = None
     try:
-        for number in range(max(1, min(sessions, len(todo)))):
+        for number in range(max(1, min(sessions, len(batches)))):
             client = new_client(number)
             clients.append(client)
             retry_while_busy(client.generate_keys)
@@ -291,7 +327,7 @@ def _score(
             )
             thread.start()
             threads.append(thread)
-        failure = _collect(results, len(todo), output, done, len(applications), on_progress)
+        failure = _collect(results, len(batches), output, done, len(applications), on_progress)
     finally:
         stop.set()
         for thread in threads:
@@ -305,7 +341,7 @@ def _score(
 
 
 def _collect(
-    results: queue.SimpleQueue[Verdict | BaseException],
+    results: queue.SimpleQueue[list[Verdict] | BaseException],
     expected: int,
     output: VerdictsFile,
     done: dict[int, Verdict],
@@ -322,15 +358,16 @@ def _collect(
                 continue
         if isinstance(item, BaseException):
             return item
-        output.append(item)
-        done[item.application] = item
+        for verdict in item:
+            output.append(verdict)
+            done[verdict.application] = verdict
         if on_progress is not None:
             on_progress(len(done), total)
     return None
 
 
 def _drain(
-    results: queue.SimpleQueue[Verdict | BaseException],
+    results: queue.SimpleQueue[list[Verdict] | BaseException],
     output: VerdictsFile,
     done: dict[int, Verdict],
 ) -> BaseException | None:
@@ -340,7 +377,8 @@ def _drain(
         item = results.get()
         if isinstance(item, BaseException):
             failure = failure or item
-        else:
-            output.append(item)
-            done[item.application] = item
+            continue
+        for verdict in item:
+            output.append(verdict)
+            done[verdict.application] = verdict
     return failure

@@ -42,6 +42,8 @@ from contracts.parties import Party
 from contracts.single_key import (
     ADMISSION_PATH,
     API_VERSION,
+    BATCH_PATH,
+    BATCH_ROWS,
     CANDIDATES,
     ERRORS,
     EXECUTION_TIME_HEADER,
@@ -350,6 +352,47 @@ async def explain(
         what="the candidates ciphertext",
     )
     output, elapsed = await service.explain(session_id, data)
+    return Response(
+        content=output,
+        media_type=OCTET_STREAM,
+        headers={EXECUTION_TIME_HEADER: f"{elapsed:.6f}"},
+    )
+
+
+@router.post(
+    BATCH_PATH,
+    response_class=Response,
+    summary="Decide a batch of applications (a portfolio)",
+    responses={
+        200: {
+            **BINARY_RESPONSE,
+            "description": f"The encrypted verdicts of the {BATCH_ROWS} applications.",
+            "headers": {
+                EXECUTION_TIME_HEADER: {
+                    "description": "Seconds spent in FHE.",
+                    "schema": {"type": "number"},
+                }
+            },
+        },
+        **_errors(401, 404, 413, 415, 422, 503),
+    },
+    openapi_extra=_binary_body(
+        f"The three parties' ciphertexts of {BATCH_ROWS} applications, one after the other: "
+        '`b"".join(v.serialize() for v in client.encrypt(applicant_rows, bank_rows, '
+        'credit_bureau_rows, function_name="predict_batch"))`.'
+    ),
+)
+async def predict_batch(
+    request: Request, session_id: SessionDep, service: ServiceDep, config: SettingsDep
+) -> Response:
+    """Run the tree on many applications in one call; the session's inputs are not touched."""
+    data = await read_body(
+        request,
+        limit=max(config.max_ciphertext_bytes, service.batch_bytes),
+        expected=service.batch_bytes,
+        what="the batch ciphertexts",
+    )
+    output, elapsed = await service.predict_batch(session_id, data)
     return Response(
         content=output,
         media_type=OCTET_STREAM,

@@ -15,7 +15,7 @@ from concrete import fhe
 
 import settings
 from contracts.parties import PARTIES
-from contracts.single_key import CANDIDATES
+from contracts.single_key import BATCH_INPUT_PREFIX, CANDIDATES
 from fhe_server.concrete_runtime import start_concrete_runtime
 from fhe_server.errors import InvalidPayloadError
 
@@ -109,6 +109,7 @@ class FHEModel:
             built = card["versions"]
             wire = card["wire_format"]
             needed = {"evaluation_keys", CANDIDATES, *PARTIES}
+            needed |= {BATCH_INPUT_PREFIX + party for party in PARTIES}
             if not isinstance(built, dict) or not needed <= set(wire):
                 raise KeyError(f"wire_format needs {sorted(needed)}")
             for spec in wire.values():

@@ -10,8 +10,8 @@ import anyio
 import anyio.to_thread
 
 from contracts.parties import PARTIES, Party
-from contracts.single_key import CANDIDATES
-from fhe_server.errors import SessionNotFoundError
+from contracts.single_key import BATCH_INPUT_PREFIX, BATCH_ROWS, CANDIDATES
+from fhe_server.errors import InvalidPayloadError, SessionNotFoundError
 from fhe_server.model import FHEModel
 from fhe_server.runtime import FHEGate, KeyCache, SessionQuota
 from fhe_server.stores import FileSessionStore, SessionStore, short_id
@@ -141,6 +141,47 @@ class ScoringService:
 
         output, elapsed = await self.gate.run(job)
         logger.info("session %s: explain ran in %.3f s", short_id(session_id), elapsed)
+        return output, elapsed
+
+    @property
+    def batch_inputs(self) -> list[str]:
+        """The names of ``predict_batch``'s inputs, in the order of a batch request's body."""
+        return [BATCH_INPUT_PREFIX + party for party in PARTIES]
+
+    @property
+    def batch_bytes(self) -> int:
+        """The exact length of a batch request's body (the three batch ciphertexts)."""
+        return sum(self.model.wire[name].length for name in self.batch_inputs)
+
+    async def predict_batch(self, session_id: str, body: bytes) -> tuple[bytes, float]:
+        """Decide a batch of applications at once; nothing is stored in the session.
+
+        Args:
+            session_id: an authenticated session (its evaluation keys are used).
+            body: the three parties' batch ciphertexts, one after the other in party order.
+
+        Returns:
+            The serialized encrypted verdicts and the FHE time.
+
+        Raises:
+            InvalidPayloadError: if a ciphertext is not a batch input of this model.
+        """
+        if len(body) != self.batch_bytes:
+            raise InvalidPayloadError(
+                f"the batch ciphertexts must be exactly {self.batch_bytes} bytes for this model "
+                f"(the three parties' {BATCH_ROWS}-row inputs one after the other), got {len(body)}"
+            )
+        values, start = [], 0
+        for name in self.batch_inputs:
+            length = self.model.wire[name].length
+            values.append(await self._io(self.model.value, name, body[start : start + length]))
+            start += length
+
+        def job() -> tuple[bytes, float]:
+            return self.model.run("predict_batch", values, self._prepared_keys(session_id))
+
+        output, elapsed = await self.gate.run(job)
+        logger.info("session %s: predict_batch ran in %.3f s", short_id(session_id), elapsed)
         return output, elapsed
 
     async def delete(self, session_id: str) -> None:

@@ -38,6 +38,7 @@ FEATURES_PER_PARTY = (2, 1, 1)
 N_ROWS = 600
 SIMULATED_ROWS = 10
 EXPLAIN_CANDIDATES = 3
+BATCH = 4  # rows per predict_batch call
 
 
 @dataclass
@@ -153,7 +154,7 @@ def build_case(encoding: str, leaf_class: int, labels: str = "rule") -> Case:
 
 
 def _split(tree: QuantizedTree, row: np.ndarray) -> list[np.ndarray]:
-    return [row[slice(*tree.party_slices[p])] for p in PARTIES]
+    return [row[..., slice(*tree.party_slices[p])] for p in PARTIES]
 
 
 def _compile(tree: QuantizedTree, rows: np.ndarray) -> Any:
@@ -164,7 +165,12 @@ def _compile(tree: QuantizedTree, rows: np.ndarray) -> Any:
         a, b, _ = _split(tree, row)
         picks = [rows[(i + k) % len(rows)] for k in range(EXPLAIN_CANDIDATES)]
         explain_set.append((a, b, np.stack([_split(tree, r)[2] for r in picks])))
-    return tree.module().compile({"predict": predict_set, "explain": explain_set})
+    batch_set = [
+        tuple(_split(tree, rows[[(i + k) % len(rows) for k in range(BATCH)]]))
+        for i in range(len(rows))
+    ]
+    inputsets = {"predict": predict_set, "predict_batch": batch_set, "explain": explain_set}
+    return tree.module().compile(inputsets)
 
 
 def _simulation_rows(case: Case) -> np.ndarray:
@@ -190,6 +196,10 @@ def _check_simulation(case: Case) -> None:
         verdicts = np.asarray(module.explain.simulate(a, b, candidates)).reshape(-1)
         joined = np.stack([np.concatenate([rows[i][:c0], c]) for c in candidates])
         assert verdicts.tolist() == tree.predict_clear(joined).tolist()
+    for i in range(0, len(rows), BATCH):
+        batch = rows[[(i + k) % len(rows) for k in range(BATCH)]]
+        verdicts = np.asarray(module.predict_batch.simulate(*_split(tree, batch))).reshape(-1)
+        assert verdicts.tolist() == tree.predict_clear(batch).tolist()
 
 
 ENCODINGS = ("quantized", "binary", "onehot")

@@ -44,6 +44,7 @@ OPERATIONS = [
     ("POST", "/sessions/{session_id}/predict"),
     ("GET", "/sessions/{session_id}/output"),
     ("POST", "/sessions/{session_id}/explain"),
+    ("POST", "/sessions/{session_id}/batch"),
     ("DELETE", "/sessions/{session_id}"),
 ]
 

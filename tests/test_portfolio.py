@@ -1,11 +1,11 @@
 """A bank's portfolio in single-key mode: the command end to end, CSV to CSV, against a real server.
 
-``python -m fhe_client.portfolio`` runs as a subprocess against ``uvicorn server:app`` with real
-FHE. Every verdict (and each refusal's explanation) must be the clear tree's on the same row
-(development/reference.py). The portfolio is scored in three runs: a first stopped by --limit, a
-second interrupted by SIGTERM once it has written a verdict, a third that finishes (the last two
-with two sessions sharing the key set); no application may be scored twice, and the final file
-holds each one once, in order.
+``python -m credit_portfolio`` runs as a subprocess against ``uvicorn server:app`` with real FHE.
+Every verdict (and each refusal's explanation) must be the clear tree's on the same row
+(development/reference.py). The portfolio (40 applications: batches of 16, 16 and 8, the last
+one padded) is scored in three runs: a first stopped by --limit, a second interrupted by SIGTERM
+once it has written a batch, a third that finishes (the last two with two sessions sharing the
+key set); no application may be scored twice, and the final file holds each one once, in order.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from development.reference import clear_explain, clear_verdict
 from fhe_client.portfolio_csv import OUTPUT_COLUMNS, Verdict, VerdictsFile
 from fhe_server.launcher import REPO_DIR
 
-APPLICATIONS = 8
+APPLICATIONS = 40
 DATA = REPO_DIR / "data" / "applications.csv"
 
 

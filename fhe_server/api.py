@@ -133,6 +133,30 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorDetail, "description": ERRORS[code].meaning} for code in codes}
 
 
+def _timed_binary(description: str, *codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI responses of a route answering ciphertext bytes and its FHE time."""
+    ok = {
+        **BINARY_RESPONSE,
+        "description": description,
+        "headers": {
+            EXECUTION_TIME_HEADER: {
+                "description": "Seconds spent in FHE.",
+                "schema": {"type": "number"},
+            }
+        },
+    }
+    return {200: ok, **_errors(401, 404, *codes, 413, 415, 422, 503)}
+
+
+def _timed_answer(output: bytes, elapsed: float) -> Response:
+    """Ciphertext bytes with the FHE time in ``EXECUTION_TIME_HEADER``."""
+    return Response(
+        content=output,
+        media_type=OCTET_STREAM,
+        headers={EXECUTION_TIME_HEADER: f"{elapsed:.6f}"},
+    )
+
+
 def _binary_body(description: str) -> dict[str, Any]:
     return {
         "requestBody": {
@@ -323,19 +347,7 @@ async def get_output(session_id: SessionDep, service: ServiceDep) -> Response:
     EXPLAIN_PATH,
     response_class=Response,
     summary="Score candidate credit-bureau rows",
-    responses={
-        200: {
-            **BINARY_RESPONSE,
-            "description": "The encrypted verdict of every candidate row.",
-            "headers": {
-                EXECUTION_TIME_HEADER: {
-                    "description": "Seconds spent in FHE.",
-                    "schema": {"type": "number"},
-                }
-            },
-        },
-        **_errors(401, 404, 409, 413, 415, 422, 503),
-    },
+    responses=_timed_binary("The encrypted verdict of every candidate row.", 409),
     openapi_extra=_binary_body(
         "Ciphertext of the candidate credit-bureau rows, "
         '`client.encrypt(None, None, rows, function_name="explain")[2].serialize()`.'
@@ -352,30 +364,14 @@ async def explain(
         what="the candidates ciphertext",
     )
     output, elapsed = await service.explain(session_id, data)
-    return Response(
-        content=output,
-        media_type=OCTET_STREAM,
-        headers={EXECUTION_TIME_HEADER: f"{elapsed:.6f}"},
-    )
+    return _timed_answer(output, elapsed)
 
 
 @router.post(
     BATCH_PATH,
     response_class=Response,
     summary="Decide a batch of applications (a portfolio)",
-    responses={
-        200: {
-            **BINARY_RESPONSE,
-            "description": f"The encrypted verdicts of the {BATCH_ROWS} applications.",
-            "headers": {
-                EXECUTION_TIME_HEADER: {
-                    "description": "Seconds spent in FHE.",
-                    "schema": {"type": "number"},
-                }
-            },
-        },
-        **_errors(401, 404, 413, 415, 422, 503),
-    },
+    responses=_timed_binary(f"The encrypted verdicts of the {BATCH_ROWS} applications."),
     openapi_extra=_binary_body(
         f"The three parties' ciphertexts of {BATCH_ROWS} applications, one after the other: "
         '`b"".join(v.serialize() for v in client.encrypt(applicant_rows, bank_rows, '
@@ -393,11 +389,7 @@ async def predict_batch(
         what="the batch ciphertexts",
     )
     output, elapsed = await service.predict_batch(session_id, data)
-    return Response(
-        content=output,
-        media_type=OCTET_STREAM,
-        headers={EXECUTION_TIME_HEADER: f"{elapsed:.6f}"},
-    )
+    return _timed_answer(output, elapsed)
 
 
 @router.delete(

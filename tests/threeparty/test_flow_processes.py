@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from fhe_server.launcher import REPO_DIR
-from tests.helpers_server import running_server
+from tests.support.servers import running_server
 from threeparty import party, processes, protocol
 from threeparty.layout import load_layout
 

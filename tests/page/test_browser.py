@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_backend import PROFILES
 
 import app
 import settings
@@ -34,6 +33,7 @@ from development.page_script import RunningApp
 from development.page_script import running_app as start_app
 from development.reference import clear_explain, clear_verdict
 from page.strings import display_name, tr
+from tests.client.test_backend import PROFILES
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

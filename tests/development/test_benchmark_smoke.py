@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_DIR = Path(__file__).resolve().parent.parent
+from fhe_server.launcher import REPO_DIR
+
 TIMEOUT_SECONDS = 900
 
 REQUIRED_KEYS = {

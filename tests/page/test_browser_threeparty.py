@@ -16,8 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port
-from test_browser import (  # noqa: F401  (fixtures)
+
+import app
+import settings
+from development.reference import clear_verdict
+from fhe_server.launcher import free_port
+from page import threeparty_runs
+from page.strings import display_name, explanation_text
+from tests.page.test_browser import (  # noqa: F401  (fixtures)
     CJK,
     PROFILE,
     PageDriver,
@@ -27,12 +33,6 @@ from test_browser import (  # noqa: F401  (fixtures)
     opened_page,
     running_app,
 )
-
-import app
-import settings
-from development.reference import clear_verdict
-from page import threeparty_runs
-from page.strings import display_name, explanation_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

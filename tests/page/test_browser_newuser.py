@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import test_browser as browser
-from conftest import free_port
-from test_browser import chromium  # noqa: F401  (the fixture)
 
 import settings
 from development.page_script import RunningApp
 from development.page_script import running_app as start_app
 from development.reference import clear_explain, clear_verdict
+from fhe_server.launcher import free_port
 from page import strings, threeparty_runs
 from page.strings import display_name, explanation_text, tr
+from tests.page import test_browser as browser
+from tests.page.test_browser import chromium  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

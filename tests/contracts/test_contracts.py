@@ -17,9 +17,8 @@ import pytest
 from contracts import parties, single_key, threeparty
 from fhe_client import errors
 from fhe_server import protocol as single_key_protocol
+from fhe_server.launcher import REPO_DIR
 from threeparty import protocol as threeparty_protocol
-
-REPO_DIR = Path(__file__).resolve().parent.parent
 
 
 def _imports(path: Path) -> set[str]:

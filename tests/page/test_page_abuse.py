@@ -1,5 +1,5 @@
 """The page as an attacker's script sees it: a real ``python app.py`` (and its FHE server) on
-loopback, called over raw HTTP the way the browser calls it (tests/helpers_page.py).
+loopback, called over raw HTTP the way the browser calls it (development/page_script.py).
 
 Each attack of issue 10 is repeated and must be refused or harmless: a flood of scripted key
 generations (the session cap and the per-client rate limit refuse most of them, the page's memory

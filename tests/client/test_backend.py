@@ -13,12 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers_server import ScriptedServer, running_server
 
 import backend
 import settings
 from development.instrumentation import RecordingTransport
 from development.reference import clear_explain, clear_verdict
+from tests.support.servers import ScriptedServer, running_server
 
 pytestmark = pytest.mark.slow
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers_fhe import OCTET, Kit
 
 from fhe_server.api import create_app
 from fhe_server.protocol import REFUSAL_DETAIL_HEADER, REFUSAL_STATUS_HEADER
 from settings import ServerSettings
+from tests.support.kit import OCTET, Kit
 
 
 @pytest.fixture(scope="module")

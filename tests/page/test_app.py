@@ -18,7 +18,6 @@ from typing import Any
 import gradio as gr
 import httpx
 import pytest
-from helpers_server import ScriptedServer
 
 import app
 import backend
@@ -26,6 +25,7 @@ import page.runtime
 import settings
 from page import strings
 from page.limits import Admissions, LimitExceeded, RateLimiter
+from tests.support.servers import ScriptedServer
 
 PAGE_DIR = Path(app.__file__).with_name("page")
 # The page's code: app.py composes the sections; the runtime and the sections hold the handlers.

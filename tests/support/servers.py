@@ -2,7 +2,7 @@
 
 Usage::
 
-    from helpers_server import running_server
+    from tests.support.servers import running_server
 
     with running_server(store_dir=tmp_path / "store", env={"FHE_MAX_WAITING_FHE": "0"}) as url:
         httpx.get(f"{url}/health")

@@ -27,7 +27,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers_cluster import (
+
+import settings
+from backend import CreditScoringClient
+from backend import SessionNotFoundError as ClientSessionNotFoundError
+from development.reference import clear_explain, clear_verdict
+from fhe_server.cluster import MAX_BODY_BYTES, REPO_DIR, Cluster, free_port
+from fhe_server.errors import (
+    ServerBusyError,
+    SessionNotFoundError,
+    StepOutOfOrderError,
+    TooManySessionsError,
+)
+from fhe_server.protocol import bearer
+from fhe_server.redis_store import RedisSessionStore, blob_key, meta_key
+from tests.support.cluster import (
     TIMEOUT,
     cached_keys,
     health,
@@ -36,7 +50,7 @@ from helpers_cluster import (
     routed_to,
     wait_until,
 )
-from helpers_fhe import (
+from tests.support.kit import (
     CANDIDATE_ROWS,
     OCTET,
     Kit,
@@ -46,20 +60,6 @@ from helpers_fhe import (
     upload,
     varied_profiles,
 )
-
-import settings
-from backend import CreditScoringClient
-from backend import SessionNotFoundError as ClientSessionNotFoundError
-from development.reference import clear_explain, clear_verdict
-from fhe_server.cluster import MAX_BODY_BYTES, Cluster, free_port
-from fhe_server.errors import (
-    ServerBusyError,
-    SessionNotFoundError,
-    StepOutOfOrderError,
-    TooManySessionsError,
-)
-from fhe_server.protocol import bearer
-from fhe_server.redis_store import RedisSessionStore, blob_key, meta_key
 
 require_cluster_binaries()
 
@@ -485,7 +485,7 @@ def test_the_cluster_command_starts_everything_and_ctrl_c_stops_it(tmp_path: Pat
     env = {**os.environ, "FHE_STORE_DIR": str(tmp_path / "unused"), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         command,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=REPO_DIR,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

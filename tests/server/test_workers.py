@@ -22,7 +22,10 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from helpers_fhe import (
+
+import settings
+from development.reference import clear_verdict
+from tests.support.kit import (
     OCTET,
     Kit,
     Profile,
@@ -32,10 +35,7 @@ from helpers_fhe import (
     upload,
     varied_profiles,
 )
-from helpers_server import running_server
-
-import settings
-from development.reference import clear_verdict
+from tests.support.servers import running_server
 
 pytestmark = pytest.mark.slow
 

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import schemathesis
-from helpers_fhe import BASE_PROFILE, Kit, open_session, upload
-from helpers_server import running_server
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+
+from tests.support.kit import BASE_PROFILE, Kit, open_session, upload
+from tests.support.servers import running_server
 
 pytestmark = pytest.mark.slow
 

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers_fhe import Kit, full_flow_verdict, server_process, varied_profiles
-from helpers_server import running_server
+
+from fhe_server.launcher import REPO_DIR
+from tests.support.kit import Kit, full_flow_verdict, server_process, varied_profiles
+from tests.support.servers import running_server
 
 pytestmark = pytest.mark.slow
 
-REPO_DIR = Path(__file__).resolve().parents[1]
 
 # Runs a circuit, takes a SIGPIPE, then writes to a pipe whose reader is gone.
 BROKEN_PIPE_SCRIPT = """

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import free_port
 
-from fhe_server.launcher import REPO_DIR, wait_for_health
+from fhe_server.launcher import REPO_DIR, free_port, wait_for_health
 
 pytestmark = pytest.mark.slow
 

@@ -29,7 +29,9 @@ import numpy as np
 import psutil
 import pytest
 from concrete import fhe
-from helpers_fhe import (
+
+import settings
+from tests.support.kit import (
     BASE_PROFILE,
     OCTET,
     WIRE,
@@ -44,9 +46,7 @@ from helpers_fhe import (
     upload,
     varied_profiles,
 )
-from helpers_server import running_server
-
-import settings
+from tests.support.servers import running_server
 
 pytestmark = pytest.mark.slow
 

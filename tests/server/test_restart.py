@@ -20,7 +20,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers_fhe import (
+
+import settings
+from backend import CreditScoringClient
+from development.reference import clear_explain
+from fhe_server.model import OUTPUT_RESERVE_BYTES
+from tests.support.kit import (
     OCTET,
     WIRE,
     ForwardingTransport,
@@ -35,12 +40,7 @@ from helpers_fhe import (
     upload,
     varied_profiles,
 )
-from helpers_server import running_server
-
-import settings
-from backend import CreditScoringClient
-from development.reference import clear_explain
-from fhe_server.model import OUTPUT_RESERVE_BYTES
+from tests.support.servers import running_server
 
 pytestmark = pytest.mark.slow
 

@@ -26,8 +26,6 @@ import numpy as np
 import pytest
 from concrete import fhe
 from fastapi.testclient import TestClient
-from helpers_fhe import BASE_APPLICANT, CARD, OCTET, WIRE
-from helpers_server import ServerStartError, one_fhe_slot_server, running_server
 
 import settings
 from backend import PartyPreprocessor
@@ -44,6 +42,8 @@ from fhe_server.protocol import SESSION_ID_PATTERN, Party
 from fhe_server.runtime import SessionQuota
 from fhe_server.stores import FileSessionStore
 from settings import ServerSettings
+from tests.support.kit import BASE_APPLICANT, CARD, OCTET, WIRE
+from tests.support.servers import ServerStartError, one_fhe_slot_server, running_server
 
 pytestmark = pytest.mark.slow
 

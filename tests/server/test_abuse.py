@@ -19,7 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers_fhe import (
+
+from tests.support.kit import (
     OCTET,
     Kit,
     assert_client_error,
@@ -28,7 +29,7 @@ from helpers_fhe import (
     upload,
     varied_profiles,
 )
-from helpers_server import running_server
+from tests.support.servers import running_server
 
 pytestmark = pytest.mark.slow
 

@@ -27,13 +27,13 @@ import httpx
 import numpy as np
 import pytest
 from concrete import fhe
-from helpers_fhe import BASE_PROFILE, WIRE
-from helpers_server import running_server
 
 import settings
 from backend import KEYS_FILE_NAME, CreditScoringClient, party_preprocessor
 from development.instrumentation import RecordedRequest, RecordingTransport
 from development.reference import clear_explain
+from tests.support.kit import BASE_PROFILE, WIRE
+from tests.support.servers import running_server
 
 pytestmark = pytest.mark.slow
 

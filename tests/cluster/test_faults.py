@@ -24,7 +24,13 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from helpers_cluster import (
+
+from backend import CreditScoringClient, wait_while_busy
+from fhe_server.cluster import Cluster, free_port
+from fhe_server.errors import ServerBusyError, StoreUnavailableError, TooManySessionsError
+from fhe_server.protocol import TRANSIENT_HEADER
+from fhe_server.redis_store import FULL_RETRY_SECONDS, RedisSessionStore
+from tests.support.cluster import (
     TIMEOUT,
     cached_keys,
     health,
@@ -33,13 +39,7 @@ from helpers_cluster import (
     routed_to,
     wait_until,
 )
-from helpers_fhe import OCTET, Kit, open_session, upload, varied_profiles
-
-from backend import CreditScoringClient, wait_while_busy
-from fhe_server.cluster import Cluster, free_port
-from fhe_server.errors import ServerBusyError, StoreUnavailableError, TooManySessionsError
-from fhe_server.protocol import TRANSIENT_HEADER
-from fhe_server.redis_store import FULL_RETRY_SECONDS, RedisSessionStore
+from tests.support.kit import OCTET, Kit, open_session, upload, varied_profiles
 
 require_cluster_binaries()
 

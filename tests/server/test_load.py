@@ -22,7 +22,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers_fhe import (
+
+from backend import CreditScoringClient, ServerBusyError
+from development.instrumentation import HealthProbe
+from tests.support.kit import (
     BASE_PROFILE,
     OCTET,
     Kit,
@@ -33,10 +36,7 @@ from helpers_fhe import (
     upload,
     varied_profiles,
 )
-from helpers_server import one_fhe_slot_server
-
-from backend import CreditScoringClient, ServerBusyError
-from development.instrumentation import HealthProbe
+from tests.support.servers import one_fhe_slot_server
 
 pytestmark = pytest.mark.slow
 

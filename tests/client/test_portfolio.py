@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers_server import running_server
 
 import backend
 import credit_portfolio
@@ -28,6 +27,7 @@ import settings
 from development.reference import clear_explain, clear_verdict
 from fhe_client.portfolio_csv import OUTPUT_COLUMNS, Verdict, VerdictsFile
 from fhe_server.launcher import REPO_DIR
+from tests.support.servers import running_server
 
 APPLICATIONS = 8
 DATA = REPO_DIR / "data" / "applications.csv"

@@ -1,0 +1,1 @@
+"""Hostile requests against one real server process, with a bystander session."""

@@ -32,7 +32,8 @@ import settings
 from backend import KEYS_FILE_NAME, CreditScoringClient, party_preprocessor
 from development.instrumentation import RecordedRequest, RecordingTransport
 from development.reference import clear_explain
-from tests.support.kit import BASE_PROFILE, WIRE
+from tests.support.applications import BASE_PROFILE
+from tests.support.kit import WIRE
 from tests.support.servers import running_server
 
 pytestmark = pytest.mark.slow

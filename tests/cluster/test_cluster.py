@@ -31,6 +31,7 @@ import pytest
 import settings
 from backend import CreditScoringClient
 from backend import SessionNotFoundError as ClientSessionNotFoundError
+from contracts.wire import bearer
 from development.reference import clear_explain, clear_verdict
 from fhe_server.cluster import MAX_BODY_BYTES, REPO_DIR, Cluster, free_port
 from fhe_server.errors import (
@@ -39,8 +40,8 @@ from fhe_server.errors import (
     StepOutOfOrderError,
     TooManySessionsError,
 )
-from fhe_server.protocol import bearer
 from fhe_server.redis_store import RedisSessionStore, blob_key, meta_key
+from tests.support.applications import CANDIDATE_ROWS, Profile, refused_profile, varied_profiles
 from tests.support.cluster import (
     TIMEOUT,
     cached_keys,
@@ -50,16 +51,8 @@ from tests.support.cluster import (
     routed_to,
     wait_until,
 )
-from tests.support.kit import (
-    CANDIDATE_ROWS,
-    OCTET,
-    Kit,
-    Profile,
-    open_session,
-    refused_profile,
-    upload,
-    varied_profiles,
-)
+from tests.support.http import OCTET, open_session, upload
+from tests.support.kit import Kit
 
 require_cluster_binaries()
 
@@ -72,11 +65,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     env = {"FHE_KEY_CACHE_SIZE": str(KEY_CACHE_SIZE), "FHE_STORE_DIR": str(workdir / "unused")}
     with Cluster(replicas=3, env=env, workdir=workdir) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def kit() -> Kit:
-    return Kit.generate()
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from fhe_server.cluster import Cluster, free_port
 from fhe_server.errors import ServerBusyError, StoreUnavailableError, TooManySessionsError
 from fhe_server.protocol import TRANSIENT_HEADER
 from fhe_server.redis_store import FULL_RETRY_SECONDS, RedisSessionStore
+from tests.support.applications import varied_profiles
 from tests.support.cluster import (
     TIMEOUT,
     cached_keys,
@@ -39,7 +40,8 @@ from tests.support.cluster import (
     routed_to,
     wait_until,
 )
-from tests.support.kit import OCTET, Kit, open_session, upload, varied_profiles
+from tests.support.http import OCTET, open_session, upload
+from tests.support.kit import Kit
 
 require_cluster_binaries()
 
@@ -58,11 +60,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     }
     with Cluster(replicas=2, env=env, workdir=workdir) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def kit() -> Kit:
-    return Kit.generate()
 
 
 @pytest.fixture

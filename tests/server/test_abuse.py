@@ -20,15 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.kit import (
-    OCTET,
-    Kit,
-    assert_client_error,
-    bearer,
-    open_session,
-    upload,
-    varied_profiles,
-)
+from contracts.wire import bearer
+from tests.support.applications import varied_profiles
+from tests.support.http import OCTET, assert_client_error, open_session, upload
+from tests.support.kit import Kit
 from tests.support.servers import running_server
 
 pytestmark = pytest.mark.slow
@@ -52,11 +47,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     }
     with running_server(store_dir=store_dir, env=env) as base_url:
         yield base_url, store_dir
-
-
-@pytest.fixture(scope="module")
-def kit() -> Kit:
-    return Kit.generate()
 
 
 def sessions_on_disk(store_dir: Path) -> list[str]:

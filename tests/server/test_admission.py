@@ -14,25 +14,15 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from fhe_server.api import create_app
 from fhe_server.protocol import REFUSAL_DETAIL_HEADER, REFUSAL_STATUS_HEADER
-from settings import ServerSettings
-from tests.support.kit import OCTET, Kit
-
-
-@pytest.fixture(scope="module")
-def kit() -> Kit:
-    return Kit.generate()
-
-
-def app(tmp_path: Path, **overrides: object) -> TestClient:
-    config = ServerSettings(store_dir=tmp_path / "store", allowed_hosts=["testserver"], **overrides)
-    return TestClient(create_app(config))
+from tests.support.http import OCTET
+from tests.support.inprocess import app_client
+from tests.support.kit import Kit
 
 
 @pytest.fixture
 def quota_of_one(tmp_path: Path) -> Iterator[TestClient]:
-    with app(tmp_path, session_quota=1, session_quota_exempt=[]) as http:
+    with app_client(tmp_path / "store", session_quota=1, session_quota_exempt=[]) as http:
         yield http
 
 
@@ -58,7 +48,7 @@ def test_a_client_over_its_quota_is_refused_before_its_body(
 
 
 def test_a_full_store_is_refused_before_the_body(tmp_path: Path, kit: Kit) -> None:
-    with app(tmp_path, max_sessions=1) as http:
+    with app_client(tmp_path / "store", max_sessions=1) as http:
         assert http.post("/sessions", content=kit.evaluation_keys, headers=OCTET).status_code == 201
         asked = http.get("/admission")
         assert asked.status_code == 403 and asked.headers[REFUSAL_STATUS_HEADER] == "503"

@@ -18,7 +18,10 @@ import httpx
 import pytest
 
 from fhe_server.launcher import REPO_DIR
-from tests.support.kit import Kit, full_flow_verdict, server_process, varied_profiles
+from tests.support.applications import varied_profiles
+from tests.support.http import full_flow_verdict
+from tests.support.kit import Kit
+from tests.support.processes import server_process
 from tests.support.servers import running_server
 
 pytestmark = pytest.mark.slow

@@ -29,7 +29,9 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from tests.support.kit import BASE_PROFILE, Kit, open_session, upload
+from tests.support.applications import BASE_PROFILE
+from tests.support.http import open_session, upload
+from tests.support.kit import Kit
 from tests.support.servers import running_server
 
 pytestmark = pytest.mark.slow

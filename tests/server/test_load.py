@@ -25,17 +25,10 @@ import pytest
 
 from backend import CreditScoringClient, ServerBusyError
 from development.instrumentation import HealthProbe
-from tests.support.kit import (
-    BASE_PROFILE,
-    OCTET,
-    Kit,
-    PeakSampler,
-    Profile,
-    open_session,
-    server_process,
-    upload,
-    varied_profiles,
-)
+from tests.support.applications import BASE_PROFILE, Profile, varied_profiles
+from tests.support.http import OCTET, open_session, upload
+from tests.support.kit import Kit
+from tests.support.processes import PeakSampler, server_process
 from tests.support.servers import one_fhe_slot_server
 
 pytestmark = pytest.mark.slow

@@ -25,22 +25,11 @@ import settings
 from backend import CreditScoringClient
 from development.reference import clear_explain
 from fhe_server.model import OUTPUT_RESERVE_BYTES
-from tests.support.kit import (
-    OCTET,
-    WIRE,
-    ForwardingTransport,
-    Kit,
-    PeakSampler,
-    assert_client_error,
-    full_flow_verdict,
-    open_session,
-    refused_profile,
-    server_process,
-    tree_size,
-    upload,
-    varied_profiles,
-)
-from tests.support.servers import running_server
+from tests.support.applications import refused_profile, varied_profiles
+from tests.support.http import OCTET, assert_client_error, full_flow_verdict, open_session, upload
+from tests.support.kit import WIRE, Kit
+from tests.support.processes import PeakSampler, server_process, tree_size
+from tests.support.servers import ForwardingTransport, running_server
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,11 +22,10 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import pytest
-from concrete import fhe
 from fastapi.testclient import TestClient
 
 import settings
-from backend import PartyPreprocessor
+from contracts.wire import bearer
 from development.reference import clear_verdict
 from fhe_server.api import create_app
 from fhe_server.errors import (
@@ -38,12 +35,16 @@ from fhe_server.errors import (
     StepOutOfOrderError,
     TooManySessionsError,
 )
-from fhe_server.protocol import SESSION_ID_PATTERN, Party
+from fhe_server.launcher import ServerStartError
+from fhe_server.protocol import Party
 from fhe_server.runtime import SessionQuota
 from fhe_server.stores import FileSessionStore
 from settings import ServerSettings
-from tests.support.kit import BASE_APPLICANT, CARD, OCTET, WIRE
-from tests.support.servers import ServerStartError, one_fhe_slot_server, running_server
+from tests.support.applications import BASE_APPLICANT, CANDIDATE_ROWS, Profile
+from tests.support.http import OCTET, open_session, upload
+from tests.support.inprocess import app_client, service_of
+from tests.support.kit import CARD, WIRE, Kit
+from tests.support.servers import one_fhe_slot_server, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -57,75 +58,18 @@ BANK = {"account_age": 30}
 SHORT_EMPLOYMENT = {"employed": True, "years_employed": "2-5"}
 LONG_EMPLOYMENT = {"employed": True, "years_employed": "11-18"}
 PROFILES = [
-    (BASE_APPLICANT, BANK, SHORT_EMPLOYMENT),
-    (STRONG_APPLICANT, BANK, SHORT_EMPLOYMENT),
-    (BASE_APPLICANT, BANK, LONG_EMPLOYMENT),
+    Profile(BASE_APPLICANT, BANK, SHORT_EMPLOYMENT),
+    Profile(STRONG_APPLICANT, BANK, SHORT_EMPLOYMENT),
+    Profile(BASE_APPLICANT, BANK, LONG_EMPLOYMENT),
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Client side: real keys, real ciphertexts
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Kit:
-    """One client key set and helpers to encrypt and decrypt with it."""
-
-    client: Any
-    evaluation_keys: bytes
-    preprocessors: dict[str, PartyPreprocessor]
-
-    def encrypt(self, applicant: dict, bank: dict, credit_bureau: dict) -> dict[str, bytes]:
-        fields = {"applicant": applicant, "bank": bank, "credit_bureau": credit_bureau}
-        quantized = [self.preprocessors[p].transform(fields[p]) for p in settings.PARTIES]
-        values = self.client.encrypt(*quantized, function_name="predict")
-        return {p: v.serialize() for p, v in zip(settings.PARTIES, values, strict=True)}
-
-    def encrypt_candidates(self, rows: list[dict]) -> bytes:
-        quantized = np.stack([self.preprocessors["credit_bureau"].transform(r) for r in rows])
-        _, _, candidates = self.client.encrypt(None, None, quantized, function_name="explain")
-        return candidates.serialize()
-
-    def decrypt(self, data: bytes, function_name: str) -> Any:
-        return self.client.decrypt(fhe.Value.deserialize(data), function_name=function_name)
-
-
-@pytest.fixture(scope="module")
-def kit() -> Kit:
-    specs = fhe.ClientSpecs.deserialize(settings.CLIENT_SPECS_PATH.read_bytes())
-    client = fhe.Client(specs)
-    client.keygen(force=True)
-    return Kit(
-        client=client,
-        evaluation_keys=client.evaluation_keys.serialize(),
-        preprocessors=PartyPreprocessor.load_all(),
-    )
 
 
 @pytest.fixture(scope="module")
 def ciphertexts(kit: Kit) -> dict[str, bytes]:
     """The base profile's three ciphertexts and six explain candidates."""
-    encrypted = kit.encrypt(*PROFILES[0])
-    encrypted["candidates"] = kit.encrypt_candidates(candidate_rows())
+    encrypted = kit.encrypt(PROFILES[0])
+    encrypted["candidates"] = kit.encrypt_candidates()
     return encrypted
-
-
-def candidate_rows() -> list[dict]:
-    return [{"employed": True, "years_employed": b} for b in settings.YEARS_EMPLOYED_BINS]
-
-
-# ---------------------------------------------------------------------------------------------
-# Server side helpers
-# ---------------------------------------------------------------------------------------------
-@contextmanager
-def app_client(store_dir: Path, **overrides: Any) -> Iterator[TestClient]:
-    """A TestClient of an app created with the test's settings (lifespan run).
-
-    TestClient's requests say ``Host: testserver``, accepted here unless the test says otherwise.
-    """
-    overrides.setdefault("allowed_hosts", ["testserver"])
-    config = ServerSettings(store_dir=store_dir, **overrides)
-    with TestClient(create_app(config)) as client:
-        yield client
 
 
 @pytest.fixture
@@ -134,39 +78,12 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
         yield test_client
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def open_session(http: Any, kit: Kit) -> tuple[str, dict[str, str]]:
-    """POST /sessions with the kit's keys; return the session id and its auth header."""
-    response = http.post("/sessions", content=kit.evaluation_keys, headers=OCTET)
-    assert response.status_code == 201, response.text
-    body = response.json()
-    assert SESSION_ID_PATTERN.fullmatch(body["session_id"])
-    return body["session_id"], bearer(body["token"])
-
-
-def put_inputs(http: Any, session_id: str, auth: dict, encrypted: dict[str, bytes]) -> None:
-    for party in settings.PARTIES:
-        response = http.put(
-            f"/sessions/{session_id}/inputs/{party}",
-            content=encrypted[party],
-            headers={**auth, **OCTET},
-        )
-        assert response.status_code == 204, response.text
-
-
 def assert_error(response: httpx.Response, status_code: int, contains: str = "") -> None:
     assert response.status_code == status_code, response.text
     detail = response.json()["detail"]
     assert isinstance(detail, str) and detail
     assert contains.lower() in detail.lower()
     assert "Traceback" not in response.text
-
-
-def service_of(test_client: TestClient) -> Any:
-    return test_client.app_state["service"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,12 +102,12 @@ def test_health_reports_model_versions_and_parameters(client: TestClient) -> Non
 def test_predict_matches_clear_model_and_new_input_replaces_old(
     client: TestClient, kit: Kit
 ) -> None:
-    expected = [clear_verdict(*profile) for profile in PROFILES]
+    expected = [profile.verdict() for profile in PROFILES]
     assert set(expected) == {True, False}, "profiles must cover both verdicts"
-    session_id, auth = open_session(client, kit)
+    session_id, auth = open_session(client, kit.evaluation_keys)
     previous_output = None
     for profile, verdict in zip(PROFILES, expected, strict=True):
-        put_inputs(client, session_id, auth, kit.encrypt(*profile))
+        upload(client, session_id, auth, kit.encrypt(profile))
         if previous_output is not None:
             # A replaced input makes the stored verdict stale: predict must run again.
             assert_error(client.get(f"/sessions/{session_id}/output", headers=auth), 409)
@@ -204,12 +121,12 @@ def test_predict_matches_clear_model_and_new_input_replaces_old(
         previous_output = output.content
 
     # Replacing only the credit bureau's input changes the verdict (base profile, short -> long).
-    put_inputs(client, session_id, auth, kit.encrypt(*PROFILES[0]))
+    upload(client, session_id, auth, kit.encrypt(PROFILES[0]))
     client.post(f"/sessions/{session_id}/predict", headers=auth).raise_for_status()
     first = kit.decrypt(
         client.get(f"/sessions/{session_id}/output", headers=auth).content, "predict"
     )
-    replacement = kit.encrypt(*PROFILES[2])["credit_bureau"]
+    replacement = kit.encrypt(PROFILES[2])["credit_bureau"]
     response = client.put(
         f"/sessions/{session_id}/inputs/credit_bureau",
         content=replacement,
@@ -227,9 +144,9 @@ def test_explain_matches_clear_model_and_reuses_prepared_keys(
     client: TestClient, kit: Kit, ciphertexts: dict[str, bytes]
 ) -> None:
     service = service_of(client)
-    session_id, auth = open_session(client, kit)
+    session_id, auth = open_session(client, kit.evaluation_keys)
     assert session_id in service.key_cache  # prepared at creation
-    put_inputs(client, session_id, auth, ciphertexts)
+    upload(client, session_id, auth, ciphertexts)
     misses, hits = service.key_cache.misses, service.key_cache.hits
 
     assert client.post(f"/sessions/{session_id}/predict", headers=auth).status_code == 200
@@ -242,8 +159,8 @@ def test_explain_matches_clear_model_and_reuses_prepared_keys(
     assert response.headers["content-type"] == "application/octet-stream"
     assert float(response.headers["X-FHE-Execution-Time"]) > 0
     verdicts = [int(v) for v in kit.decrypt(response.content, "explain")]
-    applicant, bank, _ = PROFILES[0]
-    expected = [int(clear_verdict(applicant, bank, row)) for row in candidate_rows()]
+    applicant, bank = PROFILES[0].applicant, PROFILES[0].bank
+    expected = [int(clear_verdict(applicant, bank, row)) for row in CANDIDATE_ROWS]
     assert len(expected) == CARD["input_shapes"]["candidates"][0]
     assert set(expected) == {0, 1}, "the explained profile must have both outcomes"
     assert verdicts == expected
@@ -259,7 +176,7 @@ def test_explain_matches_clear_model_and_reuses_prepared_keys(
 def test_explain_needs_only_applicant_and_bank(
     client: TestClient, kit: Kit, ciphertexts: dict[str, bytes]
 ) -> None:
-    session_id, auth = open_session(client, kit)
+    session_id, auth = open_session(client, kit.evaluation_keys)
     for party in ("applicant", "bank"):
         client.put(
             f"/sessions/{session_id}/inputs/{party}",
@@ -278,8 +195,8 @@ def test_explain_needs_only_applicant_and_bank(
 def test_sessions_survive_a_restart(tmp_path: Path, kit: Kit, ciphertexts: dict) -> None:
     store_dir = tmp_path / "store"
     with app_client(store_dir=store_dir) as first:
-        session_id, auth = open_session(first, kit)
-        put_inputs(first, session_id, auth, ciphertexts)
+        session_id, auth = open_session(first, kit.evaluation_keys)
+        upload(first, session_id, auth, ciphertexts)
         first.post(f"/sessions/{session_id}/predict", headers=auth).raise_for_status()
         output = first.get(f"/sessions/{session_id}/output", headers=auth).content
     with app_client(store_dir=store_dir) as second:
@@ -291,7 +208,7 @@ def test_sessions_survive_a_restart(tmp_path: Path, kit: Kit, ciphertexts: dict)
         verdict = kit.decrypt(
             second.get(f"/sessions/{session_id}/output", headers=auth).content, "predict"
         )
-        assert int(verdict) == int(clear_verdict(*PROFILES[0]))
+        assert int(verdict) == int(PROFILES[0].verdict())
 
 
 def test_token_is_stored_only_as_a_hash(client: TestClient, kit: Kit) -> None:
@@ -354,8 +271,8 @@ def call(http: Any, method: str, path: str, headers: dict, content: bytes | None
 
 
 def test_401_missing_or_wrong_token_on_every_session_route(client: TestClient, kit: Kit) -> None:
-    session_id, _ = open_session(client, kit)
-    _, other_auth = open_session(client, kit)
+    session_id, _ = open_session(client, kit.evaluation_keys)
+    _, other_auth = open_session(client, kit.evaluation_keys)
     for method, template in SESSION_ROUTES:
         path = template.format(id=session_id)
         for headers in (
@@ -372,7 +289,7 @@ def test_401_missing_or_wrong_token_on_every_session_route(client: TestClient, k
 
 
 def test_404_unknown_expired_or_path_like_session(client: TestClient, kit: Kit) -> None:
-    _, auth = open_session(client, kit)
+    _, auth = open_session(client, kit.evaluation_keys)
     store_root = service_of(client).store.root
     before = sorted(p.name for p in store_root.parent.rglob("*"))
     unknown_ids = [
@@ -397,7 +314,7 @@ def test_404_unknown_expired_or_path_like_session(client: TestClient, kit: Kit) 
 def test_404_after_idle_expiry_and_expired_sessions_are_purged(tmp_path: Path, kit: Kit) -> None:
     with app_client(store_dir=tmp_path / "store", session_ttl_seconds=1.0) as test_client:
         service = service_of(test_client)
-        session_id, auth = open_session(test_client, kit)
+        session_id, auth = open_session(test_client, kit.evaluation_keys)
         assert_error(test_client.get(f"/sessions/{session_id}/output", headers=auth), 409)
 
         # Nobody touches the session: the periodic purge (every second here) removes it.
@@ -424,7 +341,7 @@ def test_503_beyond_a_limit_and_the_live_session_stays(
     with app_client(
         store_dir=tmp_path / "store", session_ttl_seconds=ttl, **overrides
     ) as test_client:
-        oldest, oldest_auth = open_session(test_client, kit)
+        oldest, oldest_auth = open_session(test_client, kit.evaluation_keys)
         refused = test_client.post("/sessions", content=kit.evaluation_keys, headers=OCTET)
         assert_error(refused, 503, "sessions")
         assert 0 < int(refused.headers["Retry-After"]) <= ttl  # when the live one would expire
@@ -434,12 +351,12 @@ def test_503_beyond_a_limit_and_the_live_session_stays(
         assert service.store.session_ids() == [oldest]
         # Once the live session is deleted, there is room again.
         assert test_client.delete(f"/sessions/{oldest}", headers=oldest_auth).status_code == 204
-        newest, _ = open_session(test_client, kit)
+        newest, _ = open_session(test_client, kit.evaluation_keys)
         assert service.store.session_ids() == [newest]
 
 
 def test_409_steps_out_of_order(client: TestClient, kit: Kit, ciphertexts: dict) -> None:
-    session_id, auth = open_session(client, kit)
+    session_id, auth = open_session(client, kit.evaluation_keys)
     url = f"/sessions/{session_id}"
 
     def put(party: str) -> None:
@@ -473,7 +390,7 @@ def test_413_evaluation_keys_over_a_lowered_limit(tmp_path: Path, kit: Kit) -> N
 
 def test_413_ciphertexts_over_a_lowered_limit(tmp_path: Path, kit: Kit, ciphertexts: dict) -> None:
     with app_client(store_dir=tmp_path / "store", max_ciphertext_bytes=100) as http:
-        session_id, auth = open_session(http, kit)
+        session_id, auth = open_session(http, kit.evaluation_keys)
         for party in settings.PARTIES:
             response = http.put(
                 f"/sessions/{session_id}/inputs/{party}",
@@ -513,7 +430,7 @@ def test_422_evaluation_keys_that_are_not_this_models(client: TestClient, kit: K
 def test_422_ciphertexts_of_the_wrong_party_shape_or_garbage(
     client: TestClient, kit: Kit, ciphertexts: dict
 ) -> None:
-    session_id, auth = open_session(client, kit)
+    session_id, auth = open_session(client, kit.evaluation_keys)
     url = f"/sessions/{session_id}"
     wrong = {  # each party gets another input's ciphertext
         "applicant": ciphertexts["bank"],
@@ -531,7 +448,7 @@ def test_422_ciphertexts_of_the_wrong_party_shape_or_garbage(
         ):
             response = client.put(f"{url}/inputs/{party}", content=body, headers={**auth, **OCTET})
             assert_error(response, 422, party)
-    put_inputs(client, session_id, auth, ciphertexts)
+    upload(client, session_id, auth, ciphertexts)
     for body in (
         ciphertexts["credit_bureau"],  # one row instead of the candidates
         garbage(WIRE["candidates"]["bytes"], WIRE["candidates"]["prefix_hex"], seed=4),
@@ -544,7 +461,7 @@ def test_422_ciphertexts_of_the_wrong_party_shape_or_garbage(
 
 
 def test_422_unknown_party(client: TestClient, kit: Kit, ciphertexts: dict) -> None:
-    session_id, auth = open_session(client, kit)
+    session_id, auth = open_session(client, kit.evaluation_keys)
     for party in ("insurer", "APPLICANT", "applicant.bin", "%2e%2e"):
         response = client.put(
             f"/sessions/{session_id}/inputs/{party}",
@@ -563,7 +480,7 @@ def test_unexpected_errors_answer_500_without_a_trace(
 ) -> None:
     app = create_app(ServerSettings(store_dir=tmp_path / "store", allowed_hosts=["testserver"]))
     with TestClient(app, raise_server_exceptions=False) as http:
-        session_id, auth = open_session(http, kit)
+        session_id, auth = open_session(http, kit.evaluation_keys)
 
         def broken(*_: Any) -> bytes:
             raise ValueError("secret internal state")
@@ -764,19 +681,19 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_uvicorn_full_flow(live_server: str, kit: Kit) -> None:
     with httpx.Client(base_url=live_server, timeout=60) as http:
         assert http.get("/health").json()["model"]["versions"] == CARD["versions"]
-        session_id, auth = open_session(http, kit)
-        put_inputs(http, session_id, auth, kit.encrypt(*PROFILES[1]))
+        session_id, auth = open_session(http, kit.evaluation_keys)
+        upload(http, session_id, auth, kit.encrypt(PROFILES[1]))
         response = http.post(f"/sessions/{session_id}/predict", headers=auth)
         assert response.status_code == 200 and response.json()["fhe_execution_time"] > 0
         output = http.get(f"/sessions/{session_id}/output", headers=auth)
-        assert int(kit.decrypt(output.content, "predict")) == int(clear_verdict(*PROFILES[1]))
-        candidates = kit.encrypt_candidates(candidate_rows())
+        assert int(kit.decrypt(output.content, "predict")) == int(PROFILES[1].verdict())
+        candidates = kit.encrypt_candidates()
         response = http.post(
             f"/sessions/{session_id}/explain", content=candidates, headers={**auth, **OCTET}
         )
         assert response.status_code == 200
-        applicant, bank, _ = PROFILES[1]
-        expected = [int(clear_verdict(applicant, bank, row)) for row in candidate_rows()]
+        applicant, bank = PROFILES[1].applicant, PROFILES[1].bank
+        expected = [int(clear_verdict(applicant, bank, row)) for row in CANDIDATE_ROWS]
         assert [int(v) for v in kit.decrypt(response.content, "explain")] == expected
         assert http.delete(f"/sessions/{session_id}", headers=auth).status_code == 204
         assert_error(http.get(f"/sessions/{session_id}/output", headers=auth), 404)
@@ -786,8 +703,8 @@ def test_uvicorn_503_when_the_fhe_queue_is_full_and_health_stays_fast(
     live_server: str, kit: Kit, ciphertexts: dict
 ) -> None:
     with httpx.Client(base_url=live_server, timeout=60) as http:
-        session_id, auth = open_session(http, kit)
-        put_inputs(http, session_id, auth, ciphertexts)
+        session_id, auth = open_session(http, kit.evaluation_keys)
+        upload(http, session_id, auth, ciphertexts)
         results: dict[str, httpx.Response] = {}
 
         def explain() -> None:  # ~1-2 s of FHE, holding the only slot
@@ -861,8 +778,8 @@ def test_uvicorn_limits_while_streaming_and_restart(
     store_dir = tmp_path / "store"
     with running_server(store_dir=store_dir) as base_url:
         with httpx.Client(base_url=base_url, timeout=60) as http:
-            session_id, auth = open_session(http, kit)
-            put_inputs(http, session_id, auth, ciphertexts)
+            session_id, auth = open_session(http, kit.evaluation_keys)
+            upload(http, session_id, auth, ciphertexts)
             assert http.post(f"/sessions/{session_id}/predict", headers=auth).status_code == 200
             output = http.get(f"/sessions/{session_id}/output", headers=auth).content
 

@@ -24,17 +24,12 @@ import psutil
 import pytest
 
 import settings
+from contracts.wire import bearer
 from development.reference import clear_verdict
-from tests.support.kit import (
-    OCTET,
-    Kit,
-    Profile,
-    bearer,
-    open_session,
-    server_process,
-    upload,
-    varied_profiles,
-)
+from tests.support.applications import Profile, varied_profiles
+from tests.support.http import OCTET, open_session, upload
+from tests.support.kit import Kit
+from tests.support.processes import server_process
 from tests.support.servers import running_server
 
 pytestmark = pytest.mark.slow
@@ -49,11 +44,6 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     env = {"FHE_SESSION_QUOTA": str(QUOTA)}
     with running_server(store_dir=store_dir, env=env, extra_args=("--workers", "2")) as base_url:
         yield base_url, store_dir
-
-
-@pytest.fixture(scope="module")
-def kit() -> Kit:
-    return Kit.generate()
 
 
 def worker_processes(base_url: str) -> list[psutil.Process]:

@@ -11,31 +11,26 @@ The server listens on a free port of 127.0.0.1, keeps its sessions in ``store_di
 every other setting from ``env`` (``FHE_*`` variables, see ``settings.ServerSettings``). The
 context manager returns once ``/health`` answers 200 and stops the process on exit. If the process
 exits or does not answer in time, ``ServerStartError`` carries its log. The work is done by the
-shared launcher, ``fhe_server.launcher``.
+shared launcher, ``fhe_server.launcher`` (where ``ServerStartError`` is defined).
 
 ``ScriptedServer`` is the opposite: no server at all, a handler for ``httpx.MockTransport`` whose
-answers the test sets.
+answers the test sets. ``ForwardingTransport`` sends a client's requests to whichever address a
+restarted server listens on now.
+
+The three-party suite imports this module in ``.venv-threeparty`` too: it needs httpx and the
+launcher only (no concrete, no psutil, no FastAPI).
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from fhe_server.launcher import ServerProcess, ServerStartError
-
-__all__ = [
-    "ONE_FHE_SLOT",
-    "STARTUP_TIMEOUT_SECONDS",
-    "ScriptedServer",
-    "ServerStartError",
-    "one_fhe_slot_server",
-    "running_server",
-]
+from fhe_server.launcher import ServerProcess
 
 STARTUP_TIMEOUT_SECONDS = 90.0
 
@@ -116,3 +111,26 @@ class ScriptedServer:
         if self.next is None:
             return httpx.Response(409, json={"detail": "unexpected in this test"})
         return self.next
+
+
+class ForwardingTransport(httpx.BaseTransport):
+    """Sends every request to the address ``target()`` returns now (a restarted server's port).
+
+    The client keeps one fixed ``server_url``; the scheme, host and port of each request are
+    replaced by those of the current server.
+    """
+
+    def __init__(self, target: Callable[[], str]):
+        self.target = target
+        self.inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        current = httpx.URL(self.target())
+        request.url = request.url.copy_with(
+            scheme=current.scheme, host=current.host, port=current.port
+        )
+        request.headers["Host"] = current.netloc.decode("ascii")
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()

@@ -31,21 +31,11 @@ import pytest
 from concrete import fhe
 
 import settings
-from tests.support.kit import (
-    BASE_PROFILE,
-    OCTET,
-    WIRE,
-    Kit,
-    Profile,
-    assert_client_error,
-    bearer,
-    full_flow_verdict,
-    open_session,
-    refused_profile,
-    server_process,
-    upload,
-    varied_profiles,
-)
+from contracts.wire import bearer
+from tests.support.applications import BASE_PROFILE, Profile, refused_profile, varied_profiles
+from tests.support.http import OCTET, assert_client_error, full_flow_verdict, open_session, upload
+from tests.support.kit import WIRE, Kit
+from tests.support.processes import server_process
 from tests.support.servers import running_server
 
 pytestmark = pytest.mark.slow

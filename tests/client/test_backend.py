@@ -18,99 +18,10 @@ import backend
 import settings
 from development.instrumentation import RecordingTransport
 from development.reference import clear_explain, clear_verdict
+from tests.support.applications import DATA_PROFILES
 from tests.support.servers import ScriptedServer, running_server
 
 pytestmark = pytest.mark.slow
-
-# Profiles: rows of data/applications.csv, found by searching the data with development/reference.py
-# (clear_verdict and clear_explain on every row). The first test checks that the clear reference
-# still agrees, so a retrained model that changes them fails loudly there (search again then).
-PROFILES: dict[str, dict[str, Any]] = {
-    # data row 1: approved as sent.
-    "approved": {
-        "applicant": {
-            "own_car": False,
-            "own_property": True,
-            "mobile_phone": True,
-            "num_children": 0,
-            "household_size": 2,
-            "total_income": 82000.0,
-            "age": 58,
-            "income_type": "Working",
-            "education_type": "Higher education",
-            "family_status": "Married",
-            "occupation_type": "Core staff",
-            "housing_type": "House / apartment",
-        },
-        "bank": {"account_age": 19},
-        "credit_bureau": {"employed": True, "years_employed": "11-18"},
-        "verdict": True,
-        "explain": "11-18",
-    },
-    # data row 2: refused (unemployed, 0-2 years); employed with 8-11 years flips it.
-    "refused_flippable": {
-        "applicant": {
-            "own_car": False,
-            "own_property": False,
-            "mobile_phone": True,
-            "num_children": 0,
-            "household_size": 2,
-            "total_income": 45000.0,
-            "age": 52,
-            "income_type": "Working",
-            "education_type": "Incomplete higher",
-            "family_status": "Married",
-            "occupation_type": "Waiters/barmen staff",
-            "housing_type": "House / apartment",
-        },
-        "bank": {"account_age": 49},
-        "credit_bureau": {"employed": False, "years_employed": "0-2"},
-        "verdict": False,
-        "explain": "8-11",
-    },
-    # data row 0: refused (employed, 5-8 years), and no years-employed bin changes it.
-    "refused_unflippable": {
-        "applicant": {
-            "own_car": False,
-            "own_property": False,
-            "mobile_phone": True,
-            "num_children": 0,
-            "household_size": 1,
-            "total_income": 29000.0,
-            "age": 25,
-            "income_type": "Working",
-            "education_type": "Incomplete higher",
-            "family_status": "Single",
-            "occupation_type": "Sales staff",
-            "housing_type": "House / apartment",
-        },
-        "bank": {"account_age": 55},
-        "credit_bureau": {"employed": True, "years_employed": "5-8"},
-        "verdict": False,
-        "explain": None,
-    },
-    # data row 3: refused as unemployed; employed with the same bin (2-5) would be approved.
-    "refused_unemployed": {
-        "applicant": {
-            "own_car": False,
-            "own_property": True,
-            "mobile_phone": True,
-            "num_children": 0,
-            "household_size": 2,
-            "total_income": 76000.0,
-            "age": 42,
-            "income_type": "Pensioner",
-            "education_type": "Secondary",
-            "family_status": "Married",
-            "occupation_type": "Sales staff",
-            "housing_type": "With parents",
-        },
-        "bank": {"account_age": 47},
-        "credit_bureau": {"employed": False, "years_employed": "2-5"},
-        "verdict": False,
-        "explain": "2-5",
-    },
-}
 
 
 @pytest.fixture(scope="module")
@@ -145,9 +56,9 @@ def _clear(profile: dict[str, Any], function: Callable[..., Any]) -> Any:
     return function(profile["applicant"], profile["bank"], profile["credit_bureau"])
 
 
-@pytest.mark.parametrize("name", list(PROFILES))
+@pytest.mark.parametrize("name", list(DATA_PROFILES))
 def test_hard_coded_profiles_still_match_the_clear_reference(name: str) -> None:
-    profile = PROFILES[name]
+    profile = DATA_PROFILES[name]
     assert _clear(profile, clear_verdict) is profile["verdict"]
     assert _clear(profile, clear_explain) == profile["explain"]
 
@@ -163,11 +74,11 @@ def test_generate_keys_keeps_the_secret_key_local(
     assert transport.calls[:2] == [("GET", "/admission"), ("POST", "/sessions")]
 
 
-@pytest.mark.parametrize("name", list(PROFILES))
+@pytest.mark.parametrize("name", list(DATA_PROFILES))
 def test_full_flow_verdict_equals_clear_model(
     name: str, client: backend.CreditScoringClient, transport: RecordingTransport
 ) -> None:
-    profile = PROFILES[name]
+    profile = DATA_PROFILES[name]
     _send_profile(client, profile)
     assert client.sent_parties == set(settings.PARTIES)
     for party in settings.PARTIES:
@@ -186,7 +97,7 @@ def test_full_flow_verdict_equals_clear_model(
 def test_explain_refused_profile_in_one_round_trip(
     name: str, client: backend.CreditScoringClient, transport: RecordingTransport
 ) -> None:
-    profile = PROFILES[name]
+    profile = DATA_PROFILES[name]
     _send_profile(client, profile)
     client.predict()
     assert client.decrypt_verdict() is False
@@ -204,7 +115,7 @@ def test_explain_refused_profile_in_one_round_trip(
 def test_explain_approved_profile_makes_no_server_call(
     client: backend.CreditScoringClient, transport: RecordingTransport
 ) -> None:
-    profile = PROFILES["approved"]
+    profile = DATA_PROFILES["approved"]
     _send_profile(client, profile)
     client.predict()
     assert client.decrypt_verdict() is True
@@ -219,7 +130,7 @@ def test_explain_approved_profile_makes_no_server_call(
 def test_thin_functions_return_plain_values(
     client: backend.CreditScoringClient,
 ) -> None:
-    profile = PROFILES["refused_flippable"]
+    profile = DATA_PROFILES["refused_flippable"]
     applicant = backend.pre_process_encrypt_send_applicant(client, **profile["applicant"])
     bank = backend.pre_process_encrypt_send_bank(client, **profile["bank"])
     bureau = backend.pre_process_encrypt_send_credit_bureau(client, **profile["credit_bureau"])
@@ -232,7 +143,7 @@ def test_thin_functions_return_plain_values(
 
 
 def test_sending_again_invalidates_the_last_run(client: backend.CreditScoringClient) -> None:
-    _send_profile(client, PROFILES["approved"])
+    _send_profile(client, DATA_PROFILES["approved"])
     client.predict()
     client.send_bank(account_age=3)
     with pytest.raises(backend.StepOrderError) as caught:
@@ -261,7 +172,7 @@ def test_invalid_field_values_raise_before_any_request(
     transport: RecordingTransport,
     tmp_path: Path,
 ) -> None:
-    profile = PROFILES["approved"]
+    profile = DATA_PROFILES["approved"]
     fields = {**profile[party], **change}
     senders = {
         "applicant": lambda c: c.send_applicant(**fields),
@@ -287,7 +198,7 @@ def test_invalid_field_values_raise_before_any_request(
 def test_missing_and_unknown_applicant_fields_are_invalid(
     client: backend.CreditScoringClient, transport: RecordingTransport
 ) -> None:
-    applicant = dict(PROFILES["approved"]["applicant"])
+    applicant = dict(DATA_PROFILES["approved"]["applicant"])
     start = len(transport.calls)
     with pytest.raises(backend.InvalidFieldError, match="missing"):
         client.send_applicant(**{k: v for k, v in applicant.items() if k != "age"})
@@ -299,7 +210,7 @@ def test_missing_and_unknown_applicant_fields_are_invalid(
 def test_steps_out_of_order_raise_locally(server_url: str, tmp_path: Path) -> None:
     transport = RecordingTransport()
     client = backend.CreditScoringClient(server_url, key_dir=tmp_path / "keys", transport=transport)
-    profile = PROFILES["approved"]
+    profile = DATA_PROFILES["approved"]
     for step in (
         lambda: client.send_applicant(**profile["applicant"]),
         lambda: client.send_bank(**profile["bank"]),
@@ -458,7 +369,7 @@ def test_garbage_output_is_a_bad_response_not_a_crash(scripted: Any) -> None:
     if not client.has_keys:
         client.generate_keys()
     server.next = httpx.Response(204)
-    profile = PROFILES["approved"]
+    profile = DATA_PROFILES["approved"]
     _send_profile(client, profile)
     server.next = httpx.Response(200, json={"fhe_execution_time": 0.5})
     assert client.predict() == 0.5

@@ -18,161 +18,36 @@ folder; every failure message names it.
 from __future__ import annotations
 
 import re
-import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import app
 import settings
 from development.page_script import RunningApp
-from development.page_script import running_app as start_app
 from development.reference import clear_explain, clear_verdict
 from page.strings import display_name, tr
-from tests.client.test_backend import PROFILES
+from tests.support.applications import DATA_PROFILES
+from tests.support.browser import (
+    CJK,
+    STEP_TIMEOUT_SECONDS,
+    PageDriver,
+    assert_no_output_marked,
+    fill_applicant,
+    opened_page,
+    toast,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 # A refused profile (unemployed, 0-2 years) that a higher years-employed bin flips to approved,
-# so that Step 5 has something to explain. test_backend.py checks it against the clear model.
-PROFILE = PROFILES["refused_flippable"]
+# so that Step 5 has something to explain. tests/client/test_backend.py checks it against the clear
+# model.
+PROFILE = DATA_PROFILES["refused_flippable"]
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-PAGE_LOAD_TIMEOUT_MS = 60_000
-# Key generation uploads ~16 MB of evaluation keys; FHE runs take a few seconds at most.
-STEP_TIMEOUT_SECONDS = 90.0
-CJK = re.compile(r"[\u4e00-\u9fff]")
 HEADING_IDS = ("step1-title", "step2-title", "step3-title", "step4-title", "step5-title")
 ENGLISH_HEADINGS = ("Step 1", "Step 2", "Step 3", "Step 4", "Step 5")
-ASSET_IDS = ("own_car", "own_property", "mobile_phone")
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Return Chromium's path, or skip the test when Chromium or Playwright is missing."""
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError as error:
-        pytest.skip(f"Playwright is not installed ({error})")
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.skip("no 'chromium' executable on PATH (apt-get install chromium)")
-    return executable
-
-
-@pytest.fixture(scope="module")
-def running_app(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
-    # Requests ``chromium`` first so that a missing browser skips before the app starts.
-    with start_app(tmp_path_factory.mktemp("app")) as running:
-        yield running
-
-
-class PageDriver:
-    """Drives the page like a person (failures get the screenshot's path and the log added)."""
-
-    def __init__(self, page: Any, running: RunningApp, screenshot: Path) -> None:
-        self.page = page
-        self.running = running
-        self.screenshot = screenshot
-
-    def context(self) -> str:
-        """Return what every failure message carries: the screenshot's path and the app's log."""
-        return f"\nscreenshot: {self.screenshot}\napp log ({self.running.log}):\n" + (
-            self.running.log_tail(2000)
-        )
-
-    def take_screenshot(self) -> None:
-        """Save a full-page screenshot (best effort: a broken page must not hide the failure)."""
-        try:
-            self.page.screenshot(path=str(self.screenshot), full_page=True)
-        except Exception as error:  # noqa: BLE001 - the test's own failure matters more
-            print(f"could not take the screenshot {self.screenshot}: {error}")
-
-    def textbox(self, elem_id: str) -> Any:
-        """Return the <textarea>/<input> of a gr.Textbox."""
-        return self.page.locator(f"#{elem_id} [data-testid='textbox']")
-
-    def value(self, elem_id: str) -> str:
-        """Return a gr.Textbox's current value."""
-        return self.textbox(elem_id).input_value()
-
-    def text(self, elem_id: str) -> str:
-        """Return the visible text of a component."""
-        return self.page.locator(f"#{elem_id}").inner_text()
-
-    def error_toasts(self) -> list[str]:
-        """Return the texts of the error toasts on the page."""
-        return self.page.locator(".toast-body.error [data-testid='toast-text']").all_inner_texts()
-
-    def click(self, elem_id: str) -> None:
-        """Click a button."""
-        self.page.locator(f"#{elem_id}").click()
-
-    def wait_for_value(self, elem_id: str, pattern: re.Pattern[str]) -> str:
-        """Wait until a textbox's value matches, failing at once on an error toast.
-
-        Returns:
-            The textbox's value.
-        """
-        deadline = time.monotonic() + STEP_TIMEOUT_SECONDS
-        value = ""
-        while time.monotonic() < deadline:
-            value = self.value(elem_id)
-            if pattern.search(value):
-                return value
-            errors = self.error_toasts()
-            assert not errors, f"the page showed an error while waiting for #{elem_id}: {errors}"
-            self.page.wait_for_timeout(200)
-        raise AssertionError(
-            f"#{elem_id} did not match {pattern.pattern!r} within {STEP_TIMEOUT_SECONDS:g} s "
-            f"(value {value!r})"
-        )
-
-    def set_slider(self, elem_id: str, number: float) -> None:
-        """Type a number into a slider's number box and check that the slider follows."""
-        box = self.page.locator(f"#{elem_id} input[data-testid='number-input']")
-        box.fill(f"{number:g}")
-        box.press("Enter")
-        slider = self.page.locator(f"#{elem_id} input[type='range']")
-        actual = float(slider.input_value())
-        assert actual == number, f"slider #{elem_id} shows {actual}, not {number}"
-
-    def pick(self, elem_id: str, shown: str) -> None:
-        """Open a dropdown and click the option displayed as ``shown``."""
-        combobox = self.page.locator(f"#{elem_id} input[role='combobox']")
-        combobox.click()
-        self.page.get_by_role("option", name=shown, exact=True).click()
-        actual = combobox.input_value()
-        assert actual == shown, f"dropdown #{elem_id} shows {actual!r}, not {shown!r}"
-
-    def set_checkbox(self, elem_id: str, value: str, checked: bool) -> None:
-        """Tick or untick one choice of a gr.CheckboxGroup (by its value)."""
-        box = self.page.locator(f"#{elem_id} input[type='checkbox'][name='{value}']")
-        box.set_checked(checked)
-        assert box.is_checked() is checked, f"#{elem_id} {value} not set"
-
-
-def _fill_and_send_applicant(driver: PageDriver, lang: str, applicant: dict[str, Any]) -> None:
-    for field in ASSET_IDS:
-        driver.set_checkbox("assets", field, applicant[field])
-    driver.set_slider("num-children", applicant["num_children"])
-    driver.set_slider("household-size", applicant["household_size"])
-    driver.set_slider("total-income", applicant["total_income"])
-    driver.set_slider("age", applicant["age"])
-    for field in settings.APPLICANT_FIELDS[7:]:  # the five categories, shown by display name
-        driver.pick(field.replace("_", "-"), display_name(field, applicant[field], lang))
 
 
 def _assert_language(driver: PageDriver, lang: str) -> None:
@@ -210,7 +85,7 @@ def _walk_through_the_five_steps(driver: PageDriver, lang: str) -> set[Path]:
     # Preconditions of a meaningful explanation: refused as entered, some higher bin flips it.
     assert expected_verdict is False and expected_years is not None, (
         f"the profile is no longer refused-but-flippable ({expected_verdict}, {expected_years}); "
-        "pick another one in tests/test_backend.py"
+        "pick another one in tests/support/applications.py"
     )
     nonempty = re.compile(r"\S")
     sent = re.compile(r"^(?!" + re.escape(tr(lang, "not_sent")) + r")\S")
@@ -230,7 +105,7 @@ def _walk_through_the_five_steps(driver: PageDriver, lang: str) -> set[Path]:
     assert new_key_folders, f"no key folder appeared in {driver.running.keys_dir}"
 
     # Step 2.1: the applicant.
-    _fill_and_send_applicant(driver, lang, applicant)
+    fill_applicant(driver, lang, applicant)
     driver.click("encrypt-applicant-button")
     driver.wait_for_value("encrypted-applicant", sent)
 
@@ -292,77 +167,6 @@ def _walk_through_the_five_steps(driver: PageDriver, lang: str) -> set[Path]:
     return new_key_folders
 
 
-OUTPUT_IDS = (
-    "evaluation-key",
-    "encrypted-applicant",
-    "encrypted-bank",
-    "encrypted-credit-bureau",
-    "fhe-execution-time",
-    "encrypted-output",
-    "verdict",
-    "explain-result",
-)
-
-
-def _assert_no_output_marked(driver: PageDriver) -> None:
-    """No output box shows Gradio's error state (a red "Error" badge)."""
-    for elem_id in OUTPUT_IDS:
-        marked = driver.page.locator(f"#{elem_id} .error").count()
-        text = driver.text(elem_id)
-        assert not marked and "Error" not in text and "错误" not in text, (
-            f"#{elem_id} is marked as an error: {text!r}"
-        )
-
-
-def _toast(driver: PageDriver, expected: str) -> str:
-    """Wait for the error toast saying ``expected``; return its title as displayed."""
-    toast = driver.page.locator(".toast-body.error").filter(has_text=expected)
-    toast.first.wait_for(state="visible", timeout=STEP_TIMEOUT_SECONDS * 1000)
-    return driver.page.evaluate(
-        """el => {
-            const title = el.querySelector('.toast-title');
-            const before = getComputedStyle(title, '::before').content;
-            return before && before !== 'none' ? before.replace(/"/g, '') : title.innerText;
-        }""",
-        toast.first.element_handle(),
-    )
-
-
-@contextmanager
-def opened_page(
-    chromium: str, running: RunningApp, locale: str, screenshot: Path, *, always_shoot: bool
-) -> Iterator[PageDriver]:
-    """A fresh Chromium profile in ``locale`` showing the page; failures get the screenshot."""
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # Playwright refuses --user-data-dir in args: a persistent context gets a fresh one.
-        context = playwright.chromium.launch_persistent_context(
-            str(screenshot.with_suffix(".profile")),
-            executable_path=chromium,
-            args=CHROMIUM_ARGS,
-            locale=locale,
-            viewport={"width": 1280, "height": 900},
-        )
-        try:
-            context.set_default_timeout(30_000)
-            page = context.pages[0] if context.pages else context.new_page()
-            driver = PageDriver(page, running, screenshot)
-            try:
-                page.goto(running.url, wait_until="load", timeout=PAGE_LOAD_TIMEOUT_MS)
-                page.locator("#keygen-button").wait_for(state="visible")
-                yield driver
-            except (AssertionError, PlaywrightError) as error:
-                driver.take_screenshot()
-                raise AssertionError(f"{error}{driver.context()}") from error
-            finally:
-                if always_shoot:
-                    driver.take_screenshot()
-        finally:
-            context.close()
-
-
 def test_zh_tw_page_out_of_order_click_and_language_switch(
     chromium: str, running_app: RunningApp, tmp_path: Path
 ) -> None:
@@ -371,16 +175,16 @@ def test_zh_tw_page_out_of_order_click_and_language_switch(
         _assert_language(driver, "zh-Hant")
         # A click out of order: its message, a Chinese toast title, no output marked.
         driver.click("run-fhe-button")
-        title = _toast(driver, tr("zh-Hant", "err_order_keys_first"))
+        title = toast(driver, tr("zh-Hant", "err_order_keys_first"))
         assert title == tr("zh-Hant", "error_title"), f"toast title {title!r}"
-        _assert_no_output_marked(driver)
+        assert_no_output_marked(driver)
         # The switch: the page and the handlers' messages in English, in place (no reload).
         driver.page.locator("#lang-en").click()
         driver.page.locator("#title").filter(has_text="Credit-card approval").wait_for()
         _assert_language(driver, "en")
         driver.click("explain-button")
-        assert _toast(driver, tr("en", "err_order_keys_first")) == "Error"
-        _assert_no_output_marked(driver)
+        assert toast(driver, tr("en", "err_order_keys_first")) == "Error"
+        assert_no_output_marked(driver)
 
 
 @pytest.mark.parametrize(("locale", "lang"), [("zh-HK", "zh-Hant"), ("en-US", "en")])

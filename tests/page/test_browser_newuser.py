@@ -1,6 +1,6 @@
 """What a new user tripped on (issue 20), walked in a real browser: zh-CN, zh-TW and en-US.
 
-``python app.py`` runs as in tests/test_browser.py, but as a public page would (``FHE_PAGE_LIMITS=
+``python app.py`` runs as in test_browser.py, but as a public page would (``FHE_PAGE_LIMITS=
 public``) with two key generations per address, so that the limits line and a refusal can be
 seen without waiting out a window. One walk, in zh-CN: the unemployed, refused profile of the
 issue (退休人员, income 76000, age 42, bank 47, employed = no, years 2-5) through Steps 1-5 with
@@ -21,42 +21,26 @@ from typing import Any
 
 import pytest
 
-import settings
 from development.page_script import RunningApp
 from development.page_script import running_app as start_app
-from development.reference import clear_explain, clear_verdict
+from development.reference import clear_explain
 from fhe_server.launcher import free_port
 from page import strings, threeparty_runs
 from page.strings import display_name, explanation_text, tr
-from tests.page import test_browser as browser
-from tests.page.test_browser import chromium  # noqa: F401  (the fixture)
+from tests.support import browser
+from tests.support.applications import NEW_USER_PROFILE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 KEYGEN_PER_CLIENT = 2
 LIMITS_ENV = {"FHE_PAGE_LIMITS": "public", "FHE_PAGE_KEYGEN_PER_CLIENT": str(KEYGEN_PER_CLIENT)}
-RANGES = settings.field_ranges()
-# The issue's profile; the fields it does not name keep the page's defaults.
-APPLICANT = {
-    "own_car": False,
-    "own_property": False,
-    "mobile_phone": False,
-    "num_children": RANGES["num_children"]["value"],
-    "household_size": RANGES["household_size"]["value"],
-    "total_income": 76000,
-    "age": 42,
-    "income_type": "Pensioner",
-    **{field: settings.CATEGORY_VALUES[field][0] for field in settings.APPLICANT_FIELDS[8:]},
-}
-BANK = {"account_age": 47}
-BUREAU = {"employed": False, "years_employed": "2-5"}
 # Names, code and units the Chinese page shows as they are.
 LATIN_NAMES = {"FHE", "README", "evaluation", "key", "BFV", "OpenFHE", "Python", "MB", "make"}
 LATIN_NAMES |= {"run", "python", "threeparty", "role", "venv", "openfhe", "s"}
 
 
 @pytest.fixture(scope="module")
-def public_app(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:  # noqa: F811
+def public_app(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     env = {**LIMITS_ENV, "THREEPARTY_SERVER_PORT": str(free_port())}
     with start_app(tmp_path_factory.mktemp("newuser"), env) as running:
         yield running
@@ -86,10 +70,10 @@ def _keygen_watching_status(driver: browser.PageDriver) -> list[str]:
 
 
 def _fill_the_unemployed_profile(driver: browser.PageDriver, lang: str) -> None:
-    driver.set_slider("total-income", APPLICANT["total_income"])
-    driver.set_slider("age", APPLICANT["age"])
+    driver.set_slider("total-income", NEW_USER_PROFILE.applicant["total_income"])
+    driver.set_slider("age", NEW_USER_PROFILE.applicant["age"])
     driver.pick("income-type", display_name("income_type", "Pensioner", lang))
-    driver.set_slider("account-age", BANK["account_age"])
+    driver.set_slider("account-age", NEW_USER_PROFILE.bank["account_age"])
     driver.page.locator("#employed label").filter(has_text=tr(lang, "choice_no")).click()
     driver.pick("years-employed", display_name("years_employed", "2-5", lang))
 
@@ -140,18 +124,68 @@ def _switch(driver: browser.PageDriver, lang: str) -> None:
         driver.page.wait_for_timeout(100)
 
 
+def _expected_explanation(lang: str) -> str:
+    return explanation_text(lang, approved=False, years="2-5", employed=False)
+
+
+def _check_the_switch_kept_everything(
+    driver: browser.PageDriver,
+    lang: str,
+    income_type: str,
+    before: dict[str, Any],
+    folders: set[Path],
+    running: RunningApp,
+) -> None:
+    """Same document (no reload), same session, fields and outputs; texts in ``lang``."""
+    after = _state(driver)
+    assert after["marker"] == "kept", "the switch reloaded the page"
+    for name in ("income", "account_age", "employed_no", "key", "ciphertexts"):
+        assert after[name] == before[name], (name, before[name], after[name])
+    assert after["fhe_time"] == before["fhe_time"]
+    assert after["encrypted_output"] == before["encrypted_output"]
+    assert after["income_type"] == income_type
+    assert after["years"] == display_name("years_employed", "2-5", lang)
+    assert after["verdict"] == tr(lang, "verdict_refused")
+    assert after["explanation"] == _expected_explanation(lang)
+    assert set(running.key_folders()) == folders, "the switch changed the keys"
+    assert driver.page.locator("#diagram img:visible").get_attribute("lang") == lang
+    # No key generation spent: still one left.
+    left = driver.text("limits-left")
+    assert ("1 key generations" in left) if lang == "en" else ("金鑰 1 次" in left), left
+
+
+def _check_the_third_key_generation_is_refused(driver: browser.PageDriver) -> None:
+    """The second key generation is allowed, the third refused: outputs stay as they were."""
+    driver.click("keygen-button")
+    _wait_text(driver, "limits-left", "0 key generations")
+    driver.wait_for_value("evaluation-key", re.compile(r"\S"))
+    kept = driver.value("evaluation-key")
+    driver.click("keygen-button")
+    message = tr("en", "err_rate_keygen", seconds=0).split("0")[0]
+    assert browser.toast(driver, message.strip()) == "Error"
+    browser.assert_no_output_marked(driver)
+    assert driver.value("evaluation-key") == kept
+    if threeparty_runs.unavailable_reason() is None:
+        # A three-party run counts as a key generation: refused the same way, its boxes
+        # left as they were.
+        toasts = driver.page.locator(".toast-body.error")
+        toasts.first.wait_for(state="detached", timeout=60_000)  # the first one went away
+        driver.click("tp-run-button")
+        assert browser.toast(driver, message.strip()) == "Error"
+        for elem_id in ("tp-progress", "tp-verdict", "tp-explain"):
+            box = driver.page.locator(f"#{elem_id}")
+            assert not box.locator(".error").count(), f"#{elem_id} marked as an error"
+            assert "Error" not in box.inner_text(), box.inner_text()
+
+
 def test_unemployed_profile_language_switch_and_refusal(
     public_app: RunningApp,
-    chromium: str,  # noqa: F811
+    chromium: str,
     tmp_path: Path,
 ) -> None:
-    approved = clear_verdict(APPLICANT, BANK, BUREAU)
-    years = clear_explain(APPLICANT, BANK, BUREAU)
+    approved = NEW_USER_PROFILE.verdict()
+    years = clear_explain(*NEW_USER_PROFILE.parts().values())
     assert approved is False and years == "2-5", (approved, years)  # the issue's profile
-
-    def expected_explanation(lang: str) -> str:
-        return explanation_text(lang, approved=False, years=years, employed=False)
-
     shots = tmp_path
     with browser.opened_page(
         chromium, public_app, "zh-CN", shots / "0-final.png", always_shoot=True
@@ -172,7 +206,7 @@ def test_unemployed_profile_language_switch_and_refusal(
         _run_steps_2_to_5(driver)
         assert driver.value("verdict") == "很可能被拒绝"
         assert driver.value("explain-result") == "在职且工作年限达到2–5年时，您最有可能获批。"
-        assert driver.value("explain-result") == expected_explanation("zh")
+        assert driver.value("explain-result") == _expected_explanation("zh")
         _shoot(driver, shots / "1-zh-CN-explained.png")
         before = _state(driver)
         folders = set(public_app.key_folders())
@@ -180,48 +214,15 @@ def test_unemployed_profile_language_switch_and_refusal(
 
         for lang, income_type in (("zh-Hant", "退休人員"), ("en", "Pensioner")):
             _switch(driver, lang)
-            after = _state(driver)
             _shoot(driver, shots / f"2-switched-to-{lang}.png")
-            # Same document (no reload), same session, fields and outputs; texts in lang.
-            assert after["marker"] == "kept", "the switch reloaded the page"
-            for name in ("income", "account_age", "employed_no", "key", "ciphertexts"):
-                assert after[name] == before[name], (name, before[name], after[name])
-            assert after["fhe_time"] == before["fhe_time"]
-            assert after["encrypted_output"] == before["encrypted_output"]
-            assert after["income_type"] == income_type
-            assert after["years"] == display_name("years_employed", "2-5", lang)
-            assert after["verdict"] == tr(lang, "verdict_refused")
-            assert after["explanation"] == expected_explanation(lang)
-            assert set(public_app.key_folders()) == folders, "the switch changed the keys"
-            assert driver.page.locator("#diagram img:visible").get_attribute("lang") == lang
-            # No key generation spent: still one left.
-            left = driver.text("limits-left")
-            assert ("1 key generations" in left) if lang == "en" else ("金鑰 1 次" in left), left
+            _check_the_switch_kept_everything(
+                driver, lang, income_type, before, folders, public_app
+            )
         assert driver.value("explain-result") == (
             "You would most likely be approved if you were employed, with 2–5 years of employment."
         )
 
-        # The second key generation is allowed, the third refused: outputs stay as they were.
-        driver.click("keygen-button")
-        _wait_text(driver, "limits-left", "0 key generations")
-        driver.wait_for_value("evaluation-key", re.compile(r"\S"))
-        kept = driver.value("evaluation-key")
-        driver.click("keygen-button")
-        message = tr("en", "err_rate_keygen", seconds=0).split("0")[0]
-        assert browser._toast(driver, message.strip()) == "Error"
-        browser._assert_no_output_marked(driver)
-        assert driver.value("evaluation-key") == kept
-        if threeparty_runs.unavailable_reason() is None:
-            # A three-party run counts as a key generation: refused the same way, its boxes
-            # left as they were.
-            toasts = driver.page.locator(".toast-body.error")
-            toasts.first.wait_for(state="detached", timeout=60_000)  # the first one went away
-            driver.click("tp-run-button")
-            assert browser._toast(driver, message.strip()) == "Error"
-            for elem_id in ("tp-progress", "tp-verdict", "tp-explain"):
-                box = driver.page.locator(f"#{elem_id}")
-                assert not box.locator(".error").count(), f"#{elem_id} marked as an error"
-                assert "Error" not in box.inner_text(), box.inner_text()
+        _check_the_third_key_generation_is_refused(driver)
         _shoot(driver, shots / "3-en-refused.png")
 
 
@@ -252,7 +253,7 @@ def test_each_locale_shows_one_language(
     locale: str,
     lang: str,
     public_app: RunningApp,
-    chromium: str,  # noqa: F811
+    chromium: str,
     tmp_path: Path,
 ) -> None:
     screenshot = tmp_path / f"page-{locale}.png"

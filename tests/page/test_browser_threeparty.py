@@ -1,9 +1,9 @@
 """The page's three-party mode in a real browser (headless Chromium, Playwright), zh and en.
 
-``python app.py`` runs as in tests/test_browser.py (its fixtures are reused) and starts its own
-three-party server (``.venv-threeparty``). The test enters a refused-but-flippable application in
-the party fields, clicks the three-party button - three separate party processes run the
-threshold flow - and checks that the verdict the applicant and the bank fused, and the
+``python app.py`` runs as in test_browser.py (the fixtures of this folder's conftest) and starts
+its own three-party server (``.venv-threeparty``). The test enters a refused-but-flippable
+application in the party fields, clicks the three-party button - three separate party processes
+run the threshold flow - and checks that the verdict the applicant and the bank fused, and the
 explanation from the same evaluation, equal the clear model's (development/reference.py), in the
 browser's language, and that the three key folders are gone afterwards.
 """
@@ -19,22 +19,18 @@ import pytest
 
 import app
 import settings
+from development.page_script import RunningApp
 from development.reference import clear_verdict
 from fhe_server.launcher import free_port
 from page import threeparty_runs
 from page.strings import display_name, explanation_text
-from tests.page.test_browser import (  # noqa: F401  (fixtures)
-    CJK,
-    PROFILE,
-    PageDriver,
-    RunningApp,
-    _fill_and_send_applicant,
-    chromium,
-    opened_page,
-    running_app,
-)
+from tests.support.applications import DATA_PROFILES
+from tests.support.browser import CJK, PageDriver, fill_applicant, opened_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+# A refused application that a higher years-employed bin flips to approved.
+PROFILE = DATA_PROFILES["refused_flippable"]
 
 # The first run waits for the three-party server's start-up self-test, then three processes
 # make keys, encrypt, evaluate and decrypt: seconds each, generous on a loaded machine.
@@ -77,7 +73,7 @@ def _expected(lang: str) -> tuple[str, str]:
 
 def _run_three_parties(driver: PageDriver, lang: str) -> None:
     page = driver.page
-    _fill_and_send_applicant(driver, lang, PROFILE["applicant"])
+    fill_applicant(driver, lang, PROFILE["applicant"])
     driver.set_slider("account-age", PROFILE["bank"]["account_age"])
     choice = app.tr(lang, "choice_yes" if PROFILE["credit_bureau"]["employed"] else "choice_no")
     page.locator("#employed label").filter(has_text=choice).click()
@@ -106,8 +102,8 @@ def _run_three_parties(driver: PageDriver, lang: str) -> None:
 def test_three_party_mode_in_a_real_browser(
     locale: str,
     lang: str,
-    chromium: str,  # noqa: F811
-    running_app: RunningApp,  # noqa: F811
+    chromium: str,
+    running_app: RunningApp,
     tmp_path: Path,
 ) -> None:
     screenshot = tmp_path / f"threeparty-{lang}.png"

@@ -104,3 +104,116 @@ def varied_profiles(count: int, seed: int = 7) -> list[Profile]:
 def refused_profile() -> Profile:
     """A varied profile whose clear verdict is a refusal (explain then runs on the server)."""
     return next(profile for profile in varied_profiles(20) if not profile.verdict())
+
+
+# Rows of data/applications.csv named for what the clear tree does with them, with the verdict
+# and the explanation it gives (found by searching the data with development/reference.py).
+# tests/client/test_backend.py checks first that the clear reference still agrees, so a
+# retrained model that changes them fails loudly there (search again then).
+DATA_PROFILES: dict[str, dict[str, Any]] = {
+    # data row 1: approved as sent.
+    "approved": {
+        "applicant": {
+            "own_car": False,
+            "own_property": True,
+            "mobile_phone": True,
+            "num_children": 0,
+            "household_size": 2,
+            "total_income": 82000.0,
+            "age": 58,
+            "income_type": "Working",
+            "education_type": "Higher education",
+            "family_status": "Married",
+            "occupation_type": "Core staff",
+            "housing_type": "House / apartment",
+        },
+        "bank": {"account_age": 19},
+        "credit_bureau": {"employed": True, "years_employed": "11-18"},
+        "verdict": True,
+        "explain": "11-18",
+    },
+    # data row 2: refused (unemployed, 0-2 years); employed with 8-11 years flips it.
+    "refused_flippable": {
+        "applicant": {
+            "own_car": False,
+            "own_property": False,
+            "mobile_phone": True,
+            "num_children": 0,
+            "household_size": 2,
+            "total_income": 45000.0,
+            "age": 52,
+            "income_type": "Working",
+            "education_type": "Incomplete higher",
+            "family_status": "Married",
+            "occupation_type": "Waiters/barmen staff",
+            "housing_type": "House / apartment",
+        },
+        "bank": {"account_age": 49},
+        "credit_bureau": {"employed": False, "years_employed": "0-2"},
+        "verdict": False,
+        "explain": "8-11",
+    },
+    # data row 0: refused (employed, 5-8 years), and no years-employed bin changes it.
+    "refused_unflippable": {
+        "applicant": {
+            "own_car": False,
+            "own_property": False,
+            "mobile_phone": True,
+            "num_children": 0,
+            "household_size": 1,
+            "total_income": 29000.0,
+            "age": 25,
+            "income_type": "Working",
+            "education_type": "Incomplete higher",
+            "family_status": "Single",
+            "occupation_type": "Sales staff",
+            "housing_type": "House / apartment",
+        },
+        "bank": {"account_age": 55},
+        "credit_bureau": {"employed": True, "years_employed": "5-8"},
+        "verdict": False,
+        "explain": None,
+    },
+    # data row 3: refused as unemployed; employed with the same bin (2-5) would be approved.
+    "refused_unemployed": {
+        "applicant": {
+            "own_car": False,
+            "own_property": True,
+            "mobile_phone": True,
+            "num_children": 0,
+            "household_size": 2,
+            "total_income": 76000.0,
+            "age": 42,
+            "income_type": "Pensioner",
+            "education_type": "Secondary",
+            "family_status": "Married",
+            "occupation_type": "Sales staff",
+            "housing_type": "With parents",
+        },
+        "bank": {"account_age": 47},
+        "credit_bureau": {"employed": False, "years_employed": "2-5"},
+        "verdict": False,
+        "explain": "2-5",
+    },
+}
+
+
+_PAGE_DEFAULTS = settings.field_ranges()
+NEW_USER_PROFILE = Profile(
+    applicant={
+        "own_car": False,
+        "own_property": False,
+        "mobile_phone": False,
+        "num_children": _PAGE_DEFAULTS["num_children"]["value"],
+        "household_size": _PAGE_DEFAULTS["household_size"]["value"],
+        "total_income": 76000,
+        "age": 42,
+        "income_type": "Pensioner",
+        **{field: settings.CATEGORY_VALUES[field][0] for field in settings.APPLICANT_FIELDS[8:]},
+    },
+    bank={"account_age": 47},
+    credit_bureau={"employed": False, "years_employed": "2-5"},
+)
+"""Issue 20's refused unemployed applicant as the page shows it: the fields the issue names
+(income 76000, age 42, a pensioner, bank 47, not employed, 2-5 years), the page's defaults for
+the others (tests/page/test_browser_newuser.py enters only the named ones)."""

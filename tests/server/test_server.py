@@ -35,10 +35,10 @@ from fhe_server.errors import (
     StepOutOfOrderError,
     TooManySessionsError,
 )
+from fhe_server.file_store import FileSessionStore
 from fhe_server.launcher import ServerStartError
 from fhe_server.protocol import Party
 from fhe_server.runtime import SessionQuota
-from fhe_server.stores import FileSessionStore
 from settings import ServerSettings
 from tests.support.applications import BASE_APPLICANT, CANDIDATE_ROWS, Profile
 from tests.support.http import OCTET, open_session, upload

@@ -6,8 +6,9 @@ HTTP request (method, URL, headers and body bytes). None of them may contain
 - the client's private key material: the LWE secret keys that ``client.keys.save`` wrote in the
   client's ``key_dir`` (read back from that file), as raw bytes, hex or base64, in several
   encodings of the key bits (as saved: one 64-bit word per bit; one byte per bit; packed bits);
-- the application in clear: field values as text (income "57000", occupation "Laborers", income
-  type "Working", ...), field names, or the quantized integer vectors the client encrypts.
+- the application in clear (the example application): field values as text (income "90000",
+  occupation "Managers", income type "Commercial associate", ...), field names, or the quantized
+  integer vectors the client encrypts.
 
 The server's storage directory (every file of the session) is searched for the same things.
 Only the evaluation keys (public material the server needs to compute) and ciphertexts travel.
@@ -32,7 +33,7 @@ import settings
 from backend import KEYS_FILE_NAME, CreditScoringClient, party_preprocessor
 from development.instrumentation import RecordedRequest, RecordingTransport
 from development.reference import clear_explain
-from tests.support.applications import BASE_PROFILE
+from tests.support.applications import EXAMPLE_PROFILE
 from tests.support.kit import WIRE
 from tests.support.servers import running_server
 
@@ -66,9 +67,9 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
         client = CreditScoringClient(server_url=base_url, key_dir=key_dir, transport=recorder)
         try:
             client.generate_keys()
-            client.send_applicant(**BASE_PROFILE.applicant)
-            client.send_bank(**BASE_PROFILE.bank)
-            client.send_credit_bureau(**BASE_PROFILE.credit_bureau)
+            client.send_applicant(**EXAMPLE_PROFILE.applicant)
+            client.send_bank(**EXAMPLE_PROFILE.bank)
+            client.send_credit_bureau(**EXAMPLE_PROFILE.credit_bureau)
             client.predict()
             verdict = client.decrypt_verdict()
             explanation = client.explain()
@@ -166,24 +167,24 @@ def clear_needles() -> tuple[dict[str, bytes], dict[str, bytes]]:
     Text of three bytes or less would appear by chance in megabytes of random key material, so
     it is only searched where the client writes text.
     """
-    applicant = BASE_PROFILE.applicant
+    applicant = EXAMPLE_PROFILE.applicant
     texts = {
-        "income": "57000",
-        "income as a float": "57000.0",
+        "income": str(int(applicant["total_income"])),
+        "income as a float": str(float(applicant["total_income"])),
         "occupation": applicant["occupation_type"],
         "income type": applicant["income_type"],
         "education": applicant["education_type"],
         "family status": applicant["family_status"],
         "housing": applicant["housing_type"],
-        "years employed": BASE_PROFILE.credit_bureau["years_employed"],
-        "account age": f"account_age={BASE_PROFILE.bank['account_age']}",
+        "years employed": EXAMPLE_PROFILE.credit_bureau["years_employed"],
+        "account age": f"account_age={EXAMPLE_PROFILE.bank['account_age']}",
     }
     for party, fields in settings.PARTY_FIELDS.items():
         texts.update({f"field name {party}.{name}": name for name in fields})
     everywhere, short = {}, {}
     for label, text in texts.items():
         (everywhere if len(text) > 3 else short)[label] = text.encode()
-    for party, fields in BASE_PROFILE.parts().items():
+    for party, fields in EXAMPLE_PROFILE.parts().items():
         quantized = party_preprocessor(party).transform(fields)
         if len(quantized) > 2:  # the bank's single small integer would match anywhere
             everywhere[f"quantized {party} (int64)"] = quantized.astype("<i8").tobytes()
@@ -206,8 +207,8 @@ def test_the_flow_sent_only_keys_and_ciphertexts(recorded: Recorded) -> None:
         ("POST", "explain"),
         ("DELETE", session_id),  # close()
     ]
-    assert recorded.verdict is False and BASE_PROFILE.verdict() is False  # refused: explain ran
-    assert recorded.explanation == clear_explain(*BASE_PROFILE.parts().values())
+    assert recorded.verdict is False and EXAMPLE_PROFILE.verdict() is False  # refused: explain ran
+    assert recorded.explanation == clear_explain(*EXAMPLE_PROFILE.parts().values())
     sizes = [len(r.body) for r in recorded.requests]
     assert sizes[:2] == [0, WIRE["evaluation_keys"]["bytes"]]
     assert sizes[2:5] == [WIRE[party]["bytes"] for party in settings.PARTIES]
@@ -224,7 +225,7 @@ def test_the_search_finds_material_that_did_leak(recorded: Recorded) -> None:
     n_keys = len(recorded.secret_keys)
     assert len(leaks(recorded.key_file_bytes, saved)) == n_keys * 2 * WINDOWS_PER_KEY  # as saved
     everywhere, short = clear_needles()
-    fake_json = json.dumps(BASE_PROFILE.parts()).encode()
+    fake_json = json.dumps(EXAMPLE_PROFILE.parts()).encode()
     assert {"income", "occupation", "income type", "field name applicant.total_income"} <= set(
         leaks(fake_json, everywhere)
     )

@@ -25,6 +25,7 @@ import page.runtime
 import settings
 from page import strings
 from page.limits import Admissions, LimitExceeded, RateLimiter
+from tests.support.applications import EXAMPLE_PROFILE, page_values
 from tests.support.servers import ScriptedServer
 
 PAGE_DIR = Path(app.__file__).with_name("page")
@@ -45,18 +46,8 @@ def make_request(headers: dict[str, str], session_hash: str = "test-session") ->
     return gr.Request(headers=headers, session_hash=session_hash)
 
 
-APPLICANT_VALUES = (
-    ["own_car", "mobile_phone"],  # assets
-    0,  # num_children
-    2,  # household_size
-    57000.0,  # total_income
-    44,  # age
-    "Working",
-    "Secondary",
-    "Married",
-    "Laborers",
-    "House / apartment",
-)
+# The example application's applicant as the page's components hold it.
+APPLICANT_VALUES = page_values(EXAMPLE_PROFILE.applicant)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from tests.support.applications import BASE_PROFILE
+from tests.support.applications import EXAMPLE_PROFILE
 from tests.support.http import open_session, upload
 from tests.support.kit import Kit
 from tests.support.servers import running_server
@@ -68,7 +68,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget]:
     with running_server(store_dir=store_dir) as base_url:
         with httpx.Client(base_url=base_url, timeout=60) as http:
             session_id, auth = open_session(http, kit.evaluation_keys)
-            encrypted = kit.encrypt(BASE_PROFILE)
+            encrypted = kit.encrypt(EXAMPLE_PROFILE)
             upload(http, session_id, auth, {p: encrypted[p] for p in ("applicant", "bank")})
         schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
         yield FuzzTarget(base_url=base_url, schema=schema, session_id=session_id, auth=auth)

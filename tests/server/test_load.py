@@ -25,7 +25,7 @@ import pytest
 
 from backend import CreditScoringClient, ServerBusyError
 from development.instrumentation import HealthProbe
-from tests.support.applications import BASE_PROFILE, Profile, varied_profiles
+from tests.support.applications import EXAMPLE_PROFILE, Profile, varied_profiles
 from tests.support.http import OCTET, open_session, upload
 from tests.support.kit import Kit
 from tests.support.processes import PeakSampler, server_process
@@ -143,7 +143,7 @@ def test_busy_fhe_keeps_health_fast_and_refuses_extra_predicts(server: str) -> N
     with httpx.Client(base_url=server, timeout=120) as http:
         # The explaining session, and five others ready to predict.
         session_id, auth = open_session(http, kit.evaluation_keys)
-        upload(http, session_id, auth, kit.encrypt(BASE_PROFILE))
+        upload(http, session_id, auth, kit.encrypt(EXAMPLE_PROFILE))
         candidates = kit.encrypt_candidates()
         others = []
         for profile in varied_profiles(5):

@@ -40,7 +40,7 @@ from fhe_server.launcher import ServerStartError
 from fhe_server.protocol import Party
 from fhe_server.runtime import SessionQuota
 from settings import ServerSettings
-from tests.support.applications import BASE_APPLICANT, CANDIDATE_ROWS, Profile
+from tests.support.applications import CANDIDATE_ROWS, EXAMPLE_PROFILE, Profile
 from tests.support.http import OCTET, open_session, upload
 from tests.support.inprocess import app_client, service_of
 from tests.support.kit import CARD, WIRE, Kit
@@ -48,25 +48,22 @@ from tests.support.servers import one_fhe_slot_server, running_server
 
 pytestmark = pytest.mark.slow
 
-STRONG_APPLICANT = {
-    **BASE_APPLICANT,
-    "own_property": True,
-    "total_income": 150000.0,
-    "education_type": "Higher education",
-}
-BANK = {"account_age": 30}
+# The example application (refused: not employed), the same with a higher income and employed
+# for 2-5 years, and the same employed for 11-18 years: the first and the last differ in the
+# credit bureau's input only and have opposite verdicts.
+HIGHER_INCOME = {**EXAMPLE_PROFILE.applicant, "total_income": 150000.0}
 SHORT_EMPLOYMENT = {"employed": True, "years_employed": "2-5"}
 LONG_EMPLOYMENT = {"employed": True, "years_employed": "11-18"}
 PROFILES = [
-    Profile(BASE_APPLICANT, BANK, SHORT_EMPLOYMENT),
-    Profile(STRONG_APPLICANT, BANK, SHORT_EMPLOYMENT),
-    Profile(BASE_APPLICANT, BANK, LONG_EMPLOYMENT),
+    EXAMPLE_PROFILE,
+    Profile(HIGHER_INCOME, EXAMPLE_PROFILE.bank, SHORT_EMPLOYMENT),
+    Profile(EXAMPLE_PROFILE.applicant, EXAMPLE_PROFILE.bank, LONG_EMPLOYMENT),
 ]
 
 
 @pytest.fixture(scope="module")
 def ciphertexts(kit: Kit) -> dict[str, bytes]:
-    """The base profile's three ciphertexts and six explain candidates."""
+    """The example application's three ciphertexts and six explain candidates."""
     encrypted = kit.encrypt(PROFILES[0])
     encrypted["candidates"] = kit.encrypt_candidates()
     return encrypted
@@ -120,7 +117,7 @@ def test_predict_matches_clear_model_and_new_input_replaces_old(
         assert int(kit.decrypt(output.content, "predict")) == int(verdict)
         previous_output = output.content
 
-    # Replacing only the credit bureau's input changes the verdict (base profile, short -> long).
+    # Replacing only the credit bureau's input changes the verdict (not employed -> 11-18 years).
     upload(client, session_id, auth, kit.encrypt(PROFILES[0]))
     client.post(f"/sessions/{session_id}/predict", headers=auth).raise_for_status()
     first = kit.decrypt(

@@ -1,10 +1,14 @@
 """The applications the tests send: each party's raw fields, with the clear model's verdict.
 
 - ``Profile``: one application (the applicant's, the bank's and the credit bureau's fields).
-- ``BASE_PROFILE``: the application most tests send when its verdict does not matter.
+- ``EXAMPLE_PROFILE``: the example application of ``contracts.examples`` (the one the party
+  programs and the benchmarks use), which the tests send when its verdict does not matter;
+  ``page_values`` gives an applicant's fields as the page's Step 2.1 holds them.
 - ``varied_profiles(n)``: ``n`` different applications (every field varies) whose clear verdicts
   cover both outcomes; ``refused_profile()``: the first refused one.
 - ``CANDIDATE_ROWS``: the credit bureau's rows that explain evaluates (employed, each bin).
+- Applications a test needs for what the clear tree does with them, each named for it:
+  ``DATA_PROFILES`` (rows of the data set) and ``NEW_USER_PROFILE`` (issue 20's applicant).
 """
 
 from __future__ import annotations
@@ -16,28 +20,12 @@ from typing import Any
 import numpy as np
 
 import settings
+from contracts.examples import EXAMPLE_FIELDS
 from development.reference import clear_verdict
 
 CANDIDATE_ROWS: list[dict[str, Any]] = [
     {"employed": True, "years_employed": years} for years in settings.YEARS_EMPLOYED_BINS
 ]
-
-BASE_APPLICANT: dict[str, Any] = {
-    "own_car": True,
-    "own_property": False,
-    "mobile_phone": True,
-    "num_children": 0,
-    "household_size": 2,
-    "total_income": 57000.0,
-    "age": 44,
-    "income_type": "Working",
-    "education_type": "Secondary",
-    "family_status": "Married",
-    "occupation_type": "Laborers",
-    "housing_type": "House / apartment",
-}
-BASE_BANK: dict[str, Any] = {"account_age": 30}
-BASE_CREDIT_BUREAU: dict[str, Any] = {"employed": True, "years_employed": "2-5"}
 
 
 @dataclass(frozen=True)
@@ -57,7 +45,17 @@ class Profile:
         return clear_verdict(self.applicant, self.bank, self.credit_bureau)
 
 
-BASE_PROFILE = Profile(BASE_APPLICANT, BASE_BANK, BASE_CREDIT_BUREAU)
+EXAMPLE_PROFILE = Profile(**{party: dict(fields) for party, fields in EXAMPLE_FIELDS.items()})
+"""The example application (``contracts.examples``); the clear tree refuses it (not employed)."""
+
+
+def page_values(applicant: dict[str, Any]) -> tuple[Any, ...]:
+    """An applicant's fields as the page's Step 2.1 components hold them, in their order.
+
+    The three yes/no fields are one list of the ticked ones; the others follow as they are.
+    """
+    assets = [field for field in settings.APPLICANT_FIELDS[:3] if applicant[field]]
+    return (assets, *(applicant[field] for field in settings.APPLICANT_FIELDS[3:]))
 
 
 def varied_profiles(count: int, seed: int = 7) -> list[Profile]:

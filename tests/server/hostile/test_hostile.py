@@ -32,7 +32,7 @@ from concrete import fhe
 
 import settings
 from contracts.wire import bearer
-from tests.support.applications import BASE_PROFILE, Profile, refused_profile, varied_profiles
+from tests.support.applications import EXAMPLE_PROFILE, Profile, refused_profile, varied_profiles
 from tests.support.http import OCTET, assert_client_error, full_flow_verdict, open_session, upload
 from tests.support.kit import WIRE, Kit
 from tests.support.processes import server_process
@@ -136,7 +136,7 @@ def assert_still_serving(live: Live, bystander: Bystander) -> None:
 @pytest.fixture(scope="module")
 def encrypted_a(kit_a: Kit) -> dict[str, bytes]:
     """kit_a's ciphertexts of the base profile and of the explain candidates."""
-    return {**kit_a.encrypt(BASE_PROFILE), "candidates": kit_a.encrypt_candidates()}
+    return {**kit_a.encrypt(EXAMPLE_PROFILE), "candidates": kit_a.encrypt_candidates()}
 
 
 def attack_session(live: Live, kit: Kit, encrypted: dict[str, bytes]) -> tuple[str, dict]:
@@ -266,7 +266,7 @@ def test_bit_flips_in_a_ciphertext_body_never_break_the_server(
 ) -> None:
     """A flipped bit past the header may go unnoticed (no one can check it without the secret
     key): the server then computes on it. Whatever it does, it answers 2xx or 4xx."""
-    encrypted_b = {**kit_b.encrypt(BASE_PROFILE), "candidates": kit_b.encrypt_candidates()}
+    encrypted_b = {**kit_b.encrypt(EXAMPLE_PROFILE), "candidates": kit_b.encrypt_candidates()}
     rng = np.random.default_rng(5)
     outcomes: Counter[str] = Counter()
     tried = []
@@ -347,7 +347,7 @@ def test_ciphertexts_and_keys_of_another_key_set_leave_the_server_healthy(
 ) -> None:
     """Ciphertexts under another key set look exactly like genuine ones: the server computes,
     the result decrypts to noise (or by chance to a valid verdict), nothing else is affected."""
-    profile = BASE_PROFILE
+    profile = EXAMPLE_PROFILE
     encrypted_b = kit_b.encrypt(profile)
     mixes = {
         "all three of key set B in a session of A": (kit_a, encrypted_b),

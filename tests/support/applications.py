@@ -8,7 +8,8 @@
   cover both outcomes; ``refused_profile()``: the first refused one.
 - ``CANDIDATE_ROWS``: the credit bureau's rows that explain evaluates (employed, each bin).
 - Applications a test needs for what the clear tree does with them, each named for it:
-  ``DATA_PROFILES`` (rows of the data set) and ``NEW_USER_PROFILE`` (issue 20's applicant).
+  ``VERDICT_PROFILES`` (the server contract's), ``DATA_PROFILES`` (rows of the data set) and
+  ``NEW_USER_PROFILE`` (issue 20's applicant).
 """
 
 from __future__ import annotations
@@ -47,6 +48,25 @@ class Profile:
 
 EXAMPLE_PROFILE = Profile(**{party: dict(fields) for party, fields in EXAMPLE_FIELDS.items()})
 """The example application (``contracts.examples``); the clear tree refuses it (not employed)."""
+
+
+VERDICT_PROFILES = [
+    EXAMPLE_PROFILE,
+    Profile(
+        {**EXAMPLE_PROFILE.applicant, "total_income": 150000.0},
+        EXAMPLE_PROFILE.bank,
+        {"employed": True, "years_employed": "2-5"},
+    ),
+    Profile(
+        EXAMPLE_PROFILE.applicant,
+        EXAMPLE_PROFILE.bank,
+        {"employed": True, "years_employed": "11-18"},
+    ),
+]
+"""The server contract's applications, whose verdicts differ: the example (refused: not
+employed), the same with a higher income employed 2-5 years, and the same employed 11-18 years
+(both approved). The first and the last differ in the credit bureau's input only, so replacing
+that one input changes the verdict, and the first's explain candidates have both outcomes."""
 
 
 def page_values(applicant: dict[str, Any]) -> tuple[Any, ...]:

@@ -2,7 +2,8 @@
 
 - ``OCTET``: the Content-Type header of every binary body.
 - ``open_session``, ``upload``, ``full_flow_verdict``: a session's steps with a ``Kit``'s bytes.
-- ``assert_client_error``: a 4xx answer whose body is ``{"detail": <non-empty str>}``.
+- ``assert_client_error``: a 4xx answer whose body is ``{"detail": <non-empty str>}``;
+  ``assert_error``: an answer of one status (5xx too) whose detail says something.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ def assert_client_error(response: httpx.Response, expected: int | set[int] | Non
     assert isinstance(detail, str) and detail, response.text
     assert "Traceback" not in response.text
     return detail
+
+
+def assert_error(response: httpx.Response, status_code: int, contains: str = "") -> None:
+    """Assert an answer of ``status_code`` whose JSON detail contains ``contains`` (any case)."""
+    assert response.status_code == status_code, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and detail
+    assert contains.lower() in detail.lower()
+    assert "Traceback" not in response.text
 
 
 def open_session(http: httpx.Client, evaluation_keys: bytes) -> tuple[str, dict[str, str]]:

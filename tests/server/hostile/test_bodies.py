@@ -1,27 +1,19 @@
-"""Hostile requests against a real server process (``uvicorn server:app``), issue 7 part 1.
+"""Hostile bodies against a real server process: bytes that are not what the route expects.
 
-Every request below is something a client may send by mistake or on purpose: random and empty
-bodies, truncated, extended and bit-flipped ciphertexts and keys, ciphertexts of the wrong party
-or of another key set, evaluation keys of another circuit, bodies over the limits sent streaming,
-unknown parties, path-like and over-long session ids, missing and wrong tokens, calls after
-DELETE and steps out of order. Each must get a 4xx answer with a JSON ``{"detail": str}`` (or, for
-what no one can tell from a valid request without the secret key, a 2xx), never a 5xx and never
-a crash; after each test /health answers and a *bystander* session, opened before the attacks,
-still gets its correct verdict (decrypted and compared with development.reference.clear_verdict).
-
-The number of cases of each category is asserted (``CASE_COUNTS``) so the README can report it.
-Expiry is covered in test_restart.py.
+Random and empty bodies, truncated, extended and bit-flipped ciphertexts and keys (bit flips past
+the evaluation keys' header too), ciphertexts of the wrong party or of another key set,
+evaluation keys of another circuit, and bodies over the limits sent streaming. Each gets a 4xx
+with a JSON ``{"detail": str}`` (or, for what no one can tell from a valid request without the
+secret key, a 2xx), never a 5xx nor a crash; the fixtures and the checks after each test are in
+this folder's conftest and ``tests.support.hostile``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import shutil
-import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -32,153 +24,26 @@ from concrete import fhe
 
 import settings
 from contracts.wire import bearer
-from tests.support.applications import EXAMPLE_PROFILE, Profile, refused_profile, varied_profiles
+from tests.support.applications import EXAMPLE_PROFILE, varied_profiles
+from tests.support.hostile import (
+    CASE_COUNTS,
+    CIPHERTEXT_NAMES,
+    STREAM_READ_BOUND_BYTES,
+    Bystander,
+    Live,
+    assert_still_serving,
+    attack_session,
+    flip,
+    genuine,
+    send,
+    session_files,
+)
 from tests.support.http import OCTET, assert_client_error, full_flow_verdict, open_session, upload
 from tests.support.kit import WIRE, Kit
 from tests.support.processes import server_process
 from tests.support.servers import running_server
 
 pytestmark = pytest.mark.slow
-
-# Cases tried per category (asserted at the end of each test; reported in the README).
-CASE_COUNTS = {
-    "random_or_empty_bodies": 40,
-    "truncated_or_extended": 32,
-    "header_bit_flips": 21,
-    "ciphertext_body_bit_flips": 16,
-    "evaluation_key_body_bit_flips": 10,
-    "wrong_party_or_shape": 20,
-    "other_key_set": 5,
-    "other_circuit_keys": 3,
-    "over_limit_streaming": 12,
-    "unknown_party": 12,
-    "bad_session_id": 84,
-    "bad_token": 60,
-    "after_delete": 7,
-    "out_of_order": 9,
-}
-SESSION_ROUTES = [
-    ("PUT", "/sessions/{id}/inputs/applicant"),
-    ("POST", "/sessions/{id}/predict"),
-    ("GET", "/sessions/{id}/output"),
-    ("POST", "/sessions/{id}/explain"),
-    ("DELETE", "/sessions/{id}"),
-    ("PUT", "/sessions/{id}/inputs/bank"),
-]
-CIPHERTEXT_NAMES = [*settings.PARTIES, "candidates"]
-HEALTH_SECONDS = 1.0
-# A streamed body is "not read whole" if the client could push at most this much of it before
-# the answer (socket buffers on both sides hold a few MB).
-STREAM_READ_BOUND_BYTES = 64 * 1024 * 1024
-
-
-# ---------------------------------------------------------------------------------------------
-# Fixtures: two key sets, one server, a bystander session
-# ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def kit_a() -> Kit:
-    return Kit.generate()
-
-
-@pytest.fixture(scope="module")
-def kit_b() -> Kit:
-    return Kit.generate()
-
-
-@dataclass
-class Live:
-    """A running server, its store and a client."""
-
-    base_url: str
-    store_dir: Path
-    http: httpx.Client
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    store_dir = tmp_path_factory.mktemp("hostile") / "store"
-    with running_server(store_dir=store_dir) as base_url:
-        with httpx.Client(base_url=base_url, timeout=120) as http:
-            yield Live(base_url=base_url, store_dir=store_dir, http=http)
-
-
-@dataclass
-class Bystander:
-    """A session opened before the attacks, with its inputs uploaded."""
-
-    session_id: str
-    auth: dict[str, str]
-    kit: Kit
-    profile: Profile
-
-
-@pytest.fixture(scope="module")
-def bystander(live: Live, kit_b: Kit) -> Bystander:
-    profile = refused_profile()
-    session_id, auth = open_session(live.http, kit_b.evaluation_keys)
-    upload(live.http, session_id, auth, kit_b.encrypt(profile))
-    return Bystander(session_id=session_id, auth=auth, kit=kit_b, profile=profile)
-
-
-def assert_still_serving(live: Live, bystander: Bystander) -> None:
-    """/health answers fast and the bystander session still gets its own correct verdict."""
-    start = time.perf_counter()
-    health = live.http.get("/health")
-    assert health.status_code == 200 and health.json()["status"] == "ok"
-    assert time.perf_counter() - start < HEALTH_SECONDS
-    url = f"/sessions/{bystander.session_id}"
-    assert live.http.post(f"{url}/predict", headers=bystander.auth).status_code == 200
-    output = live.http.get(f"{url}/output", headers=bystander.auth)
-    assert output.status_code == 200
-    assert int(bystander.kit.decrypt(output.content)) == int(bystander.profile.verdict())
-
-
-@pytest.fixture(scope="module")
-def encrypted_a(kit_a: Kit) -> dict[str, bytes]:
-    """kit_a's ciphertexts of the base profile and of the explain candidates."""
-    return {**kit_a.encrypt(EXAMPLE_PROFILE), "candidates": kit_a.encrypt_candidates()}
-
-
-def attack_session(live: Live, kit: Kit, encrypted: dict[str, bytes]) -> tuple[str, dict]:
-    """A session of ``kit`` holding the applicant's and the bank's ciphertexts."""
-    session_id, auth = open_session(live.http, kit.evaluation_keys)
-    upload(live.http, session_id, auth, {p: encrypted[p] for p in ("applicant", "bank")})
-    return session_id, auth
-
-
-def send(live: Live, name: str, session_id: str, auth: dict, body: bytes) -> httpx.Response:
-    """Send ``body`` where the ciphertext ``name`` (or "evaluation_keys") goes."""
-    if name == "evaluation_keys":
-        return live.http.post("/sessions", content=body, headers=OCTET)
-    if name == "candidates":
-        return live.http.post(
-            f"/sessions/{session_id}/explain", content=body, headers={**auth, **OCTET}
-        )
-    return live.http.put(
-        f"/sessions/{session_id}/inputs/{name}", content=body, headers={**auth, **OCTET}
-    )
-
-
-def genuine(kit: Kit, encrypted: dict[str, bytes], name: str) -> bytes:
-    return kit.evaluation_keys if name == "evaluation_keys" else encrypted[name]
-
-
-def flip(data: bytes, byte: int, bit: int) -> bytes:
-    flipped = bytearray(data)
-    flipped[byte] ^= 1 << bit
-    return bytes(flipped)
-
-
-def session_files(store_dir: Path) -> dict[str, str]:
-    """Every file below a directory with the SHA-256 of its content.
-
-    ``meta.json`` files are left out: every authenticated call updates their last-use time.
-    """
-    return {
-        str(path.relative_to(store_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(store_dir.rglob("*"))
-        if path.is_file() and path.name != "meta.json"
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,166 +435,4 @@ def test_bodies_over_the_limits_are_refused_while_streaming(
         "the server kept reading bodies it had already refused (path, Content-Length declared, "
         f"bytes the client could send): {read_whole}"
     )
-    assert_still_serving(live, bystander)
-
-
-# ---------------------------------------------------------------------------------------------
-# Parties, session ids, tokens, deleted sessions, order of the steps
-# ---------------------------------------------------------------------------------------------
-def test_unknown_parties_are_refused(
-    live: Live, kit_a: Kit, encrypted_a: dict, bystander: Bystander
-) -> None:
-    session_id, auth = attack_session(live, kit_a, encrypted_a)
-    before = session_files(live.store_dir)
-    parties = [
-        "insurer",
-        "APPLICANT",
-        "Applicant",
-        "applicant.bin",
-        "input_applicant.bin",
-        "applicant%00",
-        "%2e%2e",
-        "..%2Fmeta.json",
-        "credit-bureau",
-        "candidates",
-        "%20applicant",
-        "a" * 5000,
-    ]
-    for party in parties:
-        response = live.http.put(
-            f"/sessions/{session_id}/inputs/{party}",
-            content=encrypted_a["applicant"],
-            headers={**auth, **OCTET},
-        )
-        assert_client_error(response, {404, 422})
-    assert session_files(live.store_dir) == before
-    assert len(parties) == CASE_COUNTS["unknown_party"]
-    assert_still_serving(live, bystander)
-
-
-def test_path_like_and_over_long_session_ids_are_refused(
-    live: Live, kit_a: Kit, encrypted_a: dict, bystander: Bystander
-) -> None:
-    session_id, auth = attack_session(live, kit_a, encrypted_a)
-    before = session_files(live.store_dir.parent)
-    bad_ids = [
-        "../../etc",
-        "..",
-        "%2e%2e",
-        "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
-        "..%5c..%5cwindows",
-        "%00",
-        session_id.upper(),
-        session_id + "0",
-        session_id[:-1],
-        f".trash-{session_id}",
-        "0" * 10_000,
-        "x" * 60_000,
-        "meta.json",
-        "%2F" + session_id,
-    ]
-    tried = []
-    for bad_id in bad_ids:
-        for method, template in SESSION_ROUTES:
-            body = encrypted_a["applicant"] if method in ("PUT", "POST") else None
-            response = live.http.request(
-                method, template.format(id=bad_id), content=body, headers={**auth, **OCTET}
-            )
-            assert_client_error(response, 404)
-            # The small refused body was read to its end, so the connection stays open: closing
-            # it with unread bytes would reset it and could destroy the answer in flight.
-            assert response.headers.get("connection") != "close", (bad_id[:20], method)
-            tried.append((bad_id[:20], method))
-    assert session_files(live.store_dir.parent) == before
-    assert len(tried) == CASE_COUNTS["bad_session_id"]
-    assert_still_serving(live, bystander)
-
-
-def test_missing_wrong_or_other_sessions_tokens_are_refused(
-    live: Live, kit_a: Kit, encrypted_a: dict, bystander: Bystander
-) -> None:
-    session_id, auth = attack_session(live, kit_a, encrypted_a)
-    token = auth["Authorization"].removeprefix("Bearer ")
-    before = session_files(live.store_dir / session_id)
-    header_sets = [
-        {},
-        {"Authorization": ""},
-        {"Authorization": "Bearer"},
-        bearer(token.swapcase()),
-        {"Authorization": "Basic dXNlcjpwYXNz"},
-        {"Authorization": token},  # no scheme
-        bearer(token[:-1]),
-        bearer(token + "x"),
-        bearer("x" * 10_000),
-        bystander.auth,  # a real token, of another live session
-    ]
-    tried = []
-    for headers in header_sets:
-        for method, template in SESSION_ROUTES:
-            body = encrypted_a["applicant"] if method in ("PUT", "POST") else None
-            response = live.http.request(
-                method, template.format(id=session_id), content=body, headers={**headers, **OCTET}
-            )
-            assert_client_error(response, 401)
-            assert response.headers["www-authenticate"] == "Bearer"
-            tried.append((method, template))
-    assert session_files(live.store_dir / session_id) == before  # nothing changed, not deleted
-    assert len(tried) == CASE_COUNTS["bad_token"]
-    assert_still_serving(live, bystander)
-
-
-def test_calls_after_delete_are_refused(
-    live: Live, kit_a: Kit, encrypted_a: dict, bystander: Bystander
-) -> None:
-    session_id, auth = attack_session(live, kit_a, encrypted_a)
-    assert live.http.delete(f"/sessions/{session_id}", headers=auth).status_code == 204
-    assert not (live.store_dir / session_id).exists()
-    tried = []
-    for method, template in SESSION_ROUTES:
-        body = encrypted_a["applicant"] if method in ("PUT", "POST") else None
-        response = live.http.request(
-            method, template.format(id=session_id), content=body, headers={**auth, **OCTET}
-        )
-        assert_client_error(response, 404)
-        tried.append(method)
-    # Another live session's token does not make the deleted one exist again.
-    response = live.http.get(f"/sessions/{session_id}/output", headers=bystander.auth)
-    assert_client_error(response, 404)
-    tried.append("GET output with another session's token")
-    assert len(tried) == CASE_COUNTS["after_delete"]
-    assert_still_serving(live, bystander)
-
-
-def test_steps_out_of_order_are_refused(
-    live: Live, kit_a: Kit, encrypted_a: dict, bystander: Bystander
-) -> None:
-    session_id, auth = open_session(live.http, kit_a.evaluation_keys)
-    url = f"/sessions/{session_id}"
-    http = live.http
-    candidates = {"content": encrypted_a["candidates"], "headers": {**auth, **OCTET}}
-    tried = []
-
-    def refused(response: httpx.Response, mentions: str) -> None:
-        assert mentions in assert_client_error(response, 409)
-        tried.append(mentions)
-
-    refused(http.post(f"{url}/predict", headers=auth), "applicant")
-    refused(http.get(f"{url}/output", headers=auth), "predict")
-    refused(http.post(f"{url}/explain", **candidates), "applicant, bank")
-    upload(http, session_id, auth, {"credit_bureau": encrypted_a["credit_bureau"]})
-    refused(http.post(f"{url}/predict", headers=auth), "applicant, bank")
-    upload(http, session_id, auth, {"bank": encrypted_a["bank"]})
-    refused(http.post(f"{url}/explain", **candidates), "applicant")
-    refused(http.get(f"{url}/output", headers=auth), "predict")
-    upload(http, session_id, auth, {"applicant": encrypted_a["applicant"]})
-    refused(http.get(f"{url}/output", headers=auth), "predict")
-    assert http.post(f"{url}/predict", headers=auth).status_code == 200
-    assert http.get(f"{url}/output", headers=auth).status_code == 200
-    upload(http, session_id, auth, {"bank": encrypted_a["bank"]})  # the verdict is now stale
-    refused(http.get(f"{url}/output", headers=auth), "predict")
-    # Delete, then the steps again: the session is gone (404), not out of order.
-    assert http.delete(url, headers=auth).status_code == 204
-    assert_client_error(http.post(f"{url}/predict", headers=auth), 404)
-    tried.append("predict after delete")
-    assert len(tried) == CASE_COUNTS["out_of_order"]
     assert_still_serving(live, bystander)

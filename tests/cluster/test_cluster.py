@@ -13,12 +13,7 @@ Without redis-server or nginx the module is skipped; with ``REQUIRE_CLUSTER=1`` 
 from __future__ import annotations
 
 import math
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +28,7 @@ from backend import CreditScoringClient
 from backend import SessionNotFoundError as ClientSessionNotFoundError
 from contracts.wire import bearer
 from development.reference import clear_explain, clear_verdict
-from fhe_server.cluster import MAX_BODY_BYTES, REPO_DIR, Cluster, free_port
+from fhe_server.cluster import MAX_BODY_BYTES, Cluster
 from fhe_server.errors import (
     ServerBusyError,
     SessionNotFoundError,
@@ -461,40 +456,3 @@ def test_nginx_answers_json_for_oversize_bodies_and_when_no_replica_answers(
     response = httpx.get(f"{cluster.url}/health", timeout=TIMEOUT)
     assert response.status_code == 503
     assert response.json()["detail"] and int(response.headers["Retry-After"]) >= 1
-
-
-def test_the_cluster_command_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
-    ports = {"port": free_port(), "redis": free_port(), "replica": free_port()}
-    command = [
-        sys.executable, "-m", "fhe_server.cluster", "--replicas", "1",
-        "--port", str(ports["port"]), "--redis-port", str(ports["redis"]),
-        "--replica-port", str(ports["replica"]),
-    ]  # fmt: skip
-    env = {**os.environ, "FHE_STORE_DIR": str(tmp_path / "unused"), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        command,
-        cwd=REPO_DIR,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if "[cluster] ready at" in line:
-                break
-        assert any("ready at" in line for line in lines), "".join(lines[-40:])
-        url = f"http://127.0.0.1:{ports['port']}"
-        assert health(url)["replica"] == "replica-1"
-        process.send_signal(signal.SIGINT)  # Ctrl-C
-        assert process.wait(timeout=60) == 0
-        for port in ports.values():  # nginx, Redis and the replica are all stopped
-            with pytest.raises(ConnectionRefusedError):
-                socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()

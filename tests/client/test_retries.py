@@ -3,7 +3,7 @@
 A transient failure (502, 504, or a 503 marked ``X-FHE-Transient``: a replica or the session
 store went away, nothing changed) is repeated with backoff within ``retry_seconds``; any other
 refusal is raised at once. ``wait_while_busy`` waits for a busy server within ``max_wait`` and
-says how long it waited. The cluster itself is exercised in ``test_faults.py``.
+says how long it waited. The cluster itself is exercised in ``tests/cluster/test_faults.py``.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def test_scripted_key_generations_past_the_limits_are_refused(page: RunningApp) 
     after = page.page_memory()
     # At most the rate limit's worth were accepted, never more live sessions than the cap; every
     # other attempt was refused by one of the two, in the client's language. (Which one refuses
-    # depends on when earlier sessions expire; test_app.py checks each limit's exact message.)
+    # depends on when earlier sessions expire; test_steps.py checks each limit's exact message.)
     assert 1 <= accepted <= KEYGEN_PER_CLIENT, (accepted, refusals)
     assert peak_folders <= MAX_SESSIONS and peak_sessions <= MAX_SESSIONS
     full = strings.tr(PAGE_LANGUAGE, "err_page_full", limit=MAX_SESSIONS)

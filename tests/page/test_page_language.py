@@ -1,8 +1,8 @@
 """The language switch without a browser: outputs already shown, put into another language.
 
 The switch itself (in place, no reload, no key generation) is walked in a real browser by
-tests/test_browser_newuser.py; here the texts it rewrites are checked against the functions that
-wrote them, in each pair of the page's three languages.
+tests/page/test_browser_newuser.py; here the texts it rewrites are checked against the functions
+that wrote them, in each pair of the page's three languages.
 """
 
 from __future__ import annotations

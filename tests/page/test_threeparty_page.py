@@ -2,7 +2,7 @@
 
 Without ``.venv-threeparty``, or with an interpreter that cannot import openfhe, the section says
 why the mode is not available (both languages) and its button is disabled; the single-key page
-is unchanged. (The mode itself runs in tests/test_browser_threeparty.py.)
+is unchanged. (The mode itself runs in tests/page/test_browser_threeparty.py.)
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``GET /admission`` answers what nginx asks before streaming a creation's body; ``POST
 /sessions`` checks the same before reading its body, and such a refusal does not ask for the
 connection to be closed (the server discards the unread body itself). The cluster, with nginx
-answering the refusals, is exercised in ``test_faults.py``.
+answering the refusals, is exercised in ``tests/cluster/test_faults.py``.
 """
 
 from __future__ import annotations

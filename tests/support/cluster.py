@@ -1,4 +1,4 @@
-"""Helpers of the tests that run a real cluster (``test_cluster.py``, ``test_faults.py``)."""
+"""Helpers of the tests that run a real cluster (``tests/cluster/``): binaries, health, routing."""
 
 from __future__ import annotations
 

@@ -4,8 +4,8 @@
 that triggers it, and runs it like the browser does: ``POST /gradio_api/queue/join`` with the
 event's ``fn_index`` and a session hash, then reads ``/gradio_api/queue/data`` (server-sent
 events) until the event completes. ``running_app`` starts ``python app.py`` (with its own FHE
-server) on loopback ports. Used by tests/test_page_abuse.py, tests/test_browser.py and
-development/bench_page.py.
+server) on loopback ports. Used by the page's tests (tests/page/: the abuse test, and the browser
+tests through the folder's conftest) and by development/bench_page.py.
 """
 
 from __future__ import annotations

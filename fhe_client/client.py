@@ -5,6 +5,10 @@ party's inputs separately, triggers the FHE run, fetches and decrypts the verdic
 explain step; ``decide_batch`` decides up to 16 applications in one call (a portfolio's step).
 Every path it reads is an argument (the client specs, the preprocessing, the key
 folder): it reads no setting and no environment variable; ``backend`` passes the repository's.
+
+This module is longer than 500 lines because ``CreditScoringClient`` is one class whose steps
+share one lock and one session state (half of its lines are the public methods' docstrings);
+splitting it would spread that state over modules.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ from fhe_server.app_base import base_app
 from fhe_server.body import BODY_LEFT_UNREAD, error_headers, read_body
 from fhe_server.errors import InvalidTokenError, RetryLaterError, ServiceError
 from fhe_server.service import ScoringService, build_service
-from fhe_server.stores import SessionStore
+from fhe_server.session_store import SessionStore
 from settings import ServerSettings
 
 logger = logging.getLogger("fhe_server")

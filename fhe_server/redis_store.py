@@ -64,7 +64,7 @@ from fhe_server.redis_scripts import (
     ROOM_SCRIPT,
     STORE_OUTPUT_SCRIPT,
 )
-from fhe_server.stores import short_id, token_digest
+from fhe_server.session_store import short_id, token_digest
 
 if TYPE_CHECKING:
     from fhe_server.redis_quota import RedisSessionQuota

@@ -12,9 +12,10 @@ import anyio.to_thread
 from contracts.parties import PARTIES, Party
 from contracts.single_key import BATCH_INPUT_PREFIX, BATCH_ROWS, CANDIDATES
 from fhe_server.errors import InvalidPayloadError, SessionNotFoundError
+from fhe_server.file_store import FileSessionStore
 from fhe_server.model import FHEModel
 from fhe_server.runtime import FHEGate, KeyCache, SessionQuota
-from fhe_server.stores import FileSessionStore, SessionStore, short_id
+from fhe_server.session_store import SessionStore, short_id
 from settings import ServerSettings
 
 logger = logging.getLogger("fhe_server")

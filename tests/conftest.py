@@ -1,6 +1,6 @@
-"""Shared test helpers and the CI guards of the suite.
+"""The fixtures every area of the suite shares, and the CI guards of the suite.
 
-- ``free_port()`` gives a TCP port on 127.0.0.1 that a test server can bind.
+- ``kit``: one client key set (``tests.support.kit.Kit``) per test module.
 - With ``REQUIRE_BROWSER=1`` (set by ``.ci/run``) a skipped test marked ``browser`` counts as a
   failure, and the session fails if no browser test passed, so a missing Chromium or Playwright
   cannot turn into a green run.
@@ -31,9 +31,7 @@ from collections import Counter
 import pytest
 
 from fhe_server.concrete_runtime import start_concrete_runtime
-from fhe_server.launcher import free_port
-
-__all__ = ["free_port"]
+from tests.support.kit import Kit
 
 # The three-party suite runs in its own session in .venv-threeparty (`make test-threeparty`).
 collect_ignore = ["threeparty"]
@@ -47,6 +45,12 @@ _EXIT_STATUS = pytest.StashKey[int]()
 _crash_report_fd: int | None = None
 # The signals faulthandler reports.
 _FATAL_SIGNALS = (signal.SIGSEGV, signal.SIGFPE, signal.SIGABRT, signal.SIGBUS, signal.SIGILL)
+
+
+@pytest.fixture(scope="module")
+def kit() -> Kit:
+    """One client key set for the test module (key generation takes about two seconds)."""
+    return Kit.generate()
 
 
 def _browser_required() -> bool:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from fhe_server.launcher import REPO_DIR
 
-TESTS_DIR = Path(__file__).resolve().parent
+pytestmark = pytest.mark.slow
 
 INNER_TESTS = """
 from concrete import fhe
@@ -60,11 +60,16 @@ def test_reads_address_zero():
 def run_inner_session(
     tmp_path: Path, *plugin_args: str, tests: str = INNER_TESTS
 ) -> subprocess.CompletedProcess[str]:
+    """Run ``tests`` in a pytest of its own, in ``tmp_path``.
+
+    The project's conftest is the plugin ``tests.conftest`` (``-p``), with only the repository on
+    the path: with tests/ on it, the test folders would hide the packages they mirror.
+    """
     (tmp_path / "test_inner.py").write_text(tests)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin_args, "."],
         cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{TESTS_DIR}:{TESTS_DIR.parent}"},
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_DIR)},
         capture_output=True,
         text=True,
         timeout=600,
@@ -72,7 +77,7 @@ def run_inner_session(
 
 
 def test_a_failed_session_exits_non_zero_after_an_fhe_run(tmp_path: Path) -> None:
-    with_conftest = run_inner_session(tmp_path, "-p", "conftest", "--rootdir", str(tmp_path))
+    with_conftest = run_inner_session(tmp_path, "-p", "tests.conftest", "--rootdir", str(tmp_path))
     assert "1 failed, 1 passed" in with_conftest.stdout, with_conftest.stdout[-2000:]
     assert with_conftest.returncode == pytest.ExitCode.TESTS_FAILED, with_conftest.stdout[-2000:]
     # Without the project's conftest the library's exit handler decides; report what it does so a
@@ -83,7 +88,7 @@ def test_a_failed_session_exits_non_zero_after_an_fhe_run(tmp_path: Path) -> Non
 
 def test_a_crash_after_an_fhe_run_names_the_test(tmp_path: Path) -> None:
     crashed = run_inner_session(
-        tmp_path, "-p", "conftest", "--rootdir", str(tmp_path), tests=CRASHING_TESTS
+        tmp_path, "-p", "tests.conftest", "--rootdir", str(tmp_path), tests=CRASHING_TESTS
     )
     report = crashed.stdout[-2000:] + crashed.stderr[-4000:]
     assert crashed.returncode == -signal.SIGSEGV, report

@@ -7,6 +7,7 @@ its requests timed by ``development.instrumentation.RecordingTransport``.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,31 @@ def full_flow(client: Any, parts: dict[str, dict[str, Any]]) -> tuple[dict[str, 
     return steps, bool(verdict)
 
 
+@dataclass
+class HttpSamples:
+    """What ``measure_http`` measures, session by session (the first, warm-up one left out).
+
+    Attributes:
+        steps: seconds of each of the five steps (``FLOW_STEPS``, and "flow": their sum).
+        first_predict_fhe: the server's FHE seconds of each session's first predict.
+        warm_predict_fhe: the same for a second predict on the session's prepared keys.
+        explain_wall: seconds of each explain, seen by the client.
+        explain_fhe: the server's FHE seconds of each explain.
+        explain_trips: HTTP requests each explain made.
+        agree: whether each session's verdict and explanation were the clear model's.
+        rss: the server's RSS (bytes) with that many sessions open.
+    """
+
+    steps: dict[str, list[float]] = field(default_factory=dict)
+    first_predict_fhe: list[float] = field(default_factory=list)
+    warm_predict_fhe: list[float] = field(default_factory=list)
+    explain_wall: list[float] = field(default_factory=list)
+    explain_fhe: list[float] = field(default_factory=list)
+    explain_trips: list[int] = field(default_factory=list)
+    agree: list[bool] = field(default_factory=list)
+    rss: dict[int, int] = field(default_factory=dict)
+
+
 def measure_http(
     report: Report, options: Options, data: Dataset, server: ServerProcess, work_dir: Path
 ) -> None:
@@ -95,10 +121,7 @@ def measure_http(
     profiles = pick_profiles(data, n_sessions)
     transport = RecordingTransport(keep_bodies=False)
     clients = []
-    steps: dict[str, list[float]] = {}
-    first_predict_fhe, warm_predict_fhe, explain_wall, explain_fhe = [], [], [], []
-    explain_trips, agree = [], []
-    rss = {0: rss_bytes(server.pid)}
+    samples = HttpSamples(rss={0: rss_bytes(server.pid)})
     try:
         for index in tqdm(range(n_sessions), desc="sessions (flow + explain)", leave=False):
             position = profiles[index % len(profiles)]
@@ -113,38 +136,47 @@ def measure_http(
                 years = retry_while_busy(client.explain)
             trips = len(transport) - before
             expected_years = clear_explain(**parts)
-            agree.append(verdict == bool(data.y_quant[position]) and years == expected_years)
+            samples.agree.append(
+                verdict == bool(data.y_quant[position]) and years == expected_years
+            )
             # Memory after this session's full flow, with every session so far still open.
-            rss[index + 1] = rss_bytes(server.pid)
+            samples.rss[index + 1] = rss_bytes(server.pid)
             if index == 0:
                 continue  # warm-up: the server's very first FHE runs
             for name, seconds in flow_steps.items():
-                steps.setdefault(name, []).append(seconds)
-            first_predict_fhe.append(float(client.fhe_execution_time))
-            explain_wall.append(explain_watch.seconds)
-            explain_trips.append(trips)
+                samples.steps.setdefault(name, []).append(seconds)
+            samples.first_predict_fhe.append(float(client.fhe_execution_time))
+            samples.explain_wall.append(explain_watch.seconds)
+            samples.explain_trips.append(trips)
             if client.explain_fhe_execution_time is not None:
-                explain_fhe.append(float(client.explain_fhe_execution_time))
-            warm_predict_fhe.append(float(retry_while_busy(client.predict)))
-        report.record("http_sessions", n_sessions)
-        report.median("flow_s", steps["flow"])
-        for name in FLOW_STEPS:
-            report.median(f"flow_{name}_s", steps[name])
-        report.median("http_upload_keys_s", route_times(transport, "POST sessions")[1:])
-        report.median("http_first_predict_fhe_s", first_predict_fhe)
-        report.median("http_warm_predict_fhe_s", warm_predict_fhe)
-        report.median("explain_http_s", explain_wall)
-        if explain_fhe:
-            report.median("explain_server_fhe_s", explain_fhe)
-        report.record("explain_round_trips", max(explain_trips))
-        report.record("http_agreement", round(float(np.mean(agree)), 4))
-        report.record("server_rss_0_sessions_bytes", rss[0])
-        report.record("server_rss_1_session_bytes", rss[1])
-        report.record("server_rss_5_sessions_bytes", rss[RSS_SESSIONS])
-        report.facts(server_rss_by_sessions_bytes={str(k): v for k, v in rss.items()})
+                samples.explain_fhe.append(float(client.explain_fhe_execution_time))
+            samples.warm_predict_fhe.append(float(retry_while_busy(client.predict)))
+        record_http(report, n_sessions, transport, samples)
     finally:
         for client in clients:
             client.close()
         transport.close()
     time.sleep(0.5)
     report.record("server_rss_after_close_bytes", rss_bytes(server.pid))
+
+
+def record_http(
+    report: Report, n_sessions: int, transport: RecordingTransport, samples: HttpSamples
+) -> None:
+    """Record the medians of the HTTP stage, the explain's round trips and the server's RSS."""
+    report.record("http_sessions", n_sessions)
+    report.median("flow_s", samples.steps["flow"])
+    for name in FLOW_STEPS:
+        report.median(f"flow_{name}_s", samples.steps[name])
+    report.median("http_upload_keys_s", route_times(transport, "POST sessions")[1:])
+    report.median("http_first_predict_fhe_s", samples.first_predict_fhe)
+    report.median("http_warm_predict_fhe_s", samples.warm_predict_fhe)
+    report.median("explain_http_s", samples.explain_wall)
+    if samples.explain_fhe:
+        report.median("explain_server_fhe_s", samples.explain_fhe)
+    report.record("explain_round_trips", max(samples.explain_trips))
+    report.record("http_agreement", round(float(np.mean(samples.agree)), 4))
+    report.record("server_rss_0_sessions_bytes", samples.rss[0])
+    report.record("server_rss_1_session_bytes", samples.rss[1])
+    report.record("server_rss_5_sessions_bytes", samples.rss[RSS_SESSIONS])
+    report.facts(server_rss_by_sessions_bytes={str(k): v for k, v in samples.rss.items()})

@@ -8,6 +8,7 @@ FHEModelServer. Its times are compared with ours (stage 2) in ratios. Then the s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,50 @@ NAIVE_SLOW_RUN_SECONDS = 30.0
 NAIVE_SLOW_CAP = 3
 
 
+@dataclass
+class NaiveFreshRuns:
+    """What the fresh runs of the naive port leave for its warm runs.
+
+    Attributes:
+        client: the naive port's ``FHEModelClient`` (its last keys).
+        server: its ``FHEModelServer``.
+        evaluation_keys: the last evaluation keys, deserialized (warmed up by a run).
+        runs: how many runs were measured (fewer if one run was too slow).
+        agreement: per run, whether the FHE prediction was the clear one.
+        decrypt_seconds: per measured run, the decryption's seconds.
+        evaluation_key_bytes: the size of the serialized evaluation keys.
+        fresh_seconds: the median of a predict on fresh keys.
+    """
+
+    client: Any
+    server: Any
+    evaluation_keys: Any
+    runs: int
+    agreement: list[bool]
+    decrypt_seconds: list[float]
+    evaluation_key_bytes: int
+    fresh_seconds: float
+
+
 def measure_naive(
     report: Report, options: Options, data: Dataset, card: dict[str, Any], work_dir: Path
 ) -> None:
     """Concrete ML's own tree (n_bits 6, same depth), default compile, single-function deploy."""
-    from concrete.ml.deployment import FHEModelClient, FHEModelDev, FHEModelServer
-    from concrete.ml.sklearn import DecisionTreeClassifier
+    from concrete.ml.deployment import FHEModelDev
 
     report.stage("naive port")
+    model, y_naive = fit_naive(report, data, card)
+    model_dir = work_dir / "naive_model"
+    FHEModelDev(str(model_dir), model).save()
+    x_test = data.built["x"][data.built["idx_test"]]
+    fresh = naive_fresh_runs(report, options, model_dir, x_test, y_naive)
+    naive_warm_runs(report, fresh, x_test, y_naive)
+
+
+def fit_naive(report: Report, data: Dataset, card: dict[str, Any]) -> tuple[Any, Any]:
+    """Fit and compile the naive port on the training split; return it and its test predictions."""
+    from concrete.ml.sklearn import DecisionTreeClassifier
+
     max_depth = int(card["parameters"]["max_depth"])
     x, y = data.built["x"], data.built["y"]
     idx_train, idx_test = data.built["idx_train"], data.built["idx_test"]
@@ -53,13 +90,18 @@ def measure_naive(
     f1_gap = round(abs(float(report.values["f1_quantized"]) - naive_f1) * 100, 2)
     report.record("f1_gap_vs_naive_points", f1_gap)
     report.record("naive_bootstraps", int(model.fhe_circuit.programmable_bootstrap_count))
+    return model, y_naive
 
-    model_dir = work_dir / "naive_model"
-    FHEModelDev(str(model_dir), model).save()
+
+def naive_fresh_runs(
+    report: Report, options: Options, model_dir: Path, x_test: Any, y_naive: Any
+) -> NaiveFreshRuns:
+    """Key generation and a predict on fresh keys, run after run (the first one a warm-up)."""
+    from concrete.ml.deployment import FHEModelClient, FHEModelServer
+
     # No key directory (a key-set cache): with one, every keygen would reload the same keys.
     client = FHEModelClient(str(model_dir), key_dir=None)
     server = FHEModelServer(str(model_dir))
-    x_test = x[idx_test]
 
     runs = options.naive_runs
     warmup = 0 if options.quick else 1
@@ -108,10 +150,25 @@ def measure_naive(
     report.median("naive_encrypt_s", encrypt_times)
     report.median("naive_evaluation_key_deserialize_s", deserialize)
     naive_fresh = report.median("naive_fresh_predict_s", fresh)
+    return NaiveFreshRuns(
+        client=client,
+        server=server,
+        evaluation_keys=evaluation_keys,
+        runs=runs,
+        agreement=agreement,
+        decrypt_seconds=decrypt_times,
+        evaluation_key_bytes=ek_size,
+        fresh_seconds=naive_fresh,
+    )
 
+
+def naive_warm_runs(report: Report, fresh: NaiveFreshRuns, x_test: Any, y_naive: Any) -> None:
+    """Warm predicts on the last keys, then the naive port's figures beside ours (the ratios)."""
+    client, server, evaluation_keys = fresh.client, fresh.server, fresh.evaluation_keys
+    agreement = fresh.agreement
     # Warm runs: the same deserialized keys again (the fresh run above warmed them up).
     warm, row = [], 0
-    for _ in tqdm(range(runs), desc="naive warm predict", leave=False):
+    for _ in tqdm(range(fresh.runs), desc="naive warm predict", leave=False):
         row = (row + 1) % len(x_test)
         encrypted = client.quantize_encrypt_serialize(x_test[row : row + 1])
         with Stopwatch() as warm_watch:
@@ -120,7 +177,7 @@ def measure_naive(
         agreement.append(int(np.argmax(probabilities[0])) == int(y_naive[row]))
         warm.append(warm_watch.seconds)
     naive_warm = report.median("naive_warm_predict_s", warm)
-    report.median("naive_decrypt_s", decrypt_times)
+    report.median("naive_decrypt_s", fresh.decrypt_seconds)
     report.record("naive_fhe_agreement_real", round(float(np.mean(agreement)), 4))
     report.record(
         "naive_time_per_bootstrap_s",
@@ -131,9 +188,11 @@ def measure_naive(
     report.record("predict_time_ratio", round(ours / naive_warm, 4))
     report.record(
         "fresh_predict_time_ratio",
-        round(float(report.values["fresh_predict_s"]) / naive_fresh, 4),
+        round(float(report.values["fresh_predict_s"]) / fresh.fresh_seconds, 4),
     )
-    report.record("upload_ratio", round(report.values["evaluation_key_bytes"] / ek_size, 4))
+    report.record(
+        "upload_ratio", round(report.values["evaluation_key_bytes"] / fresh.evaluation_key_bytes, 4)
+    )
 
 
 def measure_naive_low_bits(

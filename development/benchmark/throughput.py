@@ -35,13 +35,7 @@ def measure_throughput(
     from backend import CreditScoringClient
 
     report.stage("throughput")
-    with httpx.Client(base_url=server.url, timeout=10.0) as health_client:
-        idle = []
-        for _ in range(IDLE_HEALTH_REQUESTS):
-            seconds, response = timed(lambda: health_client.get("/health"))
-            response.raise_for_status()
-            idle.append(seconds)
-    report.median("health_latency_idle_median_s", idle)
+    measure_idle_health(report, server)
 
     total = options.throughput_decisions
     lock = threading.Lock()
@@ -84,6 +78,31 @@ def measure_throughput(
     latencies = health.latencies
     if errors:
         raise RuntimeError(f"a throughput client failed: {errors[0]!r}") from errors[0]
+    record_throughput(report, done, start, latencies)
+
+
+def measure_idle_health(report: Report, server: ServerProcess) -> None:
+    """/health latency of the idle server, before the clients start."""
+    with httpx.Client(base_url=server.url, timeout=10.0) as health_client:
+        idle = []
+        for _ in range(IDLE_HEALTH_REQUESTS):
+            seconds, response = timed(lambda: health_client.get("/health"))
+            response.raise_for_status()
+            idle.append(seconds)
+    report.median("health_latency_idle_median_s", idle)
+
+
+def record_throughput(
+    report: Report, done: list[tuple[float, bool]], start: float, latencies: list[float]
+) -> None:
+    """Record the decisions made since ``start`` and the /health latencies meanwhile.
+
+    Args:
+        report: the benchmark's report.
+        done: (finish time, verdict agreed with the clear model) of each decision.
+        start: when the clients started (``time.perf_counter``).
+        latencies: the /health latencies measured while they ran.
+    """
     elapsed = max(t for t, _ in done) - start
     report.record("throughput_decisions", len(done))
     report.record("throughput_elapsed_s", round(elapsed, 3))

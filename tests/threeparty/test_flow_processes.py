@@ -16,8 +16,9 @@ import sys
 
 import pytest
 
+from contracts import examples
 from fhe_server.launcher import REPO_DIR
-from tests.helpers_server import running_server
+from tests.support.servers import running_server
 from threeparty import party, processes, protocol
 from threeparty.layout import load_layout
 
@@ -78,11 +79,7 @@ def clear_verdicts(fields: dict, mode: str) -> list[int]:
 
 
 def test_explain_flow_as_three_processes_gives_the_clear_verdict(url, tmp_path):
-    fields = {
-        "applicant": APPLICANT,
-        "bank": {"account_age": 12},
-        "credit_bureau": {"employed": False, "years_employed": "0-2"},
-    }
+    fields = examples.EXAMPLE_FIELDS  # refused (not employed): explain has something to say
     session = new_session(url, "explain", tmp_path)
     results = run_three(url, session, fields, tmp_path)
     for lines in results.values():

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from development.threeparty_fuzz import KINDS, mutate, stage
-from tests.helpers_server import running_server
+from tests.support.servers import running_server
 from tests.threeparty.support import Kit, create, raw_parties
 from threeparty import protocol
 

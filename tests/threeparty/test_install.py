@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers_server import running_server
+from tests.support.servers import running_server
 from threeparty import party, processes, protocol
 from threeparty.layout import load_layout
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from nacl.public import PrivateKey
 
-from tests.helpers_server import running_server
+from tests.support.servers import running_server
 from tests.threeparty.support import (
     FIELDS,
     Kit,

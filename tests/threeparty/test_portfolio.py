@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 from fhe_server.launcher import REPO_DIR
-from tests.helpers_server import running_server
+from tests.support.servers import running_server
 from threeparty import party, processes, protocol
 from threeparty.layout import load_layout
 

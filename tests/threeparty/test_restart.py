@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from fhe_server.launcher import free_port
-from tests.helpers_server import running_server
+from tests.support.servers import running_server
 from tests.threeparty.support import FIELDS, Kit, create, play
 from threeparty import protocol
 from threeparty.layout import load_layout

@@ -24,7 +24,8 @@ import pytest
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, SealedBox
 
-from tests.helpers_server import ServerStartError, running_server
+from fhe_server.launcher import ServerStartError
+from tests.support.servers import running_server
 from tests.threeparty.support import FIELDS, Kit, RawParty, Relay, create, play, raw_parties
 from threeparty import engine, protocol
 from threeparty.layout import LAYOUT_PATH, load_layout

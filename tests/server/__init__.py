@@ -1,0 +1,1 @@
+"""Tests of the single-key server: fhe_server/ and server.py."""

@@ -242,7 +242,7 @@ async def health(request: Request, service: ServiceDep) -> Health:
 async def admission(request: Request, service: ServiceDep) -> Response:
     """Whether a creation from this client would be admitted now (asked by nginx, no body).
 
-    nginx asks before it streams a creation's 15 MB body to a replica, and answers a refusal
+    nginx asks before it streams a creation's 18 MB body to a replica, and answers a refusal
     itself: 403 carries the refusal's status (429 or 503), detail, Retry-After and transient mark
     in headers, which nginx's ``auth_request`` passes on.
     """

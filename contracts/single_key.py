@@ -7,7 +7,7 @@ client library (``fhe_client``) import these names; standard library only, so an
 from __future__ import annotations
 
 from contracts.errors import ErrorStatus
-from contracts.parties import StrEnum
+from contracts.parties import PARTIES, StrEnum
 
 API_VERSION = "1"
 
@@ -18,8 +18,9 @@ BATCH_ROWS = 16
 """Applications decided by one call of the module's ``predict_batch`` (a portfolio's unit): the
 bootstrap key's per-call preparation and the call's overhead are paid once for all of them, and
 the bootstraps of 16 rows keep both cores busy. A shorter last batch is padded by the client."""
-BATCH_INPUT_PREFIX = "batch_"
-"""``batch_<party>`` names each party's (BATCH_ROWS x fields) input of ``predict_batch``."""
+BATCH_INPUTS: dict[str, str] = {party: f"batch_{party}" for party in PARTIES}
+"""Each party's (BATCH_ROWS x fields) input of ``predict_batch``, by party, in party order (the
+order of a batch request's body): the names of the model card's wire formats."""
 
 # ---------------------------------------------------------------------------------------------
 # Paths (format the templates with session_id= and party=)

@@ -30,7 +30,7 @@ from sklearn.tree import DecisionTreeClassifier as SkDecisionTreeClassifier
 
 import settings
 from backend import PartyPreprocessor
-from contracts.single_key import BATCH_INPUT_PREFIX, BATCH_ROWS
+from contracts.single_key import BATCH_INPUTS, BATCH_ROWS
 from development.fhe_tree import QuantizedTree
 from development.generate_data import RULES, generate
 
@@ -280,7 +280,7 @@ def measure_wire_format(
         for party, value in zip(
             settings.PARTIES, module.predict_batch.encrypt(*parts), strict=True
         ):
-            samples.setdefault(BATCH_INPUT_PREFIX + party, []).append(value.serialize())
+            samples.setdefault(BATCH_INPUTS[party], []).append(value.serialize())
     wire = {}
     for name, blobs in samples.items():
         lengths = {len(b) for b in blobs}
@@ -406,7 +406,7 @@ def main(out_dir: Path = settings.DEPLOYMENT_DIR, real_fhe_rows: int = N_REAL_FH
         "feature_layout": {p: list(settings.PARTY_FIELDS[p]) for p in settings.PARTIES},
         "input_shapes": {p: [s1 - s0] for p, (s0, s1) in slices.items()}
         | {"candidates": [n_candidates, slices["credit_bureau"][1] - slices["credit_bureau"][0]]}
-        | {BATCH_INPUT_PREFIX + p: [BATCH_ROWS, s1 - s0] for p, (s0, s1) in slices.items()},
+        | {BATCH_INPUTS[p]: [BATCH_ROWS, s1 - s0] for p, (s0, s1) in slices.items()},
         "wire_format": wire_format,
         "bootstraps": {
             "predict": int(module.predict.programmable_bootstrap_count),

@@ -15,7 +15,7 @@ from concrete import fhe
 
 import settings
 from contracts.parties import PARTIES
-from contracts.single_key import BATCH_INPUT_PREFIX, CANDIDATES
+from contracts.single_key import BATCH_INPUTS, CANDIDATES
 from fhe_server.concrete_runtime import start_concrete_runtime
 from fhe_server.errors import InvalidPayloadError
 
@@ -108,8 +108,7 @@ class FHEModel:
             card = json.loads(card_path.read_text(encoding="utf-8"))
             built = card["versions"]
             wire = card["wire_format"]
-            needed = {"evaluation_keys", CANDIDATES, *PARTIES}
-            needed |= {BATCH_INPUT_PREFIX + party for party in PARTIES}
+            needed = {"evaluation_keys", CANDIDATES, *PARTIES, *BATCH_INPUTS.values()}
             if not isinstance(built, dict) or not needed <= set(wire):
                 raise KeyError(f"wire_format needs {sorted(needed)}")
             for spec in wire.values():

@@ -10,7 +10,7 @@ import anyio
 import anyio.to_thread
 
 from contracts.parties import PARTIES, Party
-from contracts.single_key import BATCH_INPUT_PREFIX, BATCH_ROWS, CANDIDATES
+from contracts.single_key import BATCH_INPUTS, BATCH_ROWS, CANDIDATES
 from fhe_server.errors import InvalidPayloadError, SessionNotFoundError
 from fhe_server.file_store import FileSessionStore
 from fhe_server.model import FHEModel
@@ -145,14 +145,9 @@ class ScoringService:
         return output, elapsed
 
     @property
-    def batch_inputs(self) -> list[str]:
-        """The names of ``predict_batch``'s inputs, in the order of a batch request's body."""
-        return [BATCH_INPUT_PREFIX + party for party in PARTIES]
-
-    @property
     def batch_bytes(self) -> int:
         """The exact length of a batch request's body (the three batch ciphertexts)."""
-        return sum(self.model.wire[name].length for name in self.batch_inputs)
+        return sum(self.model.wire[name].length for name in BATCH_INPUTS.values())
 
     async def predict_batch(self, session_id: str, body: bytes) -> tuple[bytes, float]:
         """Decide a batch of applications at once; nothing is stored in the session.
@@ -173,7 +168,7 @@ class ScoringService:
                 f"(the three parties' {BATCH_ROWS}-row inputs one after the other), got {len(body)}"
             )
         values, start = [], 0
-        for name in self.batch_inputs:
+        for name in BATCH_INPUTS.values():
             length = self.model.wire[name].length
             values.append(await self._io(self.model.value, name, body[start : start + length]))
             start += length

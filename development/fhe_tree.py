@@ -17,15 +17,28 @@ inputs stay separate ciphertexts and one module holds both ``predict`` and ``exp
    leaf is reached, so the sum says whether it is one of the matched class.
 
 Sibling leaves that predict the same class are merged first, which removes their parent node.
+
+That general form costs one bootstrap per distinct quantized comparison and per matched leaf
+(11 for the deployed tree). ``module()`` uses instead, where the tree allows it, the two-lookup
+form of ``development.two_lookups``: the verdict as ``[A(u) + B(v) >= R]``, one lookup on a
+packed integer of some inputs and one comparison, 2 bootstraps whatever the tree's size, checked
+against this clear evaluation on every input the clients can send before it is used.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from concrete import fhe
+
+from development.two_lookups import TwoLookupForm, find_two_lookup_form
+
+# The module's functions' inputs (predict and predict_batch take the same ones).
+PREDICT_INPUTS = {"applicant": "encrypted", "bank": "encrypted", "credit_bureau": "encrypted"}
+EXPLAIN_INPUTS = {"applicant": "encrypted", "bank": "encrypted", "candidates": "encrypted"}
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,8 @@ class QuantizedTree:
             quantized input, 1 for a 0/1 or one-hot input).
         n_bits: bit width of the quantized inputs (values 0 .. 2**n_bits - 1).
         party_slices: {party: [start, stop)} of each party's inputs in circuit order.
+        onehot_groups: [start, stop) of each one-hot feature's columns (exactly one of them is
+            1 in any row a client sends).
     """
 
     comparisons: list[Comparison]
@@ -106,6 +121,7 @@ class QuantizedTree:
     column_max: list[int]
     n_bits: int
     party_slices: dict[str, tuple[int, int]]
+    onehot_groups: list[tuple[int, int]] = field(default_factory=list)
 
     @classmethod
     def from_sklearn(
@@ -168,11 +184,14 @@ class QuantizedTree:
         # Matching the class with fewer leaves costs fewer bootstraps; the other follows.
         matched = 1 if len(paths[1]) <= len(paths[0]) else 0
         column_max: list[int] = []
+        onehot_groups: list[tuple[int, int]] = []
         for feature in features:
             if feature["encoding"] == "quantized":
                 column_max.append(2**n_bits - 1)
             else:
                 width = 1 if feature["encoding"] == "binary" else len(feature["q_levels"])
+                if feature["encoding"] == "onehot":
+                    onehot_groups.append((feature["column"], feature["column"] + width))
                 column_max.extend([1] * width)
         return cls(
             comparisons=comparisons,
@@ -182,6 +201,7 @@ class QuantizedTree:
             column_max=column_max,
             n_bits=n_bits,
             party_slices=party_slices,
+            onehot_groups=onehot_groups,
         )
 
     @classmethod
@@ -195,6 +215,7 @@ class QuantizedTree:
             column_max=data["column_max"],
             n_bits=data["n_bits"],
             party_slices={k: tuple(v) for k, v in data["party_slices"].items()},
+            onehot_groups=[(int(a), int(b)) for a, b in data.get("onehot_groups", [])],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -207,6 +228,7 @@ class QuantizedTree:
             "column_max": self.column_max,
             "n_bits": self.n_bits,
             "party_slices": {k: list(v) for k, v in self.party_slices.items()},
+            "onehot_groups": [list(group) for group in self.onehot_groups],
         }
 
     @property
@@ -276,20 +298,86 @@ class QuantizedTree:
         return (matched if self.leaf_class == 1 else 1 - matched).astype(np.int64)
 
     # -- FHE -------------------------------------------------------------------------------
-    def module(self) -> Any:
+    def module(self, form: str = "cheapest") -> Any:
         """Return the (uncompiled) concrete-python module: predict, predict_batch and explain.
 
         ``predict_batch`` is ``predict`` on a matrix of rows (one application per row, each
         party's fields in its own input), for a portfolio: one call for many applications.
 
-        ``explain`` scores every candidate credit-bureau row against the same applicant and bank
-        rows: the bootstrapped comparisons on the applicant's and bank's inputs are computed
-        once, those on credit-bureau inputs once per candidate (none with this encoding: the
-        credit bureau sends 0/1 and one-hot inputs), then the path matching per candidate.
-        (A single lookup over the joint region of all tested features would need a 7-bit
-        bootstrap, which the optimizer can only serve with 16384-coefficient polynomials: slower
-        and a much larger evaluation key, so the matching stays at 3-4 bits.)
+        Args:
+            form: "lookups" for the two-lookup form (``development.two_lookups``: two
+                bootstraps per application, whatever the tree's size; only for trees whose
+                verdicts have that form), "paths" for the general evaluation below, "cheapest"
+                for the two-lookup form where the tree allows it, else the general one.
+
+        Raises:
+            ValueError: if ``form`` is none of those, or "lookups" is asked of a tree that does
+                not have that form.
+
+        In the general form, ``explain`` scores every candidate credit-bureau row against the
+        same applicant and bank rows: the bootstrapped comparisons on the applicant's and bank's
+        inputs are computed once, those on credit-bureau inputs once per candidate (none with
+        this encoding: the credit bureau sends 0/1 and one-hot inputs), then the path matching
+        per candidate. (A single lookup over the joint region of all tested features would need
+        a 7-bit bootstrap, which the optimizer can only serve with 16384-coefficient
+        polynomials: slower and a much larger evaluation key, so the matching stays at 3-4
+        bits.)
         """
+        if form not in ("lookups", "paths", "cheapest"):
+            raise ValueError(f"unknown circuit form {form!r}")
+        if form in ("lookups", "cheapest"):
+            found = find_two_lookup_form(self)
+            if found is not None:
+                return self._lookup_module(found)
+            if form == "lookups":
+                raise ValueError("the tree's verdicts do not have the two-lookup form")
+        return self._path_module()
+
+    def _lookup_module(self, form: TwoLookupForm) -> Any:
+        """The module of the two-lookup form (see ``development.two_lookups``)."""
+        a0, _ = self.party_slices["applicant"]
+        _, b1 = self.party_slices["bank"]
+        c0, c1 = self.party_slices["credit_bureau"]
+        table = fhe.LookupTable(list(form.table))
+        u_all, v_all, constant, threshold = (
+            form.u_weights,
+            form.v_weights,
+            form.v_constant,
+            form.threshold,
+        )
+        u_known, u_cand = u_all[a0:b1], u_all[c0:c1]
+        v_known, v_cand = v_all[a0:b1], v_all[c0:c1]
+        # One first lookup per candidate where u reads candidate inputs (or where the first
+        # lookup is the verdict, one per candidate); else one, shared by every candidate.
+        u_per_candidate = bool(u_cand.any()) or threshold is None
+
+        def verdict(first: Any, linear: Callable[[], Any]) -> Any:
+            return first if threshold is None else first + linear() + constant >= threshold
+
+        @fhe.module()
+        class CreditScoring:  # noqa: D101 - concrete-python module
+            @fhe.function(PREDICT_INPUTS)
+            def predict(applicant, bank, credit_bureau):  # noqa: N805
+                x = np.concatenate((applicant, bank, credit_bureau))
+                return verdict(table[np.dot(x, u_all)], lambda: np.dot(x, v_all))
+
+            @fhe.function(PREDICT_INPUTS)
+            def predict_batch(applicant, bank, credit_bureau):  # noqa: N805
+                x = np.concatenate((applicant, bank, credit_bureau), axis=1)
+                return verdict(table[x @ u_all], lambda: x @ v_all)
+
+            @fhe.function(EXPLAIN_INPUTS)
+            def explain(applicant, bank, candidates):  # noqa: N805
+                known = np.concatenate((applicant, bank))
+                u = np.dot(known, u_known)
+                if u_per_candidate:
+                    u = u + candidates @ u_cand
+                return verdict(table[u], lambda: np.dot(known, v_known) + candidates @ v_cand)
+
+        return CreditScoring
+
+    def _path_module(self) -> Any:
+        """The module of the general form: comparisons, then one lookup per matched leaf."""
         m = self.matrices()
         select, thresholds, paths, linear, bias, targets = (
             m[k] for k in ("select", "thresholds", "paths", "linear", "bias", "targets")
@@ -309,9 +397,7 @@ class QuantizedTree:
 
         @fhe.module()
         class CreditScoring:  # noqa: D101 - concrete-python module
-            @fhe.function(
-                {"applicant": "encrypted", "bank": "encrypted", "credit_bureau": "encrypted"}
-            )
+            @fhe.function(PREDICT_INPUTS)
             def predict(applicant, bank, credit_bureau):  # noqa: N805
                 x = np.concatenate((applicant, bank, credit_bureau))
                 score = x @ linear + bias
@@ -320,9 +406,7 @@ class QuantizedTree:
                 hits = score == targets
                 return np.sum(hits) if leaf_class == 1 else 1 - np.sum(hits)
 
-            @fhe.function(
-                {"applicant": "encrypted", "bank": "encrypted", "credit_bureau": "encrypted"}
-            )
+            @fhe.function(PREDICT_INPUTS)
             def predict_batch(applicant, bank, credit_bureau):  # noqa: N805
                 x = np.concatenate((applicant, bank, credit_bureau), axis=1)
                 score = x @ linear + bias
@@ -331,9 +415,7 @@ class QuantizedTree:
                 matched = np.sum(score == targets, axis=1)
                 return matched if leaf_class == 1 else 1 - matched
 
-            @fhe.function(
-                {"applicant": "encrypted", "bank": "encrypted", "candidates": "encrypted"}
-            )
+            @fhe.function(EXPLAIN_INPUTS)
             def explain(applicant, bank, candidates):  # noqa: N805
                 known = np.concatenate((applicant, bank))
                 score = known @ linear_known + candidates @ linear_cand + bias

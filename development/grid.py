@@ -1,8 +1,10 @@
 """Choose n_bits and max_depth by measurement: ``python -m development.grid``.
 
 For each (n_bits, max_depth) of a small grid: F1 of the float sklearn tree of the same depth, F1 of
-the quantized tree, the bootstrap count of predict and explain, and the median warm FHE predict
-time with real keys. Writes development/grid_results.json and prints a Markdown table.
+the quantized tree, the circuit's form (the two-lookup form of ``development.two_lookups`` where
+the tree has it, else one bootstrap per comparison and matched leaf), the bootstrap count of
+predict and explain, and the median warm FHE predict time with real keys. Writes
+development/grid_results.json and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from development.train import (
     float_features,
     measure_warm_predict,
 )
+from development.two_lookups import find_two_lookup_form
 
 GRID = [(2, 5), (3, 4), (3, 5), (3, 6), (4, 5), (4, 6), (6, 5), (6, 8)]
 RESULTS_PATH = settings.DEVELOPMENT_DIR / "grid_results.json"
@@ -53,6 +56,7 @@ def main(grid: list[tuple[int, int]], runs: int) -> list[dict]:
             "max_depth": max_depth,
             "f1_float": round(float(f1_score(y_test, float_tree.predict(x_test))), 4),
             "f1_quantized": round(float(f1_score(y_test, tree.predict_clear(q_test))), 4),
+            "form": "lookups" if find_two_lookup_form(tree) is not None else "paths",
             "bootstraps_predict": int(module.predict.programmable_bootstrap_count),
             "bootstraps_explain": int(module.explain.programmable_bootstrap_count),
             "warm_predict_s": round(warm, 3),
@@ -61,12 +65,15 @@ def main(grid: list[tuple[int, int]], runs: int) -> list[dict]:
         print(row, flush=True)
         rows.append(row)
     RESULTS_PATH.write_text(json.dumps(rows, indent=1) + "\n")
-    print("| n_bits | depth | F1 float | F1 quantized | PBS predict | PBS explain | warm (s) |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| n_bits | depth | F1 float | F1 quantized | form | PBS predict | PBS explain | warm (s) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['n_bits']} | {r['max_depth']} | {r['f1_float']:.4f} | {r['f1_quantized']:.4f} "
-            f"| {r['bootstraps_predict']} | {r['bootstraps_explain']} | {r['warm_predict_s']:.3f} |"
+            f"| {r['form']} | {r['bootstraps_predict']} | {r['bootstraps_explain']} "
+            f"| {r['warm_predict_s']:.3f} |"
         )
     return rows
 

@@ -33,6 +33,7 @@ from backend import PartyPreprocessor
 from contracts.single_key import BATCH_INPUTS, BATCH_ROWS
 from development.fhe_tree import QuantizedTree
 from development.generate_data import RULES, generate
+from development.two_lookups import domain_rows, find_two_lookup_form, tree_variables
 
 N_PROBE = 64
 KEYGENS_FOR_WIRE_FORMAT = 4
@@ -41,11 +42,12 @@ FHE_CONFIGURATION = {
     "compress_evaluation_keys": True,
     "compress_input_ciphertexts": True,
     # A per-bootstrap error probability instead of concrete's default global one (1e-5 over a
-    # circuit): at 1e-9 the optimizer picks a 2 x 1024 GLWE bootstrap key with 3-level key
-    # switching instead of 4 x 512 with 5 levels, which on this CPU runs predict about 1.3 times,
-    # explain 1.25 times and key generation 1.2 times faster (measured side by side in one run,
-    # 2026-12-07), with a bootstrap key a third the size in memory and a decision about 100 times
-    # less likely to be wrong; the compressed evaluation keys grow from 15.4 to 18.5 MB.
+    # circuit): a decision about 1e-9 likely to be wrong per bootstrap. For the two-lookup circuit
+    # (4-bit lookups) the optimizer then picks a 1 x 2048 GLWE bootstrap key with 5-level key
+    # switching (24.9 MB of compressed evaluation keys); in one run on 2026-12-07, 1e-7, 1e-8,
+    # 1e-10 and 1e-12 gave warm predicts of 0.068-0.076 s and batches of 16 of 0.32-0.35 s, 1e-9
+    # among the fastest. (For the earlier 11-bootstrap circuit, 1e-9 had also beaten the default:
+    # 2 x 1024 with 3 levels instead of 4 x 512 with 5, predict 1.3 times faster.)
     "p_error": 1e-9,
     "global_p_error": None,
 }
@@ -217,6 +219,10 @@ def compile_module(tree: QuantizedTree, q_train: np.ndarray, n_candidates: int) 
     extremes = rows[:2].copy()
     extremes[0, quantized], extremes[1, quantized] = 0, 2**tree.n_bits - 1
     rows = np.concatenate([rows, extremes])
+    if find_two_lookup_form(tree) is not None:
+        # Every input of the variables the tree reads (at most 16 x the linear variable's
+        # states): the lookups' input widths then cover every value a client can produce.
+        rows = np.concatenate([rows, domain_rows(tree, tree_variables(tree))])
 
     def split(row: np.ndarray) -> list[np.ndarray]:
         """Each party's columns of a row (or of a matrix of rows)."""
@@ -402,6 +408,9 @@ def main(out_dir: Path = settings.DEPLOYMENT_DIR, real_fhe_rows: int = N_REAL_FH
             "bootstrapped_comparisons": len(tree.bootstrapped),
             "matched_leaf_class": tree.leaf_class,
             "matched_leaves": len(tree.leaf_paths),
+            # "lookups": the two-lookup form of development/two_lookups.py; "paths": one
+            # bootstrap per threshold comparison and per matched leaf.
+            "circuit_form": "lookups" if find_two_lookup_form(tree) is not None else "paths",
         },
         "feature_layout": {p: list(settings.PARTY_FIELDS[p]) for p in settings.PARTIES},
         "input_shapes": {p: [s1 - s0] for p, (s0, s1) in slices.items()}

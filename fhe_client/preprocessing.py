@@ -30,7 +30,8 @@ class FeatureSpec:
         categories: canonical category values (index = numeric code), for kind "category".
         encoding: "quantized" (one input: Concrete ML's input quantizer), "binary" (one input,
             0 or 1) or "onehot" (one 0/1 input per category). Comparisons on binary and
-            one-hot inputs are linear in the circuit, so they cost no bootstrap.
+            one-hot inputs are linear in the circuit (sums of inputs, no bootstrap of their
+            own; see development/fhe_tree.py and two_lookups.py for how the circuit uses them).
         scale: quantizer scale ("quantized" only).
         zero_point: quantizer zero point ("quantized" only).
         n_bits: quantizer bit width, values clipped to [0, 2**n_bits - 1] ("quantized" only).

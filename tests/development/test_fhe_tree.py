@@ -26,6 +26,7 @@ from development.fhe_tree import (
     ThresholdComparison,
     comparison_from_json,
 )
+from development.two_lookups import find_two_lookup_form
 
 N_BITS = 3
 TOP = 2**N_BITS - 1
@@ -157,8 +158,8 @@ def _split(tree: QuantizedTree, row: np.ndarray) -> list[np.ndarray]:
     return [row[..., slice(*tree.party_slices[p])] for p in PARTIES]
 
 
-def _compile(tree: QuantizedTree, rows: np.ndarray) -> Any:
-    """Compile the module on ``rows`` (which hold every input's extremes)."""
+def _compile(tree: QuantizedTree, rows: np.ndarray, form: str = "paths") -> Any:
+    """Compile the module of one form on ``rows`` (which hold every input's extremes)."""
     predict_set = [tuple(_split(tree, row)) for row in rows]
     explain_set = []
     for i, row in enumerate(rows):
@@ -170,7 +171,7 @@ def _compile(tree: QuantizedTree, rows: np.ndarray) -> Any:
         for i in range(len(rows))
     ]
     inputsets = {"predict": predict_set, "predict_batch": batch_set, "explain": explain_set}
-    return tree.module().compile(inputsets)
+    return tree.module(form).compile(inputsets)
 
 
 def _simulation_rows(case: Case) -> np.ndarray:
@@ -182,9 +183,16 @@ def _simulation_rows(case: Case) -> np.ndarray:
 
 
 def _check_simulation(case: Case) -> None:
+    """Both forms where the tree has the two-lookup form, else the general one."""
+    forms = ["paths"] + (["lookups"] if find_two_lookup_form(case.tree) is not None else [])
+    for form in forms:
+        _check_form(case, form)
+
+
+def _check_form(case: Case, form: str) -> None:
     tree = case.tree
     rows = _simulation_rows(case)
-    module = _compile(tree, rows)
+    module = _compile(tree, rows, form)
     clear = tree.predict_clear(rows)
     simulated = [int(module.predict.simulate(*_split(tree, row))) for row in rows]
     assert simulated == clear.tolist()

@@ -22,13 +22,18 @@ the machine's speed drifts:
 4. over HTTP against a real ``uvicorn server:app`` started here on a free port (sessions in a
    temporary FHE_STORE_DIR): the five-step flow with ``backend.CreditScoringClient`` and explain
    on refused profiles, the server's RSS after 1 and 5 live sessions, decisions per minute with
-   4 clients at once and /health latency while FHE runs.
+   4 clients at once and /health latency while FHE runs;
+5. a bank's portfolio against the same server: the first 100 rows of ``data/applications.csv``
+   scored CSV to CSV by ``fhe_client.portfolio.score_portfolio`` (what ``credit_portfolio`` runs),
+   each run with a key set of its own, the verdicts compared with the clear tree; and warm
+   ``decide_batch`` calls of 16 applications.
 
 Results go to ``<out>/benchmark_results.json`` (seconds, bytes, fractions) and
 ``<out>/benchmark_results.md`` (each figure, its target, met or missed).
 
 Modules: ``figures`` declares every figure once (key, label, unit, target); ``report`` records
 them and writes the two files; one module per stage (``accuracy``, ``direct_fhe``, ``naive``,
-``http_flows``, ``throughput``); ``run`` runs them in order. The server runs under the shared
-launcher (``fhe_server.launcher``), the HTTP flows use the client library (``backend``).
+``http_flows``, ``throughput``, ``portfolio``); ``run`` runs them in order. The server runs
+under the shared launcher (``fhe_server.launcher``), the HTTP flows use the client library
+(``backend``).
 """

@@ -39,7 +39,7 @@ class Figure:
     Attributes:
         key: its JSON key.
         label: what it is, in words (console and Markdown).
-        unit: "s", "bytes", "fraction", "ratio", "per_min" or "" (printed as is).
+        unit: "s", "bytes", "fraction", "ratio", "per_min", "per_s" or "" (printed as is).
         target: its target, if it has one (then it is in the "Targets" table).
         table: whether a figure without a target is in the "All figures" table.
     """
@@ -76,6 +76,12 @@ FIGURES: tuple[Figure, ...] = (
     ),
     Figure(
         "f1_gap_vs_naive_points", "F1 gap vs naive (points)", "", Target(1.0, False, "<= 1 point")
+    ),
+    Figure(
+        "portfolio_per_s",
+        "Portfolio, CSV to CSV with its own keys",
+        "per_s",
+        Target(12.0, True, ">= 12 / s (issue 21)"),
     ),
     # The "All figures" table, in its order (figures with table=False are in the JSON only).
     Figure("keygen_s", "Client key generation", "s"),
@@ -126,6 +132,12 @@ FIGURES: tuple[Figure, ...] = (
     Figure("health_latency_median_s", "/health latency while FHE runs, median", "s"),
     Figure("health_latency_max_s", "/health latency while FHE runs, max", "s"),
     _no_table("health_requests", "/health requests while FHE ran"),
+    Figure("portfolio_applications", "Portfolio: applications"),
+    Figure("portfolio_s", "Portfolio: seconds end to end (keys generated for it)", "s"),
+    Figure("portfolio_agreement", "Portfolio: verdicts agree with the clear tree", "fraction"),
+    Figure("portfolio_warm_batch_s", "Portfolio: decide_batch of 16, keys warm", "s"),
+    Figure("portfolio_warm_batch_fhe_s", "  of which server FHE time", "s"),
+    Figure("portfolio_warm_per_s", "Portfolio: warm decisions per second", "per_s"),
     Figure("naive_warm_predict_s", "Naive port: warm FHE predict", "s"),
     Figure("naive_fresh_predict_s", "Naive port: fresh-key FHE predict", "s"),
     Figure("naive_keygen_s", "Naive port: key generation", "s"),
@@ -189,4 +201,6 @@ def format_value(value: Any, unit: str) -> str:
         return f"{value:.2f}x"
     if unit == "per_min":
         return f"{value:.1f} / min"
+    if unit == "per_s":
+        return f"{value:.1f} / s"
     return str(value)

@@ -115,6 +115,15 @@ def miss_bound(figure: Figure, values: dict[str, Any]) -> str:
             f"{float(values.get('naive3_time_per_bootstrap_s', 0)) * 1e3:.1f} ms vs "
             f"{per_bootstrap * 1e3:.1f} ms"
         )
+    if figure.key == "portfolio_per_s":
+        return (
+            f"{values.get('portfolio_applications', 0)} applications in "
+            f"{float(values.get('portfolio_s', 0)):.2f} s; warm, a batch of 16 takes "
+            f"{float(values.get('portfolio_warm_batch_s', 0)):.3f} s "
+            f"({float(values.get('portfolio_warm_per_s', 0)):.1f} / s): the rest is the key "
+            f"generation ({float(values.get('keygen_s', 0)):.2f} s), the upload and the keys' "
+            "first preparation on the server"
+        )
     if figure.key == "evaluation_key_bytes":
         return f"key material {values.get('server_key_memory_bytes', 0) / MB:.0f} MB expanded"
     return ""

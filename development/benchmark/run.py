@@ -18,6 +18,7 @@ from development.benchmark.direct_fhe import measure_direct_fhe
 from development.benchmark.http_flows import measure_http
 from development.benchmark.naive import measure_naive, measure_naive_low_bits
 from development.benchmark.options import Options, parse_options
+from development.benchmark.portfolio import measure_portfolio
 from development.benchmark.report import Report, write_results
 from development.benchmark.throughput import measure_throughput
 from development.benchmark.timing import machine_info
@@ -35,6 +36,7 @@ STAGES = (
     "server start",
     "HTTP flows",
     "throughput",
+    "portfolio",
     "report",
 )
 SERVER_START_TIMEOUT_SECONDS = 180.0
@@ -84,6 +86,7 @@ def run(options: Options) -> dict[str, Any]:
             try:
                 measure_http(report, options, data, server, work_dir)
                 measure_throughput(report, options, data, server, work_dir)
+                measure_portfolio(report, options, server, work_dir)
             except Exception:
                 tqdm.write(f"server log (tail):\n{server.log_tail()}")
                 raise

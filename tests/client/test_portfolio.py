@@ -2,10 +2,11 @@
 
 ``python -m credit_portfolio`` runs as a subprocess against ``uvicorn server:app`` with real FHE.
 Every verdict (and each refusal's explanation) must be the clear tree's on the same row
-(development/reference.py). The portfolio (40 applications: batches of 16, 16 and 8, the last
-one padded) is scored in three runs: a first stopped by --limit, a second interrupted by SIGTERM
-once it has written a batch, a third that finishes (the last two with two sessions sharing the
-key set); no application may be scored twice, and the final file holds each one once, in order.
+(development/reference.py). The portfolio (72 applications) is scored in three runs: a first
+stopped by --limit (3 applications, fewer than ``SINGLES_BELOW``: decided one by one), a second
+interrupted by SIGTERM once it has written a batch, a third that finishes (the last two with two
+sessions sharing the key set; batches of up to 16, one shorter than 4 one by one); no
+application may be scored twice, and the final file holds each one once, in order.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from fhe_client.portfolio_csv import OUTPUT_COLUMNS, Verdict, VerdictsFile
 from fhe_server.launcher import REPO_DIR
 from tests.support.servers import running_server
 
-APPLICATIONS = 40
+# Enough that an interruption after the first batch leaves some: two sessions have at most three
+# batches of 16 in hand when the signal comes (a batch of 16 takes about 0.3 s).
+APPLICATIONS = 72
 DATA = REPO_DIR / "data" / "applications.csv"
 
 

@@ -101,6 +101,9 @@ def test_quick_benchmark_figures_are_sane(quick_results: tuple[dict, Path]) -> N
     assert results["naive_fhe_agreement_real"] == 1.0
     assert results["http_agreement"] == 1.0
     assert results["throughput_agreement"] == 1.0
+    assert results["portfolio_agreement"] == 1.0  # every verdict of the portfolio CSV
+    assert results["portfolio_applications"] == 20 and results["portfolio_per_s"] > 0
+    assert 0 < results["portfolio_warm_batch_fhe_s"] < results["portfolio_warm_batch_s"]
     assert results["explain_round_trips"] == 1
     assert 0.5 < results["f1_float"] <= 1.0
     assert 0.5 < results["f1_quantized"] <= 1.0

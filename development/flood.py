@@ -86,7 +86,7 @@ def library_creation(url: str, evaluation_keys: bytes) -> int:
 def flood_process(url: str, keys_path: str, seconds: float, results: Any, mode: str) -> None:
     """In its own process (as other machines would be): threads asking for creations.
 
-    ``mode`` "raw": each thread POSTs the 18.5 MB of keys again and again, whatever it is told;
+    ``mode`` "raw": each thread POSTs the evaluation keys again and again, whatever it is told;
     "library": each thread creates sessions with the client library, which asks first;
     "library-nice": the same at the lowest CPU priority (nice 19), standing for clients on other
     machines: on this machine's two cores it then takes CPU only when the cluster and the warm
@@ -133,7 +133,7 @@ def decision_times(run: Run, session: tuple[str, dict], seconds: float) -> list[
 
 
 FLOOD_MODES = {
-    "raw": "raw HTTP clients that upload the 18.5 MB keys every time",
+    "raw": "raw HTTP clients that upload the evaluation keys every time",
     "library": "clients of the library, which ask GET /admission first",
     "library-nice": "clients of the library at nice 19 (standing for other machines)",
 }

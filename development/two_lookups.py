@@ -59,14 +59,17 @@ class Variable:
     def weights(self, values: np.ndarray) -> dict[int, int]:
         """Column weights whose sum over an input row is ``values[value of this variable]``.
 
-        Exact for a one-hot group (one weight per state) and for a 0/1 input only with
-        ``values[0] == 0`` (a scalar input has one weight: ``values`` must be linear in it).
+        Any ``values`` for a one-hot group (one weight per state); for a scalar input (one
+        weight), ``values`` must be linear in it and 0 at 0.
+
+        Raises:
+            ValueError: if a scalar input's ``values`` are not ``step * value``.
         """
         if self.onehot:
             return {column: int(values[k]) for k, column in enumerate(self.columns)}
-        step = int(values[1] - values[0]) if self.size > 1 else 0
-        if not np.array_equal(values, values[0] + step * np.arange(self.size)):
-            raise ValueError("a scalar input's values must be linear in it")
+        step = int(values[1]) if self.size > 1 else 0
+        if not np.array_equal(values, step * np.arange(self.size)):
+            raise ValueError("a scalar input's values must be step * value")
         return {self.columns[0]: step}
 
     def write(self, row: np.ndarray, value: int) -> None:

@@ -1,6 +1,6 @@
 """Faults of the cluster, one at a time: what a client sees, what is lost, how long recovery takes.
 
-Run from the repository root (needs redis-server and nginx; about 3 minutes)::
+Run from the repository root (needs redis-server and nginx; about 6 minutes)::
 
     python -m development.faults                      # a 40 s flood phase, as in issue 22
     python -m development.faults --flood-seconds 10   # a quick look

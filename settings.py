@@ -8,6 +8,7 @@ the first time one of them is asked for.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -157,9 +158,32 @@ class ServerSettings(BaseSettings):
     session_quota: int = 30
     session_quota_window_seconds: float = 600.0
     session_quota_exempt: CommaList = ["127.0.0.1", "::1"]
+    # Requests for a new session (GET /admission and POST /sessions) through the cluster's nginx
+    # (fhe_server.cluster): one client address may make creation_requests_per_second, all clients
+    # together replica_creation_requests_per_second times the replicas (a creation costs a replica
+    # about 0.1 CPU-s, so a replica can take at most ~8 a second). More wait in nginx's queues, so
+    # a flood of refused requests costs the replicas little and the sessions already open keep
+    # their CPU. 0 turns a limit off; the addresses of session_quota_exempt have neither.
+    creation_requests_per_second: float = Field(default=2.0, ge=0)
+    replica_creation_requests_per_second: float = Field(default=10.0, ge=0)
     # Host names the server answers (any port), comma-separated in FHE_ALLOWED_HOSTS:
     # "*.example.org" matches its subdomains, "*" any host. Loopback only by default.
     allowed_hosts: CommaList = ["localhost", "127.0.0.1", "[::1]"]
+
+
+def server_settings_from(env: Mapping[str, str]) -> ServerSettings:
+    """The server settings a process started with the environment ``env`` reads.
+
+    Args:
+        env: a whole environment (its FHE_* variables are read, any case, as the server would).
+
+    Returns:
+        The settings (validated like the server's own).
+    """
+    fields = {f"FHE_{name}".upper(): name for name in ServerSettings.model_fields}
+    return ServerSettings(
+        **{fields[key.upper()]: value for key, value in env.items() if key.upper() in fields}
+    )
 
 
 @lru_cache(maxsize=1)

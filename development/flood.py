@@ -3,17 +3,22 @@
 Another process (standing for other machines) asks for session creations from
 ``FLOOD_THREADS`` threads, past the quota, in one of ``FLOOD_MODES``; meanwhile a warm user's
 decisions are timed, and the CPU an accepted and a refused creation cost each part of the
-cluster is measured.
+cluster is measured. A flood comes from one client address, which nginx's limit on requests for
+a new session (``FHE_CREATION_REQUESTS_PER_SECOND``) slows down, or is spread over
+``SPREAD_ADDRESSES`` loopback addresses, each of them under that limit, as a flood from many
+machines would be: then every request reaches the replicas' admission check.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import multiprocessing
 import os
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,11 @@ from fhe_client.transport import ServerSession
 
 FLOOD_THREADS = 4
 CPU_SAMPLES = 30  # creations measured for the CPU of an accepted and of a refused one
+# The client addresses of a spread flood (any 127/8 address reaches a loopback listener), each
+# with its quota used up; one request in 200 per address stays far below nginx's limit.
+SPREAD_ADDRESSES = tuple(f"127.0.0.{n}" for n in range(10, 210))
+ONE_ADDRESS = ("127.0.0.1",)
+NEWCOMER_ADDRESS = "127.0.0.250"  # a client opening a session during the flood
 
 
 def cpu_seconds(run: Run) -> dict[str, float]:
@@ -67,12 +77,24 @@ def cpu_per_creation(run: Run, create: Callable[[], None], count: int) -> dict[s
     }
 
 
-def library_creation(url: str, evaluation_keys: bytes) -> int:
+def transport_from(address: str) -> httpx.HTTPTransport:
+    """An httpx transport whose connections leave from the client address ``address``."""
+    return httpx.HTTPTransport(local_address=address)
+
+
+def library_creation(url: str, evaluation_keys: bytes, address: str = ONE_ADDRESS[0]) -> int:
     """One creation as the client library makes it; the status it ended with (201 or refusal).
 
     ``ServerSession.open`` asks ``GET /admission`` first and sends the keys only if admitted.
+
+    Args:
+        url: the cluster's URL.
+        evaluation_keys: the keys the creation would upload.
+        address: the client address the request leaves from.
     """
-    session = ServerSession(url, timeout=TIMEOUT, retry_seconds=0.0)
+    session = ServerSession(
+        url, transport=transport_from(address), timeout=TIMEOUT, retry_seconds=0.0
+    )
     try:
         session.open(evaluation_keys)
         session.delete()
@@ -83,40 +105,57 @@ def library_creation(url: str, evaluation_keys: bytes) -> int:
         session.close()
 
 
+def newcomer_creation(url: str, evaluation_keys: bytes) -> tuple[int, float]:
+    """A client that is not flooding (an address of its own) opens and closes one session.
+
+    Returns:
+        The status it ended with (201: opened) and the seconds it took.
+    """
+    start = time.monotonic()
+    status = library_creation(url, evaluation_keys, NEWCOMER_ADDRESS)
+    return status, time.monotonic() - start
+
+
 def flood_process(url: str, keys_path: str, seconds: float, results: Any, mode: str) -> None:
     """In its own process (as other machines would be): threads asking for creations.
 
     ``mode`` "raw": each thread POSTs the evaluation keys again and again, whatever it is told;
-    "library": each thread creates sessions with the client library, which asks first;
-    "library-nice": the same at the lowest CPU priority (nice 19), standing for clients on other
-    machines: on this machine's two cores it then takes CPU only when the cluster and the warm
-    user leave some, so what remains of the slowdown is the cluster's own cost of refusing.
+    "library": each thread creates sessions with the client library, which asks first; with
+    "-spread", each request leaves from the next of ``SPREAD_ADDRESSES``, else all from one.
     """
-    if mode.endswith("-nice"):
-        os.nice(19)
-        mode = mode.removesuffix("-nice")
     evaluation_keys = Path(keys_path).read_bytes()
-    statuses: list[int] = []
+    addresses = SPREAD_ADDRESSES if mode.endswith("-spread") else ONE_ADDRESS
+    raw = mode.startswith("raw")
+    clients = [
+        httpx.Client(base_url=url, timeout=TIMEOUT, transport=transport_from(address))
+        for address in (addresses if raw else ())
+    ]
+    answers: list[tuple[int, float]] = []  # each request's status and seconds
+    turns = itertools.count()
     deadline = time.monotonic() + seconds
 
-    def post() -> None:
-        with httpx.Client(base_url=url, timeout=TIMEOUT) as http:
-            while time.monotonic() < deadline:
-                if mode == "library":
-                    statuses.append(library_creation(url, evaluation_keys))
-                    continue
-                response = http.post(
+    def ask() -> None:
+        while time.monotonic() < deadline:
+            turn = next(turns) % len(addresses)
+            start = time.monotonic()
+            if raw:
+                response = clients[turn].post(
                     "/sessions", content=evaluation_keys, headers={"Content-Type": OCTET_STREAM}
                 )
-                statuses.append(response.status_code)
+                status = response.status_code
+            else:
+                status = library_creation(url, evaluation_keys, addresses[turn])
+            answers.append((status, time.monotonic() - start))
 
-    threads = [threading.Thread(target=post) for _ in range(FLOOD_THREADS)]
+    threads = [threading.Thread(target=ask) for _ in range(FLOOD_THREADS)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    for client in clients:
+        client.close()
     times = os.times()
-    results.put((statuses, times.user + times.system))  # and the flood's own CPU seconds
+    results.put((answers, times.user + times.system))  # and the flood's own CPU seconds
 
 
 def decision_times(run: Run, session: tuple[str, dict], seconds: float) -> list[float]:
@@ -133,10 +172,20 @@ def decision_times(run: Run, session: tuple[str, dict], seconds: float) -> list[
 
 
 FLOOD_MODES = {
-    "raw": "raw HTTP clients that upload the evaluation keys every time",
-    "library": "clients of the library, which ask GET /admission first",
-    "library-nice": "clients of the library at nice 19 (standing for other machines)",
+    "library": "clients of the library (they ask GET /admission first) from one address",
+    "raw": "raw HTTP clients uploading the keys every time, from one address",
+    "library-spread": "clients of the library spread over 200 addresses",
+    "raw-spread": "raw HTTP clients uploading the keys every time, spread over 200 addresses",
 }
+
+
+def fill_quotas(run: Run, addresses: Sequence[str]) -> None:
+    """Use up the session quota of every client address in ``addresses``."""
+    now_ms = int(time.time() * 1000)
+    with run.admin.pipeline(transaction=False) as pipe:
+        for address in addresses:
+            pipe.zadd(f"fhe:quota:{address}", {f"flood-{n}": now_ms for n in range(QUOTA)})
+        pipe.execute()
 
 
 def flood(run: Run, seconds: float, mode: str = "raw") -> dict[str, Any]:
@@ -145,21 +194,37 @@ def flood(run: Run, seconds: float, mode: str = "raw") -> dict[str, Any]:
     Args:
         run: the running cluster.
         seconds: how long the flood (and the measurement before it) lasts.
-        mode: "raw", "library" or "library-nice" (``FLOOD_MODES``).
+        mode: one of ``FLOOD_MODES``.
     """
-    headers = {"Content-Type": OCTET_STREAM}
+    addresses = SPREAD_ADDRESSES if mode.endswith("-spread") else ONE_ADDRESS
     http = httpx.Client(base_url=run.cluster.url, timeout=TIMEOUT)
+    raw_clients = (
+        {
+            address: httpx.Client(
+                base_url=run.cluster.url, timeout=TIMEOUT, transport=transport_from(address)
+            )
+            for address in addresses
+        }
+        if mode.startswith("raw")
+        else {}
+    )
     created: list[tuple[str, dict]] = []
+    turns = itertools.count()
 
     def accepted() -> None:
         created.append(open_session(http, run.keys))
 
     def refused() -> None:
-        if mode.startswith("library"):
-            status = library_creation(run.cluster.url, run.keys.evaluation_keys)
-        else:
-            response = http.post("/sessions", content=run.keys.evaluation_keys, headers=headers)
+        address = addresses[next(turns) % len(addresses)]
+        if raw_clients:
+            response = raw_clients[address].post(
+                "/sessions",
+                content=run.keys.evaluation_keys,
+                headers={"Content-Type": OCTET_STREAM},
+            )
             status = response.status_code
+        else:
+            status = library_creation(run.cluster.url, run.keys.evaluation_keys, address)
         if status != 429:
             raise RuntimeError(f"expected a refusal, got {status}")
 
@@ -167,8 +232,7 @@ def flood(run: Run, seconds: float, mode: str = "raw") -> dict[str, Any]:
     decide(http, run.keys, *warm)
     accepted()  # the first creation pays one-time costs too
     cost_accepted = cpu_per_creation(run, accepted, CPU_SAMPLES)
-    now_ms = int(time.time() * 1000)
-    run.admin.zadd("fhe:quota:127.0.0.1", {f"flood-{n}": now_ms for n in range(QUOTA)})
+    fill_quotas(run, addresses)
     for _ in range(5):  # the first refusals pay one-time costs (imports, connections)
         refused()
     cost_refused = cpu_per_creation(run, refused, CPU_SAMPLES)
@@ -180,29 +244,50 @@ def flood(run: Run, seconds: float, mode: str = "raw") -> dict[str, Any]:
     flooder = context.Process(
         target=flood_process, args=(run.cluster.url, str(keys_path), seconds, results, mode)
     )
+    newcomer_before = newcomer_creation(run.cluster.url, run.keys.evaluation_keys)
+    newcomer_during: list[tuple[int, float]] = []
+    probe = threading.Timer(
+        seconds / 2,
+        lambda: newcomer_during.append(
+            newcomer_creation(run.cluster.url, run.keys.evaluation_keys)
+        ),
+    )
     flooder.start()
+    probe.start()
     during = decision_times(run, warm, seconds)
+    probe.join()
     answers, flood_cpu = results.get(timeout=seconds + 300)
     flooder.join()
-    refusals, statuses = len(answers), set(answers)
-    run.admin.delete("fhe:quota:127.0.0.1")
+    run.admin.delete(*(f"fhe:quota:{address}" for address in addresses))
     for session_id, auth in [*created, warm]:
         http.delete(f"/sessions/{session_id}", headers=auth)
-    http.close()
+    for client in (http, *raw_clients.values()):
+        client.close()
+    statuses = sorted({status for status, _ in answers})
+    answer_median = statistics.median(took for _, took in answers)
+    (status_before, took_before), (status_during, took_during) = (
+        newcomer_before,
+        *(newcomer_during or [(0, math.nan)]),
+    )
+    if (status_before, status_during) != (201, 201):
+        raise RuntimeError(f"a newcomer's session was refused: {status_before}, {status_during}")
     median_before, median_during = statistics.median(before), statistics.median(during)
     share = sum(cost_refused.values()) / sum(cost_accepted.values())
     return row(
         f"a {seconds:.0f} s flood of refused creations, {FLOOD_THREADS} threads of "
         f"{FLOOD_MODES[mode]}",
-        f"429 at once ({refusals} refusals, statuses {sorted(statuses)}); a warm user's "
-        f"decision median {median_before:.2f} s before, {median_during:.2f} s during "
+        f"{len(answers)} refusals ({len(answers) / seconds:.1f} per s, statuses {statuses}, "
+        f"each answered in {answer_median:.2f} s, median); a warm user's decision median "
+        f"{median_before:.2f} s before, {median_during:.2f} s during "
         f"(x{median_during / median_before:.2f}; the flooding process itself used "
         f"{flood_cpu / seconds:.2f} of the {psutil.cpu_count()} cores); a refusal costs "
-        f"{share:.1%} of the CPU of an accepted creation",
+        f"{share:.1%} of the CPU of an accepted creation; a new client's session took "
+        f"{took_during:.2f} s to open ({took_before:.2f} s before)",
         "nothing",
         "none needed",
-        refusals=refusals,
-        statuses=sorted(statuses),
+        refusals=len(answers),
+        statuses=statuses,
+        refusal_answer_median=answer_median,
         decisions_before=len(before),
         decisions_during=len(during),
         median_before=median_before,
@@ -211,4 +296,6 @@ def flood(run: Run, seconds: float, mode: str = "raw") -> dict[str, Any]:
         cpu_refused=cost_refused,
         refused_cpu_share=share,
         flood_cpu_seconds=flood_cpu,
+        newcomer_seconds_before=took_before,
+        newcomer_seconds_during=took_during,
     )

@@ -145,7 +145,7 @@ class ServerSession:
             The new session's id.
 
         It first asks ``GET /admission`` (no body): a refusal (quota, a full server) is raised
-        as the creation's own would be, without sending the 18 MB of keys; a transient one is
+        as the creation's own would be, without sending the keys (about 25 MB); a transient one is
         repeated within ``retry_seconds`` like any transient failure.
 
         Raises:

@@ -242,9 +242,9 @@ async def health(request: Request, service: ServiceDep) -> Health:
 async def admission(request: Request, service: ServiceDep) -> Response:
     """Whether a creation from this client would be admitted now (asked by nginx, no body).
 
-    nginx asks before it streams a creation's 18 MB body to a replica, and answers a refusal
-    itself: 403 carries the refusal's status (429 or 503), detail, Retry-After and transient mark
-    in headers, which nginx's ``auth_request`` passes on.
+    nginx asks before it streams a creation's body (the 25 MB keys) to a replica, and answers a
+    refusal itself: 403 carries the refusal's status (429 or 503), detail, Retry-After and
+    transient mark in headers, which nginx's ``auth_request`` passes on.
     """
     client = request.client.host if request.client is not None else "unknown"
     try:

@@ -14,6 +14,8 @@ The tests and the scale-out benchmark use ``Cluster`` as a context manager.
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import math
 import os
 import pwd
 import shutil
@@ -35,6 +37,7 @@ import httpx
 from contracts.single_key import HEALTH_PATH
 from fhe_server.launcher import free_port, stop_process
 from fhe_server.make_parent import watch_make_parent
+from settings import ServerSettings, server_settings_from
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 TEMPLATE_PATH = Path(__file__).with_name("nginx.conf.template")
@@ -47,6 +50,9 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 # three refused connections (each moved to the next replica) before it is skipped.
 MAX_FAILS = 3
 FAIL_TIMEOUT = "5s"
+# Requests for a new session over their rate wait in nginx's queues, which hold this many
+# seconds of requests; a request that finds a queue full is refused, told to come back after it.
+QUEUE_SECONDS = 10
 
 
 class ClusterError(RuntimeError):
@@ -65,10 +71,95 @@ def find_binary(name: str) -> str | None:
     return shutil.which(name, path=search)
 
 
+def _zone(name: str, rate: float, seconds_at_once: float) -> tuple[str, str]:
+    """The ``rate=`` of a limit_req zone and the ``limit_req`` line using it (a comment if off).
+
+    Args:
+        name: the zone's name.
+        rate: requests per second (0: no limit).
+        seconds_at_once: of the queue (``QUEUE_SECONDS`` of requests), this many seconds' worth
+            pass at once, the rest wait their turn; at least 2 (a library client's question and
+            creation).
+    """
+    per_minute = max(1, round(rate * 60))  # nginx takes whole requests per second or minute
+    burst = max(2, math.ceil(rate * QUEUE_SECONDS))
+    undelayed = min(burst, max(2, math.ceil(rate * seconds_at_once)))
+    line = (
+        f"limit_req zone={name} burst={burst} delay={undelayed};"
+        if rate > 0
+        else f"# {name}: no limit (its rate is 0)"
+    )
+    return f"{per_minute}r/m", line
+
+
+def creation_limit(
+    server_settings: ServerSettings, replicas: int, exempt: Sequence[str]
+) -> dict[str, str]:
+    """The template's fields of the limits on requests for a new session.
+
+    Two limits, each a queue in nginx: per client address (``creation_requests_per_second``)
+    and for all clients together (``replica_creation_requests_per_second`` times the
+    replicas). A request over a rate waits in its queue, which holds ``QUEUE_SECONDS`` of
+    requests; one that finds a queue full is refused at once, told to come back when it drained.
+
+    Args:
+        server_settings: the replicas' settings (the two rates).
+        replicas: how many replicas nginx sends requests to.
+        exempt: client addresses without either limit (``session_quota_exempt``).
+
+    Returns:
+        The fields ``creation_rate``, ``total_creation_rate``, ``creation_limit``,
+        ``exempt_lines``, ``slow_down_seconds`` and ``slow_down_detail``.
+
+    Raises:
+        ClusterError: if an exempt entry is not an IP address (nginx's ``geo`` needs one).
+    """
+    lines = []
+    for entry in exempt:
+        try:
+            address = ipaddress.ip_address(entry)
+        except ValueError as error:
+            raise ClusterError(f"FHE_SESSION_QUOTA_EXEMPT: {entry!r} is no IP address") from error
+        lines.append(f"        {address} 1;")
+    per_client = server_settings.creation_requests_per_second
+    total = server_settings.replica_creation_requests_per_second * replicas
+    client_rate, client_line = _zone("fhe_creations", per_client, QUEUE_SECONDS / 2)
+    total_rate, total_line = _zone("fhe_creations_all", total, 1.0)
+    return {
+        "creation_rate": client_rate,
+        "total_creation_rate": total_rate,
+        "creation_limit": f"{client_line}\n            {total_line}",
+        "exempt_lines": "\n".join(lines),
+        "slow_down_seconds": str(QUEUE_SECONDS),
+        "slow_down_detail": (
+            f"too many requests for a new session (over {per_client:g} per second from this "
+            f"address, or {total:g} per second from all clients); ask again in "
+            f"{QUEUE_SECONDS} s"
+        ),
+    }
+
+
 def render_nginx_config(
-    workdir: Path, port: int, replica_ports: Sequence[int], host: str = HOST
+    workdir: Path,
+    port: int,
+    replica_ports: Sequence[int],
+    host: str = HOST,
+    server_settings: ServerSettings | None = None,
 ) -> str:
-    """The nginx configuration for replicas on ``replica_ports``, listening on ``host:port``."""
+    """The nginx configuration for replicas on ``replica_ports``, listening on ``host:port``.
+
+    Args:
+        workdir: the folder nginx writes to.
+        port: nginx's port.
+        replica_ports: the replicas' ports.
+        host: the address nginx and the replicas listen on.
+        server_settings: the replicas' settings (the limits on requests for a new session and
+            their exempt addresses come from them); default: the defaults.
+
+    Returns:
+        The configuration's text.
+    """
+    server_settings = server_settings or ServerSettings()
     servers = "\n".join(
         f"        server {host}:{replica_port} max_fails={MAX_FAILS} fail_timeout={FAIL_TIMEOUT};"
         for replica_port in replica_ports
@@ -82,6 +173,7 @@ def render_nginx_config(
         servers=servers,
         host=host,
         port=port,
+        **creation_limit(server_settings, len(replica_ports), server_settings.session_quota_exempt),
     )
 
 
@@ -210,6 +302,7 @@ class Cluster:
         self.redis = self._child("redis", self._redis_command(), {})
         base_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         base_env["FHE_STORE_URL"] = self.redis_url
+        self.server_settings = server_settings_from(base_env)  # what the replicas will read
         self.replicas = [
             self._child(
                 f"replica-{index + 1}",
@@ -300,7 +393,13 @@ class Cluster:
             for index in range(len(self.replicas)):
                 self.wait_replica(index)
             (self.workdir / "nginx.conf").write_text(
-                render_nginx_config(self.workdir, self.port, self.replica_ports), encoding="utf-8"
+                render_nginx_config(
+                    self.workdir,
+                    self.port,
+                    self.replica_ports,
+                    server_settings=self.server_settings,
+                ),
+                encoding="utf-8",
             )
             self.nginx.start()
             self._wait(self.nginx, lambda: self._healthy(self.url), "/health through nginx")

@@ -5,7 +5,7 @@ Cluster would refuse)::
 
     fhe:session:<id>   hash    token_sha256, created, inputs_version, output_version,
                                input:<party> (ciphertexts), output (encrypted verdict)
-    fhe:keys:<id>      string  the serialized evaluation keys (about 18 MB)
+    fhe:keys:<id>      string  the serialized evaluation keys (about 25 MB)
     fhe:sessions       zset    session id -> last use (ms), for max_sessions
     fhe:removed        channel ids of deleted or expired sessions
 

@@ -18,6 +18,7 @@ import http.client
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ import pytest
 import redis
 
 from backend import CreditScoringClient, wait_while_busy
+from fhe_client import errors as client_errors
+from fhe_client.transport import refusal_from_admission
 from fhe_server.cluster import Cluster, free_port
 from fhe_server.errors import ServerBusyError, StoreUnavailableError, TooManySessionsError
 from fhe_server.protocol import TRANSIENT_HEADER
@@ -272,6 +275,90 @@ def test_a_creation_over_the_quota_is_refused_before_its_body_is_read(
     assert [path for path in body_files if path.is_file()] == []
     log = (cluster.workdir / "nginx.log").read_text(encoding="utf-8", errors="replace")
     assert "buffered to a temporary file" not in log
+
+
+def test_one_address_asking_too_fast_waits_in_nginx_and_a_full_queue_is_refused_at_once(
+    cluster: Cluster, kit: Kit
+) -> None:
+    """nginx's limit on requests for a session: over the rate they wait; a full queue is refused.
+
+    40 questions (GET /admission) at once from one address: 1 + 10 are answered at once, 10 wait
+    their turn at 2 per second (up to 5 s), the others are refused at once in the question's own
+    form (403 with the refusal in headers, which the library raises as the 429 it stands for). A
+    creation sent while the queue is full is refused by nginx alone: no replica receives it.
+    """
+    address = "127.0.0.31"  # its own bucket: other tests' requests are not delayed
+    transport = httpx.HTTPTransport(local_address=address)
+    with (
+        httpx.Client(base_url=cluster.url, timeout=TIMEOUT, transport=transport) as http,
+        ThreadPoolExecutor(max_workers=40) as pool,
+    ):
+
+        def ask() -> tuple[httpx.Response, float]:
+            start = time.monotonic()
+            response = http.get("/admission")
+            return response, time.monotonic() - start
+
+        questions = [pool.submit(ask) for _ in range(40)]
+        for future in as_completed(questions):  # until the queue is full: the first refusal
+            if future.result()[0].status_code == 403:
+                break
+        created = http.post("/sessions", content=kit.evaluation_keys, headers=OCTET)
+        answers = [future.result() for future in questions]
+    statuses = [response.status_code for response, _ in answers]
+    assert set(statuses) == {204, 403}, statuses
+    assert statuses.count(204) >= 21 and statuses.count(403) >= 10, statuses
+    assert max(seconds for response, seconds in answers if response.status_code == 204) >= 2.0
+    for response, seconds in answers:
+        if response.status_code == 403:
+            assert seconds < 2.0  # refused at once, not after waiting
+            assert response.headers["Retry-After"] == "10"  # the queue's 20 at 2 per second
+            refusal = refusal_from_admission(response)
+            assert isinstance(refusal, client_errors.TooManySessionsError)
+            assert refusal.retry_after == 10 and "per second" in str(refusal)
+    assert created.status_code == 429, created.text
+    assert created.json()["detail"] and created.headers["Retry-After"] == "10"
+    log = (cluster.workdir / "access.log").read_text(encoding="utf-8", errors="replace")
+    posts = [line for line in log.splitlines() if line.startswith(f'{address} "POST /sessions')]
+    assert len(posts) == 1 and " 429 " in posts[0] and "upstream=-" in posts[0], posts
+
+
+def test_many_addresses_asking_at_once_wait_in_nginx_and_a_full_queue_is_refused_at_once(
+    cluster: Cluster,
+) -> None:
+    """nginx's limit for all clients together: a flood from many addresses cannot take the CPU.
+
+    320 questions (GET /admission) at once, each from its own address (each under its own
+    limit): the two replicas take 20 a second. Of 10 s of them (200 after the first), 20 pass at
+    once and 180 wait their turn, up to 9 s; the others are refused at once, told to come back
+    in 10 s, when the queue has drained.
+    """
+    port = int(cluster.url.rsplit(":", 1)[1])
+    addresses = [f"127.0.{1 + n // 200}.{1 + n % 200}" for n in range(320)]
+
+    def ask(address: str) -> tuple[int, dict[str, str], float]:
+        start = time.monotonic()
+        connection = http.client.HTTPConnection(
+            "127.0.0.1", port, timeout=120, source_address=(address, 0)
+        )
+        try:
+            connection.request("GET", "/admission")
+            response = connection.getresponse()
+            response.read()
+            return response.status, dict(response.getheaders()), time.monotonic() - start
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=len(addresses)) as pool:
+        answers = list(pool.map(ask, addresses))
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) == {204, 403}, statuses
+    assert statuses.count(204) >= 201 and statuses.count(403) >= 10, statuses
+    assert max(seconds for status, _, seconds in answers if status == 204) >= 3.0
+    for status, headers, _ in answers:
+        if status == 403:
+            assert headers["X-FHE-Refusal-Status"] == "429" and headers["Retry-After"] == "10"
+            assert "per second from all clients" in headers["X-FHE-Refusal-Detail"]
 
 
 def test_a_replica_answers_a_store_failure_as_json_and_keeps_the_connection(

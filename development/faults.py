@@ -4,6 +4,7 @@ Run from the repository root (needs redis-server and nginx; about 12 minutes)::
 
     python -m development.faults                      # a 40 s flood phase, as in issue 22
     python -m development.faults --flood-seconds 10   # a quick look
+    python -m development.faults --floods raw,raw,raw # one flood three times, printed only
 
 Starts ``fhe_server.cluster.Cluster`` (Redis with persistence off, two single-worker replicas,
 nginx) and injects each fault for real while clients of the library (``CreditScoringClient``)
@@ -229,15 +230,26 @@ def answers_500(cluster: Cluster) -> int:
     return sum(1 for line in log.splitlines() if '" 500 ' in line)
 
 
-def run_all(flood_seconds: float, workdir: Path) -> dict[str, Any]:
-    """Start the cluster, run every fault, return the rows and totals."""
-    env = {
+def cluster_env(workdir: Path) -> dict[str, str]:
+    """The replicas' settings: the quota on for loopback clients too, which only floods fill."""
+    return {
         "FHE_KEY_CACHE_SIZE": "3",
         "FHE_STORE_DIR": str(workdir / "unused"),
         "FHE_SESSION_QUOTA": str(QUOTA),
         "FHE_SESSION_QUOTA_EXEMPT": "",
     }
-    with Cluster(replicas=2, env=env, workdir=workdir / "cluster") as cluster:
+
+
+def run_floods(flood_seconds: float, workdir: Path, modes: list[str]) -> list[dict[str, Any]]:
+    """Start the cluster and run only the floods ``modes`` (one may come several times)."""
+    with Cluster(replicas=2, env=cluster_env(workdir), workdir=workdir / "cluster") as cluster:
+        run = Run(cluster, workdir)
+        return [flood(run, flood_seconds, mode) for mode in modes]
+
+
+def run_all(flood_seconds: float, workdir: Path) -> dict[str, Any]:
+    """Start the cluster, run every fault, return the rows and totals."""
+    with Cluster(replicas=2, env=cluster_env(workdir), workdir=workdir / "cluster") as cluster:
         run = Run(cluster, workdir)
         dead_master = str(free_port())
         pause_ms = str(int(FAULT_SECONDS * 1000))
@@ -293,7 +305,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--flood-seconds", type=float, default=40.0)
     parser.add_argument("--out", type=Path, default=settings.REPO_DIR / "development")
+    parser.add_argument(
+        "--floods",
+        help="only these floods, comma-separated, repeats allowed (e.g. raw,raw,raw), printed "
+        f"and not saved; one of {', '.join(FLOOD_MODES)}",
+    )
     args = parser.parse_args(argv)
+    if args.floods:
+        modes = [mode.strip() for mode in args.floods.split(",") if mode.strip()]
+        unknown = sorted(set(modes) - set(FLOOD_MODES))
+        if unknown:
+            parser.error(f"unknown floods: {', '.join(unknown)}")
+        with tempfile.TemporaryDirectory(prefix="fhe-faults-") as tmp:
+            rows = run_floods(args.flood_seconds, Path(tmp), modes)
+        for item in rows:
+            print(f"| {item['fault']} | {item['sees']} |")
+        return 0
     with tempfile.TemporaryDirectory(prefix="fhe-faults-") as tmp:
         results = run_all(args.flood_seconds, Path(tmp))
     (args.out / "faults_results.json").write_text(json.dumps(results, indent=2) + "\n")

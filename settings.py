@@ -161,9 +161,9 @@ class ServerSettings(BaseSettings):
     # Requests for a new session (GET /admission and POST /sessions) through the cluster's nginx
     # (fhe_server.cluster): one client address may make creation_requests_per_second, all clients
     # together replica_creation_requests_per_second times the replicas (a creation costs a replica
-    # about 0.1 CPU-s, so a replica can take at most ~8 a second). More wait in nginx's queues, so
-    # a flood of refused requests costs the replicas little and the sessions already open keep
-    # their CPU. 0 turns a limit off; the addresses of session_quota_exempt have neither.
+    # about 0.1 CPU-s, so a replica creates at most about 10 a second). More wait in nginx's
+    # queues, so a flood of refused requests costs the replicas little and the sessions already
+    # open keep their CPU. 0 turns a limit off; the addresses of session_quota_exempt have neither.
     creation_requests_per_second: float = Field(default=2.0, ge=0)
     replica_creation_requests_per_second: float = Field(default=10.0, ge=0)
     # Host names the server answers (any port), comma-separated in FHE_ALLOWED_HOSTS:

@@ -28,13 +28,14 @@ from backend import CreditScoringClient
 from backend import SessionNotFoundError as ClientSessionNotFoundError
 from contracts.wire import bearer
 from development.reference import clear_explain, clear_verdict
-from fhe_server.cluster import MAX_BODY_BYTES, Cluster
+from fhe_server.cluster import Cluster
 from fhe_server.errors import (
     ServerBusyError,
     SessionNotFoundError,
     StepOutOfOrderError,
     TooManySessionsError,
 )
+from fhe_server.nginx_config import MAX_BODY_BYTES
 from fhe_server.redis_store import RedisSessionStore, blob_key, meta_key
 from tests.support.applications import CANDIDATE_ROWS, Profile, refused_profile, varied_profiles
 from tests.support.cluster import (

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fhe_server.cluster import ClusterError, creation_limit, find_binary, render_nginx_config
+from fhe_server.cluster import find_binary
+from fhe_server.nginx_config import ClusterError, creation_limit, render_nginx_config
 from settings import ServerSettings, server_settings_from
 
 LIMIT = "limit_req zone=fhe_creations burst=20 delay=10;"

@@ -116,6 +116,46 @@ def newcomer_creation(url: str, evaluation_keys: bytes) -> tuple[int, float]:
     return status, time.monotonic() - start
 
 
+class Creations:
+    """Session creations the way a flood ``mode`` makes them, each from the next of its addresses.
+
+    Raw clients keep one connection pool per address; the library opens a session of its own
+    for every creation, as ``library_creation`` does.
+    """
+
+    def __init__(self, url: str, evaluation_keys: bytes, mode: str) -> None:
+        """Prepare the addresses (and, for raw clients, one httpx client each) of ``mode``."""
+        self.url = url
+        self.evaluation_keys = evaluation_keys
+        self.addresses = SPREAD_ADDRESSES if mode.endswith("-spread") else ONE_ADDRESS
+        self.raw_clients = (
+            {
+                address: httpx.Client(
+                    base_url=url, timeout=TIMEOUT, transport=transport_from(address)
+                )
+                for address in self.addresses
+            }
+            if mode.startswith("raw")
+            else {}
+        )
+        self._turns = itertools.count()
+
+    def ask(self) -> int:
+        """One creation from the next address; the status it ended with."""
+        address = self.addresses[next(self._turns) % len(self.addresses)]
+        if not self.raw_clients:
+            return library_creation(self.url, self.evaluation_keys, address)
+        response = self.raw_clients[address].post(
+            "/sessions", content=self.evaluation_keys, headers={"Content-Type": OCTET_STREAM}
+        )
+        return response.status_code
+
+    def close(self) -> None:
+        """Close the raw clients' connections."""
+        for client in self.raw_clients.values():
+            client.close()
+
+
 def flood_process(url: str, keys_path: str, seconds: float, results: Any, mode: str) -> None:
     """In its own process (as other machines would be): threads asking for creations.
 
@@ -123,28 +163,14 @@ def flood_process(url: str, keys_path: str, seconds: float, results: Any, mode: 
     "library": each thread creates sessions with the client library, which asks first; with
     "-spread", each request leaves from the next of ``SPREAD_ADDRESSES``, else all from one.
     """
-    evaluation_keys = Path(keys_path).read_bytes()
-    addresses = SPREAD_ADDRESSES if mode.endswith("-spread") else ONE_ADDRESS
-    raw = mode.startswith("raw")
-    clients = [
-        httpx.Client(base_url=url, timeout=TIMEOUT, transport=transport_from(address))
-        for address in (addresses if raw else ())
-    ]
+    creations = Creations(url, Path(keys_path).read_bytes(), mode)
     answers: list[tuple[int, float]] = []  # each request's status and seconds
-    turns = itertools.count()
     deadline = time.monotonic() + seconds
 
     def ask() -> None:
         while time.monotonic() < deadline:
-            turn = next(turns) % len(addresses)
             start = time.monotonic()
-            if raw:
-                response = clients[turn].post(
-                    "/sessions", content=evaluation_keys, headers={"Content-Type": OCTET_STREAM}
-                )
-                status = response.status_code
-            else:
-                status = library_creation(url, evaluation_keys, addresses[turn])
+            status = creations.ask()
             answers.append((status, time.monotonic() - start))
 
     threads = [threading.Thread(target=ask) for _ in range(FLOOD_THREADS)]
@@ -152,8 +178,7 @@ def flood_process(url: str, keys_path: str, seconds: float, results: Any, mode: 
         thread.start()
     for thread in threads:
         thread.join()
-    for client in clients:
-        client.close()
+    creations.close()
     times = os.times()
     results.put((answers, times.user + times.system))  # and the flood's own CPU seconds
 
@@ -196,35 +221,15 @@ def flood(run: Run, seconds: float, mode: str = "raw") -> dict[str, Any]:
         seconds: how long the flood (and the measurement before it) lasts.
         mode: one of ``FLOOD_MODES``.
     """
-    addresses = SPREAD_ADDRESSES if mode.endswith("-spread") else ONE_ADDRESS
     http = httpx.Client(base_url=run.cluster.url, timeout=TIMEOUT)
-    raw_clients = (
-        {
-            address: httpx.Client(
-                base_url=run.cluster.url, timeout=TIMEOUT, transport=transport_from(address)
-            )
-            for address in addresses
-        }
-        if mode.startswith("raw")
-        else {}
-    )
+    creations = Creations(run.cluster.url, run.keys.evaluation_keys, mode)
     created: list[tuple[str, dict]] = []
-    turns = itertools.count()
 
     def accepted() -> None:
         created.append(open_session(http, run.keys))
 
     def refused() -> None:
-        address = addresses[next(turns) % len(addresses)]
-        if raw_clients:
-            response = raw_clients[address].post(
-                "/sessions",
-                content=run.keys.evaluation_keys,
-                headers={"Content-Type": OCTET_STREAM},
-            )
-            status = response.status_code
-        else:
-            status = library_creation(run.cluster.url, run.keys.evaluation_keys, address)
+        status = creations.ask()
         if status != 429:
             raise RuntimeError(f"expected a refusal, got {status}")
 
@@ -232,7 +237,7 @@ def flood(run: Run, seconds: float, mode: str = "raw") -> dict[str, Any]:
     decide(http, run.keys, *warm)
     accepted()  # the first creation pays one-time costs too
     cost_accepted = cpu_per_creation(run, accepted, CPU_SAMPLES)
-    fill_quotas(run, addresses)
+    fill_quotas(run, creations.addresses)
     for _ in range(5):  # the first refusals pay one-time costs (imports, connections)
         refused()
     cost_refused = cpu_per_creation(run, refused, CPU_SAMPLES)
@@ -258,11 +263,11 @@ def flood(run: Run, seconds: float, mode: str = "raw") -> dict[str, Any]:
     probe.join()
     answers, flood_cpu = results.get(timeout=seconds + 300)
     flooder.join()
-    run.admin.delete(*(f"fhe:quota:{address}" for address in addresses))
+    run.admin.delete(*(f"fhe:quota:{address}" for address in creations.addresses))
     for session_id, auth in [*created, warm]:
         http.delete(f"/sessions/{session_id}", headers=auth)
-    for client in (http, *raw_clients.values()):
-        client.close()
+    http.close()
+    creations.close()
     statuses = sorted({status for status, _ in answers})
     answer_median = statistics.median(took for _, took in answers)
     (status_before, took_before), (status_during, took_during) = (

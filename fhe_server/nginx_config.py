@@ -66,9 +66,7 @@ def _zone(name: str, rate: float, seconds_at_once: float) -> tuple[str, str]:
     return f"{per_minute}r/m", line
 
 
-def creation_limit(
-    server_settings: ServerSettings, replicas: int, exempt: Sequence[str]
-) -> dict[str, str]:
+def creation_limit(server_settings: ServerSettings, replicas: int) -> dict[str, str]:
     """The template's fields of the limits on requests for a new session.
 
     Two limits, each a queue in nginx: per client address (``creation_requests_per_second``)
@@ -77,9 +75,9 @@ def creation_limit(
     requests; one that finds a queue full is refused at once, told to come back when it drained.
 
     Args:
-        server_settings: the replicas' settings (the two rates).
+        server_settings: the replicas' settings: the two rates, and the addresses without
+            either limit (``session_quota_exempt``).
         replicas: how many replicas nginx sends requests to.
-        exempt: client addresses without either limit (``session_quota_exempt``).
 
     Returns:
         The fields ``creation_rate``, ``total_creation_rate``, ``creation_limit``,
@@ -89,7 +87,7 @@ def creation_limit(
         ClusterError: if an exempt entry is not an IP address (nginx's ``geo`` needs one).
     """
     lines = []
-    for entry in exempt:
+    for entry in server_settings.session_quota_exempt:
         try:
             address = ipaddress.ip_address(entry)
         except ValueError as error:
@@ -147,5 +145,5 @@ def render_nginx_config(
         servers=servers,
         host=host,
         port=port,
-        **creation_limit(server_settings, len(replica_ports), server_settings.session_quota_exempt),
+        **creation_limit(server_settings, len(replica_ports)),
     )

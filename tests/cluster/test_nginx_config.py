@@ -62,14 +62,14 @@ def test_a_rate_of_0_turns_its_limit_off_and_no_address_is_exempt_when_none_is_l
 
 
 def test_an_exempt_entry_that_is_no_ip_address_is_refused() -> None:
-    exempt = ["127.0.0.1", "localhost"]
+    exempt = ServerSettings(session_quota_exempt=["127.0.0.1", "localhost"])
     with pytest.raises(ClusterError, match="no IP address"):
-        creation_limit(ServerSettings(), 2, exempt)
+        creation_limit(exempt, 2)
 
 
 def test_the_queues_hold_10_seconds_of_requests_and_a_creation_passes_at_once() -> None:
     slow = ServerSettings(creation_requests_per_second=0.5, replica_creation_requests_per_second=3)
-    fields = creation_limit(slow, 3, [])
+    fields = creation_limit(slow, 3)
     assert fields["creation_rate"] == "30r/m" and fields["total_creation_rate"] == "540r/m"
     # 5 requests of one address fit the queue (10 s at one per 2 s), half of them pass at once;
     # 90 of all clients (10 s at 9 per s), one second's worth at once.
